@@ -1,0 +1,166 @@
+//! The `nexus` binary: thin clap commands that wire the crates together.
+
+mod dev;
+
+use clap::{Args, Parser, Subcommand};
+use nexus_server::{Application, RawConfig};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "nexus", version, about = "Credential broker for software agents")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the Gateway and Broker (the whole API) in one process.
+    Serve(ServeArgs),
+    /// Print fresh base64 32-byte keys for ENCRYPTION_KEY, STATE_KEY and API_KEY.
+    Keygen,
+    /// Audit-log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the hash chain; exit 1 and name the first broken row if it does not verify.
+    Verify(DbArgs),
+}
+
+#[derive(Args)]
+struct DbArgs {
+    /// sqlite://… or postgres://… (default: sqlite under --data-dir).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Directory for the embedded database and --dev keys.
+    #[arg(long, env = "NEXUS_DATA_DIR", default_value = "./nexus-data")]
+    data_dir: String,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Create missing keys in the data dir and print the API key (local use only).
+    #[arg(long)]
+    dev: bool,
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    #[arg(long, env = "ENCRYPTION_KEY", hide_env_values = true)]
+    encryption_key: Option<String>,
+    /// Comma-separated; the first encrypts, all decrypt (key rotation).
+    #[arg(long, env = "ENCRYPTION_KEYS", hide_env_values = true)]
+    encryption_keys: Option<String>,
+    #[arg(long, env = "STATE_KEY", hide_env_values = true)]
+    state_key: Option<String>,
+    #[arg(long, env = "BASE_URL")]
+    base_url: Option<String>,
+    #[arg(long, env = "REDIRECT_PATH")]
+    redirect_path: Option<String>,
+    #[command(flatten)]
+    db: DbArgs,
+    /// Listen address, default 127.0.0.1:8080.
+    #[arg(long, env = "BIND")]
+    bind: Option<String>,
+    #[arg(long, env = "ALLOWED_RETURN_DOMAINS")]
+    allowed_return_domains: Option<String>,
+    #[arg(long, env = "TRUSTED_PROXIES")]
+    trusted_proxies: Option<String>,
+    #[arg(long, env = "ALLOWED_CIDRS")]
+    allowed_cidrs: Option<String>,
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS")]
+    cors_allowed_origins: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Keygen => {
+            println!("ENCRYPTION_KEY={}", nexus_vault::generate_key());
+            println!("STATE_KEY={}", nexus_vault::generate_key());
+            println!("API_KEY={}", nexus_vault::generate_key());
+            ExitCode::SUCCESS
+        }
+        Command::Serve(args) => run(serve(args)),
+        Command::Audit { command: AuditCommand::Verify(db) } => run(verify(db)),
+    }
+}
+
+fn run(fut: impl std::future::Future<Output = Result<ExitCode, String>>) -> ExitCode {
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: could not start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(code) => code,
+        Err(line) => {
+            eprintln!("error: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
+    let mut raw = RawConfig {
+        api_key: args.api_key,
+        encryption_key: args.encryption_key,
+        encryption_keys: args.encryption_keys,
+        state_key: args.state_key,
+        base_url: args.base_url,
+        redirect_path: args.redirect_path,
+        database_url: args.db.database_url,
+        data_dir: Some(args.db.data_dir.clone()),
+        bind: args.bind,
+        allowed_return_domains: args.allowed_return_domains,
+        trusted_proxies: args.trusted_proxies,
+        allowed_cidrs: args.allowed_cidrs,
+        cors_allowed_origins: args.cors_allowed_origins,
+    };
+    let dev_keys = if args.dev { Some(dev::prepare(&args.db.data_dir, &mut raw)?) } else { None };
+    let config = raw.build().map_err(|e| e.to_string())?;
+    let app = Application::build(config).await.map_err(|e| e.to_string())?;
+    let addr = app.local_addr();
+    let base_url = app.state().config.base_url.to_string();
+    tracing::info!(%addr, base_url = %base_url, backend = ?app.state().store.backend(), "nexus is serving");
+    if let Some(dev) = dev_keys {
+        dev::announce(&dev, &base_url, &app.state().config.api_key);
+    }
+    app.run_until_stopped(nexus_server::shutdown_signal()).await.map_err(|e| format!("server failed: {e}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn verify(db: DbArgs) -> Result<ExitCode, String> {
+    let url = db.database_url.unwrap_or_else(|| format!("sqlite://{}/nexus.db", db.data_dir.trim_end_matches('/')));
+    let store =
+        nexus_store::Store::connect(&url).await.map_err(|e| format!("DATABASE_URL could not be opened: {e}"))?;
+    let report = store.verify_audit_chain().await.map_err(|e| format!("could not read the audit log: {e}"))?;
+    store.close().await;
+    match report.first_broken {
+        None => {
+            println!("audit chain OK: {} rows verified", report.rows_checked);
+            Ok(ExitCode::SUCCESS)
+        }
+        Some((seq, why)) => {
+            println!("audit chain BROKEN at row {seq}: {why} ({} rows before it verified)", report.rows_checked);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

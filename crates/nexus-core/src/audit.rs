@@ -1,0 +1,87 @@
+//! The closed set of audit event types (SPEC section 6).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuditEvent {
+    #[serde(rename = "provider.created")]
+    ProviderCreated,
+    #[serde(rename = "provider.updated")]
+    ProviderUpdated,
+    #[serde(rename = "provider.deleted")]
+    ProviderDeleted,
+    #[serde(rename = "connection.requested")]
+    ConnectionRequested,
+    #[serde(rename = "connection.activated")]
+    ConnectionActivated,
+    #[serde(rename = "connection.failed")]
+    ConnectionFailed,
+    #[serde(rename = "connection.revoked")]
+    ConnectionRevoked,
+    #[serde(rename = "connection.attention_required")]
+    ConnectionAttentionRequired,
+    #[serde(rename = "credential.captured")]
+    CredentialCaptured,
+    #[serde(rename = "token.retrieved")]
+    TokenRetrieved,
+    #[serde(rename = "token.refreshed")]
+    TokenRefreshed,
+    #[serde(rename = "token.refresh_failed")]
+    TokenRefreshFailed,
+    #[serde(rename = "auth.rejected")]
+    AuthRejected,
+}
+
+impl AuditEvent {
+    pub const ALL: [AuditEvent; 13] = [
+        AuditEvent::ProviderCreated,
+        AuditEvent::ProviderUpdated,
+        AuditEvent::ProviderDeleted,
+        AuditEvent::ConnectionRequested,
+        AuditEvent::ConnectionActivated,
+        AuditEvent::ConnectionFailed,
+        AuditEvent::ConnectionRevoked,
+        AuditEvent::ConnectionAttentionRequired,
+        AuditEvent::CredentialCaptured,
+        AuditEvent::TokenRetrieved,
+        AuditEvent::TokenRefreshed,
+        AuditEvent::TokenRefreshFailed,
+        AuditEvent::AuthRejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditEvent::ProviderCreated => "provider.created",
+            AuditEvent::ProviderUpdated => "provider.updated",
+            AuditEvent::ProviderDeleted => "provider.deleted",
+            AuditEvent::ConnectionRequested => "connection.requested",
+            AuditEvent::ConnectionActivated => "connection.activated",
+            AuditEvent::ConnectionFailed => "connection.failed",
+            AuditEvent::ConnectionRevoked => "connection.revoked",
+            AuditEvent::ConnectionAttentionRequired => "connection.attention_required",
+            AuditEvent::CredentialCaptured => "credential.captured",
+            AuditEvent::TokenRetrieved => "token.retrieved",
+            AuditEvent::TokenRefreshed => "token.refreshed",
+            AuditEvent::TokenRefreshFailed => "token.refresh_failed",
+            AuditEvent::AuthRejected => "auth.rejected",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<AuditEvent> {
+        AuditEvent::ALL.into_iter().find(|e| e.as_str() == raw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names_round_trip() {
+        for e in AuditEvent::ALL {
+            assert_eq!(AuditEvent::parse(e.as_str()), Some(e));
+            assert_eq!(serde_json::to_value(e).unwrap(), e.as_str());
+        }
+        assert_eq!(AuditEvent::parse("nope"), None);
+    }
+}

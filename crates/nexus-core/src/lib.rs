@@ -1,0 +1,17 @@
+//! Domain types and rules of Nexus: providers, their validation, and the small
+//! pure algorithms (JSON Merge Patch, secret fingerprints) the services build on.
+//!
+//! Nothing in this crate performs IO or knows about HTTP or SQL, so every rule
+//! here is unit-tested without a server or a database.
+
+pub mod audit;
+pub mod error;
+pub mod merge;
+pub mod provider;
+pub mod secret;
+pub mod url_policy;
+
+pub use audit::AuditEvent;
+pub use error::{FieldError, ValidationErrors};
+pub use provider::{AuthType, ProviderConfig, ProviderInput, ProviderName};
+pub use secret::SecretString;

@@ -1,0 +1,607 @@
+//! Providers: how to authenticate against one third-party API.
+//!
+//! Input arrives as [`ProviderInput`] (the seeds' flat JSON shape) and becomes a
+//! [`ProviderConfig`] only through [`ProviderInput::validate`], which applies every
+//! rule of SPEC section 3. Services and storage handle the validated type only.
+
+use crate::error::ValidationErrors;
+use crate::secret::SecretString;
+use crate::url_policy::parse_outbound_url;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// The six authentication families (`header` is accepted as an alias of `api_key`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthType {
+    Oauth2,
+    #[serde(alias = "header")]
+    ApiKey,
+    BasicAuth,
+    AwsSigv4,
+    QueryParam,
+    HmacPayload,
+}
+
+impl AuthType {
+    pub const ALL: [AuthType; 6] = [
+        AuthType::Oauth2,
+        AuthType::ApiKey,
+        AuthType::BasicAuth,
+        AuthType::AwsSigv4,
+        AuthType::QueryParam,
+        AuthType::HmacPayload,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthType::Oauth2 => "oauth2",
+            AuthType::ApiKey => "api_key",
+            AuthType::BasicAuth => "basic_auth",
+            AuthType::AwsSigv4 => "aws_sigv4",
+            AuthType::QueryParam => "query_param",
+            AuthType::HmacPayload => "hmac_payload",
+        }
+    }
+
+    /// Parses a wire name, accepting the `header` alias.
+    pub fn parse(raw: &str) -> Option<AuthType> {
+        match raw {
+            "header" => Some(AuthType::ApiKey),
+            _ => AuthType::ALL.into_iter().find(|t| t.as_str() == raw),
+        }
+    }
+
+    /// Static types store a user-supplied credential instead of running OAuth.
+    pub fn is_static(self) -> bool {
+        self != AuthType::Oauth2
+    }
+}
+
+impl fmt::Display for AuthType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A provider name: `^[a-z0-9][a-z0-9._-]{0,62}$`, not a reserved path word and
+/// not shaped like a UUID (so `{id}` path segments stay unambiguous).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ProviderName(String);
+
+const RESERVED_NAMES: [&str; 2] = ["metadata", "by-name"];
+
+impl ProviderName {
+    pub fn parse(raw: &str) -> Result<ProviderName, String> {
+        let bytes = raw.as_bytes();
+        let valid_first = bytes.first().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        let valid_rest =
+            bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'));
+        if raw.is_empty() || raw.len() > 63 || !valid_first || !valid_rest {
+            return Err("must match ^[a-z0-9][a-z0-9._-]{0,62}$ (lowercase letters, digits, '.', '_', '-'; at most 63 characters)".into());
+        }
+        if RESERVED_NAMES.contains(&raw) {
+            return Err(format!("'{raw}' is reserved"));
+        }
+        if looks_like_uuid(raw) {
+            return Err("must not look like a UUID (ids and names share the {id} path segment)".into());
+        }
+        Ok(ProviderName(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn looks_like_uuid(raw: &str) -> bool {
+    raw.len() == 36
+        && raw.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+impl TryFrom<String> for ProviderName {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        ProviderName::parse(&value)
+    }
+}
+
+impl From<ProviderName> for String {
+    fn from(value: ProviderName) -> String {
+        value.0
+    }
+}
+
+impl fmt::Display for ProviderName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The body of `POST /v1/providers` (and, after merging, of `PATCH`/`PUT`).
+/// Unknown top-level fields are refused so a typo never silently drops a setting.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderInput {
+    pub name: String,
+    pub auth_type: String,
+    pub client_id: Option<String>,
+    pub client_secret: Option<SecretString>,
+    pub issuer: Option<String>,
+    pub auth_url: Option<String>,
+    pub token_url: Option<String>,
+    pub api_base_url: Option<String>,
+    pub user_info_endpoint: Option<String>,
+    pub enable_discovery: Option<bool>,
+    pub scopes: Option<Vec<String>>,
+    pub auth_header: Option<String>,
+    pub params: Option<Map<String, Value>>,
+    pub description: Option<String>,
+    pub category: Option<String>,
+}
+
+/// The validated, non-secret configuration of a provider, as stored and served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProviderConfig {
+    pub name: ProviderName,
+    pub auth_type: AuthType,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_base_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_info_endpoint: Option<String>,
+    pub enable_discovery: bool,
+    pub scopes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_header: Option<String>,
+    pub params: Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+}
+
+/// Endpoints learned from `{issuer}/.well-known/openid-configuration`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Discovery {
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revocation_endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub userinfo_endpoint: Option<String>,
+    /// Unix seconds of the fetch, for the cache TTL.
+    pub fetched_at: i64,
+}
+
+/// What an input says about the client secret.
+#[derive(Debug, Clone)]
+pub enum SecretChange {
+    /// The input carries a new secret.
+    Set(SecretString),
+    /// The input does not mention the secret: keep what is stored (if anything).
+    Keep,
+}
+
+/// A validated provider: its configuration and what to do with its secret.
+#[derive(Debug, Clone)]
+pub struct ValidatedProvider {
+    pub config: ProviderConfig,
+    pub secret: SecretChange,
+}
+
+const MAX_URL_LEN: usize = 2048;
+const MAX_TEXT_LEN: usize = 1024;
+
+impl ProviderInput {
+    /// Reads a JSON body, accepting the flat shape or `{"profile": {...}}`.
+    /// Errors name the field (`params.algo: invalid type: …`).
+    pub fn from_json(mut body: Value) -> Result<ProviderInput, ValidationErrors> {
+        if let Value::Object(map) = &mut body {
+            if map.len() == 1 && map.contains_key("profile") {
+                body = map.remove("profile").unwrap_or(Value::Null);
+            }
+        }
+        if !body.is_object() {
+            return Err(ValidationErrors::single("body", "must be a JSON object"));
+        }
+        serde_path_to_error::deserialize(body).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { "body".to_owned() } else { path };
+            ValidationErrors::single(field, e.into_inner().to_string())
+        })
+    }
+
+    /// Applies every registration rule. `has_stored_secret` says whether a secret
+    /// is already stored (an update that omits `client_secret` keeps it).
+    pub fn validate(self, has_stored_secret: bool) -> Result<ValidatedProvider, ValidationErrors> {
+        let mut errs = ValidationErrors::default();
+
+        let name = ProviderName::parse(self.name.trim()).map_err(|m| errs.push("name", m)).ok();
+        let auth_type = AuthType::parse(&self.auth_type);
+        if auth_type.is_none() {
+            errs.push(
+                "auth_type",
+                format!(
+                    "'{}' is not one of oauth2, api_key (alias header), basic_auth, aws_sigv4, query_param, hmac_payload",
+                    truncate(&self.auth_type)
+                ),
+            );
+        }
+
+        let client_id = non_empty(self.client_id);
+        let issuer = check_url(&mut errs, "issuer", self.issuer);
+        let auth_url = check_url(&mut errs, "auth_url", self.auth_url);
+        let token_url = check_url(&mut errs, "token_url", self.token_url);
+        let api_base_url = check_url(&mut errs, "api_base_url", self.api_base_url);
+        let user_info_endpoint = non_empty(self.user_info_endpoint);
+        if let Some(u) = &user_info_endpoint {
+            if u.len() > MAX_URL_LEN || !(u.starts_with('/') || parse_outbound_url(u).is_ok()) {
+                errs.push("user_info_endpoint", "must be a path starting with '/' or an https URL");
+            }
+        }
+        let enable_discovery = self.enable_discovery.unwrap_or(false);
+        let scopes = self.scopes.unwrap_or_default();
+        for (i, s) in scopes.iter().enumerate() {
+            if s.is_empty() || s.len() > 256 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                errs.push(format!("scopes[{i}]"), "must be a non-empty scope token without spaces");
+            }
+        }
+        let params = self.params.unwrap_or_default();
+        check_known_params(&mut errs, &params);
+        let description = non_empty(self.description);
+        let category = non_empty(self.category);
+        for (field, value) in [("description", &description), ("category", &category)] {
+            if value.as_ref().is_some_and(|v| v.len() > MAX_TEXT_LEN) {
+                errs.push(field, format!("must be at most {MAX_TEXT_LEN} bytes"));
+            }
+        }
+        let secret = match self.client_secret {
+            Some(s) if s.expose().is_empty() => {
+                errs.push("client_secret", "must not be empty");
+                SecretChange::Keep
+            }
+            Some(s) => SecretChange::Set(s),
+            None => SecretChange::Keep,
+        };
+        let has_secret = matches!(secret, SecretChange::Set(_)) || has_stored_secret;
+        let auth_header = non_empty(self.auth_header);
+
+        match auth_type {
+            Some(AuthType::Oauth2) => {
+                if client_id.is_none() {
+                    errs.push("client_id", "is required for oauth2");
+                }
+                if !has_secret {
+                    errs.push("client_secret", "is required for oauth2");
+                }
+                if enable_discovery {
+                    if issuer.is_none() {
+                        errs.push_once("issuer", "is required when enable_discovery is true");
+                    }
+                } else {
+                    if auth_url.is_none() {
+                        errs.push_once(
+                            "auth_url",
+                            "is required for oauth2 unless enable_discovery is true with an issuer",
+                        );
+                    }
+                    if token_url.is_none() {
+                        errs.push_once(
+                            "token_url",
+                            "is required for oauth2 unless enable_discovery is true with an issuer",
+                        );
+                    }
+                }
+                if let Some(h) = &auth_header {
+                    if h != "client_secret_post" && h != "client_secret_basic" {
+                        errs.push("auth_header", "must be client_secret_post or client_secret_basic for oauth2");
+                    }
+                }
+            }
+            Some(static_type) => {
+                if enable_discovery {
+                    errs.push("enable_discovery", format!("applies to oauth2 only, not {static_type}"));
+                }
+                if !params.contains_key("credential_schema") {
+                    errs.push("params.credential_schema", format!("is required for {static_type}"));
+                }
+                if static_type == AuthType::AwsSigv4 {
+                    for key in ["service", "region"] {
+                        if !params.get(key).and_then(Value::as_str).is_some_and(|s| !s.is_empty()) {
+                            errs.push(format!("params.{key}"), "is required for aws_sigv4");
+                        }
+                    }
+                }
+                if let Some(h) = &auth_header {
+                    if !is_header_name(h) {
+                        errs.push("auth_header", "must be a valid HTTP header name");
+                    }
+                }
+            }
+            None => {}
+        }
+
+        let (Some(name), Some(auth_type)) = (name, auth_type) else {
+            return Err(errs);
+        };
+        errs.into_result(ValidatedProvider {
+            config: ProviderConfig {
+                name,
+                auth_type,
+                client_id,
+                issuer,
+                auth_url,
+                token_url,
+                api_base_url,
+                user_info_endpoint,
+                enable_discovery,
+                scopes,
+                auth_header,
+                params,
+                description,
+                category,
+            },
+            secret,
+        })
+    }
+}
+
+impl ProviderConfig {
+    /// The configuration in input shape (without any secret), the base onto which
+    /// `PATCH` merges its body before validating the result again.
+    pub fn to_input_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+
+    /// The names of top-level fields whose values differ between two configs.
+    pub fn changed_fields(&self, other: &ProviderConfig) -> Vec<String> {
+        let (Value::Object(a), Value::Object(b)) = (self.to_input_json(), other.to_input_json()) else {
+            return Vec::new();
+        };
+        let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter().filter(|k| a.get(*k) != b.get(*k)).cloned().collect()
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+fn check_url(errs: &mut ValidationErrors, field: &str, raw: Option<String>) -> Option<String> {
+    let raw = non_empty(raw)?;
+    if raw.len() > MAX_URL_LEN {
+        errs.push(field, format!("must be at most {MAX_URL_LEN} bytes"));
+        return None;
+    }
+    match parse_outbound_url(&raw) {
+        Ok(_) => Some(raw),
+        Err(m) => {
+            errs.push(field, m);
+            None
+        }
+    }
+}
+
+/// RFC 9110 token characters.
+pub fn is_header_name(h: &str) -> bool {
+    !h.is_empty() && h.len() <= 256 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// The type each known `params` key must have. Unknown keys are kept as they are.
+fn check_known_params(errs: &mut ValidationErrors, params: &Map<String, Value>) {
+    for (key, value) in params {
+        let field = format!("params.{key}");
+        match key.as_str() {
+            "credential_schema" => check_credential_schema(errs, &field, value),
+            "auth_strategy" => check_enum(errs, &field, value, &["header", "query_param"]),
+            "algo" => check_enum(errs, &field, value, &["sha256", "sha1", "sha512"]),
+            "encoding" => check_enum(errs, &field, value, &["hex", "base64"]),
+            "header_name" => match value.as_str() {
+                Some(h) if is_header_name(h) => {}
+                _ => errs.push(field, "must be a valid HTTP header name"),
+            },
+            "value_prefix" | "credential_field" | "param_name" | "service" | "region" | "secret_field"
+            | "scope_separator" => {
+                if !value.is_string() {
+                    errs.push(field, "must be a string");
+                } else if key == "param_name" && value.as_str().is_some_and(str::is_empty) {
+                    errs.push(field, "must not be empty");
+                }
+            }
+            "skip_scope_on_auth" | "skip_scope_on_exchange" => {
+                if !value.is_boolean() {
+                    errs.push(field, "must be a boolean");
+                }
+            }
+            "authorization_params" | "token_params" => match value.as_object() {
+                Some(map) => {
+                    for (k, v) in map {
+                        if !(v.is_string() || v.is_number() || v.is_boolean()) {
+                            errs.push(format!("{field}.{k}"), "must be a string, number or boolean");
+                        }
+                    }
+                }
+                None => errs.push(field, "must be an object of string values"),
+            },
+            _ => {}
+        }
+    }
+}
+
+fn check_enum(errs: &mut ValidationErrors, field: &str, value: &Value, allowed: &[&str]) {
+    if !value.as_str().is_some_and(|v| allowed.contains(&v)) {
+        errs.push(field, format!("must be one of {}", allowed.join(", ")));
+    }
+}
+
+/// `credential_schema` must be an object schema that is itself valid JSON Schema.
+fn check_credential_schema(errs: &mut ValidationErrors, field: &str, schema: &Value) {
+    if !schema.is_object() {
+        errs.push(field, "must be a JSON Schema object");
+        return;
+    }
+    if let Err(e) = jsonschema::meta::validate(schema) {
+        errs.push(field, format!("is not a valid JSON Schema: {e}"));
+        return;
+    }
+    if let Err(e) = jsonschema::validator_for(schema) {
+        errs.push(field, format!("is not a usable JSON Schema: {e}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn validate(v: Value) -> Result<ValidatedProvider, ValidationErrors> {
+        ProviderInput::from_json(v)?.validate(false)
+    }
+
+    fn fields(e: ValidationErrors) -> Vec<String> {
+        e.0.into_iter().map(|f| f.field).collect()
+    }
+
+    #[test]
+    fn names_follow_the_pattern_and_reserved_words_are_refused() {
+        for ok in ["github", "google-workspace", "a", "bedrock-us-east", "x.y_z", "0abc"] {
+            assert!(ProviderName::parse(ok).is_ok(), "{ok}");
+        }
+        let long = "a".repeat(64);
+        for bad in ["", "GitHub", "-x", ".x", "a b", "metadata", "by-name", long.as_str(), "é"] {
+            assert!(ProviderName::parse(bad).is_err(), "{bad}");
+        }
+        assert!(ProviderName::parse("123e4567-e89b-12d3-a456-426614174000").is_err());
+    }
+
+    #[test]
+    fn auth_type_accepts_header_alias() {
+        assert_eq!(AuthType::parse("header"), Some(AuthType::ApiKey));
+        assert_eq!(AuthType::parse("hmac_payload"), Some(AuthType::HmacPayload));
+        assert_eq!(AuthType::parse("saml"), None);
+        let v = validate(json!({"name":"k","auth_type":"header","params":{"credential_schema":{"type":"object"}}}))
+            .unwrap();
+        assert_eq!(v.config.auth_type, AuthType::ApiKey);
+    }
+
+    #[test]
+    fn oauth2_needs_client_and_endpoints_or_discovery() {
+        let e = validate(json!({"name":"g","auth_type":"oauth2"})).unwrap_err();
+        assert_eq!(fields(e), ["client_id", "client_secret", "auth_url", "token_url"]);
+        let e = validate(
+            json!({"name":"g","auth_type":"oauth2","client_id":"c","client_secret":"s","enable_discovery":true}),
+        )
+        .unwrap_err();
+        assert_eq!(fields(e), ["issuer"]);
+        let ok = validate(json!({"name":"g","auth_type":"oauth2","client_id":"c","client_secret":"s",
+            "auth_url":"https://x.example/a","token_url":"https://x.example/t","auth_header":"client_secret_basic"}));
+        assert!(ok.is_ok());
+        // An update that omits the secret keeps the stored one.
+        let keep = ProviderInput::from_json(json!({"name":"g","auth_type":"oauth2","client_id":"c",
+            "auth_url":"https://x.example/a","token_url":"https://x.example/t"}))
+        .unwrap()
+        .validate(true);
+        assert!(matches!(keep.unwrap().secret, SecretChange::Keep));
+    }
+
+    #[test]
+    fn outbound_urls_must_be_https_or_loopback() {
+        let e = validate(json!({"name":"g","auth_type":"oauth2","client_id":"c","client_secret":"s",
+            "auth_url":"http://evil.example/a","token_url":"http://127.0.0.1:9/t"}))
+        .unwrap_err();
+        assert_eq!(fields(e), ["auth_url"]);
+    }
+
+    #[test]
+    fn static_types_need_a_valid_credential_schema() {
+        let e = validate(json!({"name":"k","auth_type":"api_key"})).unwrap_err();
+        assert_eq!(fields(e), ["params.credential_schema"]);
+        let e = validate(json!({"name":"k","auth_type":"api_key","params":{"credential_schema":{"type":"nonsense"}}}))
+            .unwrap_err();
+        assert_eq!(fields(e), ["params.credential_schema"]);
+        let e = validate(json!({"name":"k","auth_type":"api_key","params":{"credential_schema":"x"}})).unwrap_err();
+        assert_eq!(fields(e), ["params.credential_schema"]);
+    }
+
+    #[test]
+    fn sigv4_needs_service_and_region() {
+        let e = validate(json!({"name":"b","auth_type":"aws_sigv4","params":{"credential_schema":{"type":"object"},"region":"us-east-1"}})).unwrap_err();
+        assert_eq!(fields(e), ["params.service"]);
+    }
+
+    #[test]
+    fn known_params_have_types_and_unknown_params_are_kept() {
+        let e = validate(json!({"name":"h","auth_type":"hmac_payload","params":{
+            "credential_schema":{"type":"object"},"algo":"md5","encoding":1,"skip_scope_on_auth":"yes",
+            "authorization_params":{"prompt":{"x":1}},"header_name":"Bad Header"}}))
+        .unwrap_err();
+        let mut f = fields(e);
+        f.sort();
+        assert_eq!(
+            f,
+            [
+                "params.algo",
+                "params.authorization_params.prompt",
+                "params.encoding",
+                "params.header_name",
+                "params.skip_scope_on_auth"
+            ]
+        );
+        let ok = validate(json!({"name":"h","auth_type":"hmac_payload","params":{"credential_schema":{"type":"object"},"custom":{"a":1}}})).unwrap();
+        assert_eq!(ok.config.params["custom"], json!({"a":1}));
+    }
+
+    #[test]
+    fn unknown_fields_and_wrong_types_name_the_field() {
+        let e = ProviderInput::from_json(json!({"name":"x","auth_type":"oauth2","client_secrt":"s"})).unwrap_err();
+        assert!(e.0[0].message.contains("client_secrt"), "{e}");
+        let e = ProviderInput::from_json(json!({"name":"x","auth_type":"oauth2","scopes":"openid"})).unwrap_err();
+        assert_eq!(e.0[0].field, "scopes");
+        let e = ProviderInput::from_json(json!([1])).unwrap_err();
+        assert_eq!(e.0[0].field, "body");
+    }
+
+    #[test]
+    fn profile_wrapper_is_accepted() {
+        let v = ProviderInput::from_json(json!({"profile":{"name":"x","auth_type":"basic_auth"}})).unwrap();
+        assert_eq!(v.name, "x");
+    }
+
+    #[test]
+    fn changed_fields_lists_differences() {
+        let a = validate(
+            json!({"name":"k","auth_type":"api_key","scopes":["a"],"params":{"credential_schema":{"type":"object"}}}),
+        )
+        .unwrap()
+        .config;
+        let b = validate(json!({"name":"k","auth_type":"api_key","scopes":["b"],"category":"x","params":{"credential_schema":{"type":"object"}}})).unwrap().config;
+        assert_eq!(a.changed_fields(&b), ["category", "scopes"]);
+    }
+
+    #[test]
+    fn debug_of_input_hides_the_secret() {
+        let i = ProviderInput::from_json(json!({"name":"x","auth_type":"oauth2","client_secret":"topsecret"})).unwrap();
+        assert!(!format!("{i:?}").contains("topsecret"));
+    }
+}

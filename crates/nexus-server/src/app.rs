@@ -1,0 +1,179 @@
+//! Building and running the server: the router with its layers, the OpenAPI
+//! document collected from the handlers, and graceful shutdown.
+
+use crate::config::Config;
+use crate::error::{ApiError, ErrorBody};
+use crate::middleware::{api_key, caller, error_json, request_log};
+use crate::routes::{audit, health, providers};
+use crate::state::AppState;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method};
+use axum::response::IntoResponse;
+use axum::{middleware as mw, Json, Router};
+use nexus_store::Store;
+use std::future::Future;
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Nexus", description = "Credential broker for software agents."),
+    modifiers(&ApiKeyScheme),
+    components(schemas(ErrorBody))
+)]
+struct ApiDoc;
+
+struct ApiKeyScheme;
+
+impl Modify for ApiKeyScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components
+            .add_security_scheme("api_key", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))));
+    }
+}
+
+/// The `/v1/*` routes (behind the API key) and the public ones, with the
+/// OpenAPI document describing both.
+fn routers(state: &AppState) -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
+    let (v1, v1_doc) = v1_routes().split_for_parts();
+    let (public, public_doc) = public_routes().split_for_parts();
+
+    let mut doc = ApiDoc::openapi();
+    doc.merge(v1_doc);
+    doc.merge(public_doc);
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+
+    let mut v1 = v1.layer(mw::from_fn_with_state(state.clone(), api_key::require_api_key));
+    if let Some(cors) = cors_layer(&state.config) {
+        v1 = v1.layer(cors);
+    }
+    (v1, public, doc)
+}
+
+fn cors_layer(config: &Config) -> Option<CorsLayer> {
+    if config.cors_allowed_origins.is_empty() {
+        return None;
+    }
+    let origins: Vec<HeaderValue> =
+        config.cors_allowed_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+            .allow_headers([axum::http::header::CONTENT_TYPE, HeaderName::from_static("x-api-key")])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
+}
+
+/// The whole application router for `state`.
+pub fn router(state: AppState) -> Router {
+    let (v1, public, doc) = routers(&state);
+    let doc = std::sync::Arc::new(doc);
+    let body_limit = state.config.body_limit;
+    Router::new()
+        .merge(v1)
+        .merge(public)
+        .route("/openapi.json", axum::routing::get(move || async move { Json(doc.as_ref().clone()) }))
+        .fallback(|| async { ApiError::not_found("no such endpoint").into_response() })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(mw::map_response(error_json::json_errors))
+        .layer(mw::from_fn_with_state(state.clone(), caller::identify))
+        .layer(mw::from_fn(request_log::log_request))
+        .with_state(state)
+}
+
+/// Every `/v1/*` route, documented by its handler's `#[utoipa::path]`.
+fn v1_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(providers::create_provider, providers::list_providers))
+        .routes(routes!(providers::providers_metadata))
+        .routes(routes!(
+            providers::get_provider,
+            providers::patch_provider,
+            providers::put_provider,
+            providers::delete_provider
+        ))
+        .routes(routes!(audit::list_audit))
+}
+
+/// Routes without an API key.
+fn public_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(health::health)).routes(routes!(health::ready))
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("DATABASE_URL could not be opened: {0}")]
+    Database(#[from] nexus_store::StoreError),
+    #[error("BIND {addr} could not be bound: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A built, bound, not yet serving instance.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Opens the store (applying migrations) and binds the listener.
+    pub async fn build(config: Config) -> Result<Application, StartError> {
+        let store = Store::connect(&config.database_url).await?;
+        let listener =
+            TcpListener::bind(config.bind).await.map_err(|source| StartError::Bind { addr: config.bind, source })?;
+        if config.allowed_return_domains.is_none() {
+            tracing::warn!("ALLOWED_RETURN_DOMAINS is not set: return_url may point at any host");
+        }
+        Ok(Application { listener, state: AppState::new(config, store) })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.state.config.bind)
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting and lets
+    /// in-flight requests finish before returning.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let store = self.state.store.clone();
+        let app = router(self.state);
+        let result = axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown)
+            .await;
+        store.close().await;
+        result
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}

@@ -1,0 +1,19 @@
+//! The Nexus HTTP server: the Gateway API (`/v1/*`), probes and the OpenAPI
+//! document, with the middleware that identifies and authenticates callers.
+//!
+//! Handlers stay thin (`routes/`), business operations live in `services/`,
+//! and every failure becomes JSON in one place (`error.rs`).
+
+pub mod app;
+pub mod config;
+pub mod discovery;
+pub mod error;
+pub mod extract;
+pub mod middleware;
+pub mod routes;
+pub mod services;
+pub mod state;
+
+pub use app::{router, shutdown_signal, Application, StartError};
+pub use config::{Config, ConfigError, RawConfig};
+pub use state::AppState;

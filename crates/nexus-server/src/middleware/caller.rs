@@ -1,0 +1,119 @@
+//! Who is calling: the caller IP and user agent used by `ALLOWED_CIDRS` and the
+//! audit log.
+//!
+//! The IP is the socket peer. `X-Forwarded-For` is believed only when the peer
+//! is one of `TRUSTED_PROXIES`, and then only as far as the chain of trusted
+//! hops goes: walking the header right to left, the first address that is not
+//! a trusted proxy is the caller. A client can prepend anything it likes to the
+//! header, but it cannot change the hops our own proxies appended.
+
+use crate::state::AppState;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::Response;
+use ipnet::IpNet;
+use std::net::{IpAddr, SocketAddr};
+
+/// The identified caller, stored in request extensions for handlers.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub ip: IpAddr,
+    pub user_agent: Option<String>,
+}
+
+impl Caller {
+    pub fn ip_string(&self) -> String {
+        self.ip.to_string()
+    }
+}
+
+/// Determines the caller IP from the peer address and, for trusted peers, the header.
+pub fn caller_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let peer = canonical(peer);
+    if !is_trusted(peer, trusted) {
+        return peer;
+    }
+    let hops: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .map(|s| s.parse::<IpAddr>().ok().map(canonical))
+        .collect::<Option<Vec<_>>>()
+        .unwrap_or_default();
+    let mut caller = peer;
+    for hop in hops.into_iter().rev() {
+        caller = hop;
+        if !is_trusted(hop, trusted) {
+            break;
+        }
+    }
+    caller
+}
+
+fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|net| net.contains(&ip))
+}
+
+/// `::ffff:10.0.0.1` → `10.0.0.1`, so v4 CIDRs match v4-mapped peers.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+pub async fn identify(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let peer =
+        req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()).unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let ip = caller_ip(peer, req.headers(), &state.config.trusted_proxies);
+    let user_agent = req
+        .headers()
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| ua.chars().take(512).collect());
+    req.extensions_mut().insert(Caller { ip, user_agent });
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(xff: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", xff.parse().unwrap());
+        h
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn untrusted_peer_header_is_ignored() {
+        assert_eq!(caller_ip(ip("203.0.113.9"), &headers("10.0.0.1"), &[]), ip("203.0.113.9"));
+    }
+
+    #[test]
+    fn trusted_peer_yields_first_untrusted_hop_from_the_right() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let h = headers("1.1.1.1, 198.51.100.7, 10.0.0.2");
+        assert_eq!(caller_ip(ip("10.0.0.1"), &h, &trusted), ip("198.51.100.7"));
+    }
+
+    #[test]
+    fn garbage_header_from_trusted_peer_falls_back_to_peer() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        assert_eq!(caller_ip(ip("10.0.0.1"), &headers("not-an-ip"), &trusted), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn v4_mapped_peers_match_v4_networks() {
+        let trusted: Vec<IpNet> = vec!["127.0.0.0/8".parse().unwrap()];
+        let h = headers("192.0.2.1");
+        assert_eq!(caller_ip(ip("::ffff:127.0.0.1"), &h, &trusted), ip("192.0.2.1"));
+    }
+}

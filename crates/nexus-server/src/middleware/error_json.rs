@@ -1,0 +1,34 @@
+//! Turns any error response that is not already JSON (axum's own 404/405/413/415
+//! rejections, tower-http's limits) into our `{code, message}` shape, so no
+//! client ever has to parse text/plain.
+
+use crate::error::{code_for_status, ErrorBody};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let (code, message) = code_for_status(status);
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_TYPE);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = ErrorBody { code: code.to_owned(), message: message.to_owned(), details: None };
+    let mut fresh = (status, axum::Json(body)).into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            fresh.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    fresh
+}

@@ -1,0 +1,39 @@
+//! One log line per request: id, method, route (the matched pattern, never the
+//! raw path with its ids or query), status and latency. The id is taken from a
+//! well-formed incoming `X-Request-Id` or generated, and echoed in the response.
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+fn acceptable_id(v: &HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?;
+    (!s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        .then(|| s.to_owned())
+}
+
+pub async fn log_request(mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id =
+        req.headers().get("x-request-id").and_then(acceptable_id).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "(unmatched)".to_owned());
+    let mut response = next.run(req).await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let status = response.status().as_u16();
+    tracing::info!(request_id = %id, method = %method, route = %route, status, latency_ms, "request");
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}

@@ -1,0 +1,23 @@
+//! `GET /v1/audit`.
+
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::Query;
+use crate::services::audit::{self, AuditPageView, AuditQuery};
+use crate::state::AppState;
+use axum::extract::State;
+use axum::Json;
+
+/// The audit log, newest first, filtered, a page at a time.
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditQuery),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = AuditPageView),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody)
+    ))]
+pub async fn list_audit(
+    State(state): State<AppState>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<AuditPageView>, ApiError> {
+    audit::list(&state, q).await.map(Json)
+}

@@ -1,0 +1,7 @@
+//! HTTP routes. Each handler extracts, calls one service function and maps the
+//! result; the `#[utoipa::path]` on it is both its route and its documentation,
+//! so `/openapi.json` cannot drift from what is served.
+
+pub mod audit;
+pub mod health;
+pub mod providers;

@@ -1,0 +1,5 @@
+//! Business operations behind the handlers: each takes checked input, talks to
+//! the store (and providers), and returns a view or an [`crate::error::ApiError`].
+
+pub mod audit;
+pub mod providers;
