@@ -132,20 +132,6 @@ async fn discovery_code_flow_refresh_and_revocation() {
         assert_eq!(info["sub"], "alice");
         assert_eq!(info["email"], "alice@example.test");
 
-        // A code is single use.
-        let (status, body) = token_request(
-            &provider,
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("redirect_uri", DEFAULT_REDIRECT_URI),
-                ("code_verifier", &req.verifier),
-            ],
-        )
-        .await?;
-        assert_eq!(status, 400);
-        assert_eq!(body["error"], "invalid_grant");
-
         let (status, refreshed) = refresh(&provider, &refresh_token).await?;
         assert_eq!(status, 200, "{refreshed}");
         let new_access = str_field(&refreshed, "access_token").to_owned();
@@ -155,8 +141,8 @@ async fn discovery_code_flow_refresh_and_revocation() {
 
         let stats = provider.stats().await?;
         assert_eq!(stats.refresh_requests, 1);
-        assert_eq!(stats.authorization_code_requests, 2);
-        assert_eq!(stats.token_requests, 3);
+        assert_eq!(stats.authorization_code_requests, 1);
+        assert_eq!(stats.token_requests, 2);
         assert_eq!(stats.userinfo_requests, 1);
 
         provider.revoke_all_access_tokens().await?;
@@ -171,6 +157,20 @@ async fn discovery_code_flow_refresh_and_revocation() {
 
         provider.revoke_all_refresh_tokens().await?;
         let (status, body) = refresh(&provider, &refresh_token).await?;
+        assert_eq!(status, 400);
+        assert_eq!(body["error"], "invalid_grant");
+
+        // A code is single use (reuse also revokes what it issued).
+        let (status, body) = token_request(
+            &provider,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", DEFAULT_REDIRECT_URI),
+                ("code_verifier", &req.verifier),
+            ],
+        )
+        .await?;
         assert_eq!(status, 400);
         assert_eq!(body["error"], "invalid_grant");
 

@@ -113,7 +113,7 @@ async fn discovery_for(state: &AppState, config: &ProviderConfig) -> Result<Opti
     }
     let issuer = config.issuer.as_deref().unwrap_or_default();
     discover(&state.http, issuer).await.map(Some).map_err(|reason| {
-        ApiError::new(StatusCode::BAD_REQUEST, "discovery_failed", format!("OIDC discovery failed: {reason}"))
+        ApiError::new(StatusCode::BAD_REQUEST, "discovery_failed", format!("issuer: OIDC discovery failed: {reason}"))
             .with_details(json!({ "field": "issuer" }))
     })
 }

@@ -1,0 +1,9 @@
+//! Black-box API tests: the real server on a random port, over HTTP, each test
+//! on SQLite and on PostgreSQL.
+
+mod audit;
+mod bad_input;
+mod network;
+mod openapi;
+mod providers;
+mod seeds;
