@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the Gateway and Broker (the whole API) in one process.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print fresh base64 32-byte keys for ENCRYPTION_KEY, STATE_KEY and API_KEY.
     Keygen,
     /// Audit-log tools.
@@ -84,7 +84,7 @@ fn main() -> ExitCode {
             println!("API_KEY={}", nexus_vault::generate_key());
             ExitCode::SUCCESS
         }
-        Command::Serve(args) => run(serve(args)),
+        Command::Serve(args) => run(serve(*args)),
         Command::Audit { command: AuditCommand::Verify(db) } => run(verify(db)),
     }
 }

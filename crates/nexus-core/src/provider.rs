@@ -322,7 +322,7 @@ impl ProviderInput {
                 }
                 if static_type == AuthType::AwsSigv4 {
                     for key in ["service", "region"] {
-                        if !params.get(key).and_then(Value::as_str).is_some_and(|s| !s.is_empty()) {
+                        if params.get(key).and_then(Value::as_str).is_none_or(str::is_empty) {
                             errs.push(format!("params.{key}"), "is required for aws_sigv4");
                         }
                     }
@@ -429,10 +429,8 @@ fn check_known_params(errs: &mut ValidationErrors, params: &Map<String, Value>) 
                     errs.push(field, "must not be empty");
                 }
             }
-            "skip_scope_on_auth" | "skip_scope_on_exchange" => {
-                if !value.is_boolean() {
-                    errs.push(field, "must be a boolean");
-                }
+            "skip_scope_on_auth" | "skip_scope_on_exchange" if !value.is_boolean() => {
+                errs.push(field, "must be a boolean");
             }
             "authorization_params" | "token_params" => match value.as_object() {
                 Some(map) => {

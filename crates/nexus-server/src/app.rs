@@ -124,10 +124,16 @@ pub struct Application {
 
 impl Application {
     /// Opens the store (applying migrations) and binds the listener.
-    pub async fn build(config: Config) -> Result<Application, StartError> {
+    pub async fn build(mut config: Config) -> Result<Application, StartError> {
         let store = Store::connect(&config.database_url).await?;
         let listener =
             TcpListener::bind(config.bind).await.map_err(|source| StartError::Bind { addr: config.bind, source })?;
+        // `BIND=…:0` picks a free port; a BASE_URL derived from it names the real one.
+        if config.base_url.port() == Some(0) {
+            if let Ok(addr) = listener.local_addr() {
+                let _ = config.base_url.set_port(Some(addr.port()));
+            }
+        }
         if config.allowed_return_domains.is_none() {
             tracing::warn!("ALLOWED_RETURN_DOMAINS is not set: return_url may point at any host");
         }

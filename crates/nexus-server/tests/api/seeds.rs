@@ -105,7 +105,8 @@ async fn seed_examples_are_accepted_and_grouped(backend: Backend) {
         assert_eq!(keys, ["api_base_url", "category", "description", "id", "scopes", "user_info_endpoint"]);
     }
     assert_eq!(meta.json["oauth2"].as_array().unwrap().len(), 2);
-    assert_eq!(meta.json["oauth2"][0]["scopes"].as_array().map(Vec::len).unwrap_or(0) > 0, true);
+    let github_meta = meta.json["oauth2"].as_array().unwrap().iter().find(|e| e["id"] == ids[1].1.as_str()).unwrap();
+    assert_eq!(github_meta["scopes"], json!(["repo", "read:user"]));
 
     let listed = app.get("/v1/providers").await;
     assert_eq!(listed.json.as_array().unwrap().len(), 7);

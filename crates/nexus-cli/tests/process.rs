@@ -1,0 +1,438 @@
+//! Black-box tests of the `nexus` binary as a process: start-up refusals,
+//! `--dev`, `keygen`, graceful shutdown, `audit verify` against a tampered
+//! database, and several replicas on one PostgreSQL keeping one audit chain.
+
+use nexus_testkit::{Backend, TestDb};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_nexus");
+const CONFIG_VARS: [&str; 16] = [
+    "API_KEY",
+    "ENCRYPTION_KEY",
+    "ENCRYPTION_KEYS",
+    "STATE_KEY",
+    "BASE_URL",
+    "REDIRECT_PATH",
+    "DATABASE_URL",
+    "NEXUS_DATA_DIR",
+    "BIND",
+    "ALLOWED_RETURN_DOMAINS",
+    "TRUSTED_PROXIES",
+    "ALLOWED_CIDRS",
+    "CORS_ALLOWED_ORIGINS",
+    "LOG_FORMAT",
+    "RUST_LOG",
+    "NEXUS_URL",
+];
+
+/// A `nexus` command with a clean configuration environment, run in `dir`.
+fn nexus(dir: &std::path::Path, env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    for var in CONFIG_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.current_dir(dir).envs(env.iter().copied()).stdin(Stdio::null()).kill_on_drop(true);
+    cmd
+}
+
+async fn run_to_end(mut cmd: Command) -> (i32, String, String) {
+    let out =
+        tokio::time::timeout(Duration::from_secs(60), cmd.output()).await.expect("nexus exits").expect("nexus runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn keys() -> (String, String, String) {
+    (nexus_vault::generate_key(), nexus_vault::generate_key(), "process-test-api-key-0123456789".to_owned())
+}
+
+#[tokio::test]
+async fn serve_refuses_to_start_without_keys_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (enc, state, api) = keys();
+    let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (vec![], "API_KEY"),
+        (vec![("API_KEY", &api)], "ENCRYPTION_KEY"),
+        (vec![("API_KEY", &api), ("ENCRYPTION_KEY", "not-base64!")], "ENCRYPTION_KEY"),
+        (vec![("API_KEY", &api), ("ENCRYPTION_KEY", "c2hvcnQ=")], "ENCRYPTION_KEY"),
+        (vec![("API_KEY", &api), ("ENCRYPTION_KEY", &enc)], "STATE_KEY"),
+        (vec![("API_KEY", &api), ("ENCRYPTION_KEY", &enc), ("STATE_KEY", "xx")], "STATE_KEY"),
+        (
+            vec![("API_KEY", &api), ("ENCRYPTION_KEY", &enc), ("STATE_KEY", &state), ("ALLOWED_CIDRS", "10.0.0.0/40")],
+            "ALLOWED_CIDRS",
+        ),
+    ];
+    for (env, variable) in cases {
+        let (code, stdout, stderr) = run_to_end({
+            let mut c = nexus(dir.path(), &env);
+            c.arg("serve");
+            c
+        })
+        .await;
+        assert_ne!(code, 0, "{variable}: should refuse");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{variable}: one clear line, got {stderr:?}");
+        assert!(lines[0].contains(variable), "{variable}: {stderr}");
+        if variable != "ALLOWED_CIDRS" {
+            assert!(lines[0].contains("nexus keygen"), "{variable}: should point at nexus keygen: {stderr}");
+        }
+        assert!(stdout.is_empty());
+        assert!(!stderr.contains(&enc) && !stderr.contains(&api), "no key echoed");
+    }
+    assert!(!dir.path().join("nexus-data").exists(), "a refused start writes nothing");
+}
+
+#[tokio::test]
+async fn keygen_prints_usable_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, _) = run_to_end({
+        let mut c = nexus(dir.path(), &[]);
+        c.arg("keygen");
+        c
+    })
+    .await;
+    assert_eq!(code, 0);
+    let vars: HashMap<&str, &str> = stdout.lines().filter_map(|l| l.split_once('=')).collect();
+    for var in ["ENCRYPTION_KEY", "STATE_KEY", "API_KEY"] {
+        let key = vars.get(var).unwrap_or_else(|| panic!("{var} missing from {stdout}"));
+        assert_eq!(nexus_vault::parse_key(key).unwrap().len(), 32);
+    }
+    assert_ne!(vars["ENCRYPTION_KEY"], vars["STATE_KEY"]);
+}
+
+/// A running `nexus serve` process and what it printed.
+struct Server {
+    child: Child,
+    base_url: String,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts `nexus serve` (JSON logs) and waits until it is serving.
+    async fn start(dir: &std::path::Path, env: &[(&str, &str)], extra_args: &[&str]) -> Server {
+        let mut cmd = nexus(dir, env);
+        cmd.arg("serve").args(extra_args).env("LOG_FORMAT", "json").env("BIND", "127.0.0.1:0");
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("nexus starts");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let (so, se) = (stdout.clone(), stderr.clone());
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(out).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                so.lock().unwrap().push(line);
+            }
+        });
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(err).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if v["message"] == "nexus is serving" {
+                        let _ = tx.send(v["base_url"].as_str().unwrap_or_default().to_owned());
+                    }
+                }
+                se.lock().unwrap().push(line);
+            }
+        });
+        let base_url = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("nexus did not start: {:?}", stderr.lock().unwrap()))
+            .unwrap_or_else(|| panic!("nexus exited: {:?}", stderr.lock().unwrap()));
+        Server { child, base_url: base_url.trim_end_matches('/').to_owned(), stdout, stderr }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    /// The first stdout line containing `needle`, polling with a deadline.
+    async fn stdout_line(&self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(l) = self.stdout.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no stdout line with {needle:?}: {}", self.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn logs(&self) -> String {
+        let mut all = self.stdout.lock().unwrap().join("\n");
+        all.push('\n');
+        all.push_str(&self.stderr.lock().unwrap().join("\n"));
+        all
+    }
+
+    /// SIGTERM, then the exit code (bounded).
+    async fn terminate(mut self) -> (i32, String) {
+        let pid = self.child.id().expect("running").to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status().await;
+        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("exits after SIGTERM")
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await; // let the log readers drain
+        (status.code().unwrap_or(-1), self.logs())
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+#[tokio::test]
+async fn dev_mode_creates_private_keys_prints_the_api_key_and_reuses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[], &["--dev"]).await;
+    let key_line = server.stdout_line("API key:").await;
+    let api_key = key_line.split_whitespace().last().unwrap().to_owned();
+    assert!(server.stdout_line("base URL:").await.contains(&server.base_url), "base URL printed");
+    for file in ["api_key", "encryption_key", "state_key"] {
+        let path = dir.path().join("nexus-data").join(file);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "{file}");
+    }
+    assert!(dir.path().join("nexus-data/nexus.db").exists(), "embedded SQLite");
+    assert_eq!(std::fs::read_to_string(dir.path().join("nexus-data/api_key")).unwrap().trim(), api_key);
+    let resp = client().get(server.url("/v1/providers")).header("x-api-key", &api_key).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let created = client()
+        .post(server.url("/v1/providers"))
+        .header("x-api-key", &api_key)
+        .json(&json!({"name": "kept", "auth_type": "oauth2", "client_id": "c", "client_secret": "dev-secret-value",
+            "auth_url": "https://a.example/auth", "token_url": "https://a.example/token"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let (code, logs) = server.terminate().await;
+    assert_eq!(code, 0, "clean exit on SIGTERM: {logs}");
+    assert!(!logs.contains("dev-secret-value"));
+
+    // Second start: same keys, same data, the sealed secret still opens.
+    let again = Server::start(dir.path(), &[], &["--dev"]).await;
+    let resp = client().get(again.url("/v1/providers/kept")).header("x-api-key", &api_key).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(again.stdout_line("API key:").await.contains(&api_key));
+    let (code, _) = again.terminate().await;
+    assert_eq!(code, 0);
+}
+
+/// A discovery endpoint that answers slowly, to hold a request in flight.
+async fn slow_issuer(delay: Duration) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://{}", listener.local_addr().unwrap());
+    let doc = json!({"issuer": issuer, "authorization_endpoint": format!("{issuer}/auth"), "token_endpoint": format!("{issuer}/token")}).to_string();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let doc = doc.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                tokio::time::sleep(delay).await;
+                let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{doc}", doc.len());
+                let _ = sock.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    issuer
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new(Backend::Sqlite).await.unwrap();
+    let (enc, state, api) = keys();
+    let env = [("API_KEY", api.as_str()), ("ENCRYPTION_KEY", &enc), ("STATE_KEY", &state), ("DATABASE_URL", db.url())];
+    let server = Server::start(dir.path(), &env, &[]).await;
+    let issuer = slow_issuer(Duration::from_millis(1500)).await;
+    let url = server.url("/v1/providers");
+    let in_flight =
+        tokio::spawn({
+            let api = api.clone();
+            async move {
+                client()
+                .post(url)
+                .header("x-api-key", api)
+                .json(&json!({"name": "slow", "auth_type": "oauth2", "client_id": "c", "client_secret": "slow-secret-1",
+                    "issuer": issuer, "enable_discovery": true}))
+                .send()
+                .await
+            }
+        });
+    tokio::time::sleep(Duration::from_millis(400)).await; // the request is now waiting on discovery
+    let (code, logs) = server.terminate().await;
+    let resp = in_flight.await.unwrap().expect("the in-flight request got an answer");
+    assert_eq!(resp.status(), 201, "in-flight request completed: {logs}");
+    assert_eq!(code, 0, "{logs}");
+    assert!(logs.contains("shutting down"));
+}
+
+async fn tamper(db: &TestDb, seq: i64) {
+    use sqlx::Connection;
+    match db.backend() {
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(db.url()).await.unwrap();
+            sqlx::query("DROP TRIGGER IF EXISTS audit_log_no_update").execute(&mut conn).await.unwrap();
+            sqlx::query("DROP TRIGGER IF EXISTS audit_log_no_delete").execute(&mut conn).await.unwrap();
+            sqlx::query("UPDATE audit_log SET ip = '10.9.9.9' WHERE seq = $1")
+                .bind(seq)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            conn.close().await.unwrap();
+        }
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+            sqlx::query("ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_change").execute(&mut conn).await.unwrap();
+            sqlx::query("UPDATE audit_log SET ip = '10.9.9.9' WHERE seq = $1")
+                .bind(seq)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            conn.close().await.unwrap();
+        }
+    }
+}
+
+async fn audit_rows_cannot_be_edited_in_place(db: &TestDb) {
+    let store = nexus_store::Store::connect(db.url()).await.unwrap();
+    let err = sqlx::query("UPDATE audit_log SET ip = 'x' WHERE seq = 1").execute(store.pool()).await;
+    assert!(err.is_err(), "the append-only trigger refuses updates");
+    let err = sqlx::query("DELETE FROM audit_log WHERE seq = 1").execute(store.pool()).await;
+    assert!(err.is_err(), "the append-only trigger refuses deletes");
+    store.close().await;
+}
+
+async fn verify(dir: &std::path::Path, db: &TestDb) -> (i32, String) {
+    let (code, stdout, stderr) = run_to_end({
+        let mut c = nexus(dir, &[("DATABASE_URL", db.url())]);
+        c.args(["audit", "verify"]);
+        c
+    })
+    .await;
+    (code, format!("{stdout}{stderr}"))
+}
+
+async fn audit_verify_names_the_edited_row(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new(backend).await.unwrap();
+    let (enc, state, api) = keys();
+    let env = [("API_KEY", api.as_str()), ("ENCRYPTION_KEY", &enc), ("STATE_KEY", &state), ("DATABASE_URL", db.url())];
+    let server = Server::start(dir.path(), &env, &[]).await;
+    let c = client();
+    let body = json!({"name": "gh", "auth_type": "oauth2", "client_id": "c", "client_secret": "first-secret-abc",
+        "auth_url": "https://a.example/auth", "token_url": "https://a.example/token"});
+    assert_eq!(
+        c.post(server.url("/v1/providers")).header("x-api-key", &api).json(&body).send().await.unwrap().status(),
+        201
+    );
+    let rotate = c
+        .patch(server.url("/v1/providers/gh"))
+        .header("x-api-key", &api)
+        .json(&json!({"client_secret": "second-secret-abc"}));
+    assert_eq!(rotate.send().await.unwrap().status(), 200);
+    assert_eq!(c.delete(server.url("/v1/providers/gh")).header("x-api-key", &api).send().await.unwrap().status(), 200);
+    let (code, logs) = server.terminate().await;
+    assert_eq!(code, 0);
+    for secret in ["first-secret-abc", "second-secret-abc", api.as_str(), enc.as_str(), state.as_str()] {
+        assert!(!logs.contains(secret), "a secret reached the logs");
+    }
+    let request_lines: Vec<Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == "request")
+        .collect();
+    assert_eq!(request_lines.len(), 3, "one log line per request");
+    for l in &request_lines {
+        for field in ["request_id", "method", "route", "status", "latency_ms"] {
+            assert!(!l[field].is_null(), "log line lacks {field}: {l}");
+        }
+    }
+    assert_eq!(request_lines[1]["route"], "/v1/providers/{id}", "the route pattern, not the raw path");
+
+    let (code, out) = verify(dir.path(), &db).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("3 rows verified"), "{out}");
+
+    audit_rows_cannot_be_edited_in_place(&db).await;
+    tamper(&db, 2).await;
+    let (code, out) = verify(dir.path(), &db).await;
+    assert_ne!(code, 0, "a tampered chain must fail: {out}");
+    assert!(out.contains("row 2"), "names the edited row: {out}");
+}
+
+#[tokio::test]
+async fn audit_verify_names_the_edited_row_sqlite() {
+    audit_verify_names_the_edited_row(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn audit_verify_names_the_edited_row_postgres() {
+    audit_verify_names_the_edited_row(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_one_postgres_keep_one_audit_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new(Backend::Postgres).await.unwrap();
+    let (enc, state, api) = keys();
+    let env = [("API_KEY", api.as_str()), ("ENCRYPTION_KEY", &enc), ("STATE_KEY", &state), ("DATABASE_URL", db.url())];
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(Server::start(dir.path(), &env, &[]).await);
+    }
+    let c = client();
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let url = replicas[i % 3].url("/v1/providers");
+        let (c, api) = (c.clone(), api.clone());
+        tasks.push(tokio::spawn(async move {
+            if i % 5 == 0 {
+                c.get(url).header("x-api-key", "wrong").send().await.unwrap().status().as_u16()
+            } else {
+                // Every replica also races for the same names.
+                let body = json!({"name": format!("p{}", i % 20), "auth_type": "oauth2", "client_id": "c",
+                    "client_secret": format!("replica-secret-{i}"), "auth_url": "https://a.example/a", "token_url": "https://a.example/t"});
+                c.post(url).header("x-api-key", api).json(&body).send().await.unwrap().status().as_u16()
+            }
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    assert!(statuses.iter().all(|s| [201, 401, 409].contains(s)), "{statuses:?}");
+    let created = statuses.iter().filter(|s| **s == 201).count();
+    let rejected = statuses.iter().filter(|s| **s == 401).count();
+    assert_eq!(created, 16, "each of the 16 names created exactly once across replicas: {statuses:?}");
+    assert_eq!(rejected, 12);
+
+    let store = nexus_store::Store::connect(db.url()).await.unwrap();
+    let report = store.verify_audit_chain().await.unwrap();
+    assert_eq!(report.first_broken, None);
+    assert_eq!(report.rows_checked, (created + rejected) as i64, "one row per audited event, no fork, no gap");
+    store.close().await;
+    let (code, out) = verify(dir.path(), &db).await;
+    assert_eq!(code, 0, "{out}");
+    for r in replicas {
+        let (code, logs) = r.terminate().await;
+        assert_eq!(code, 0);
+        assert!(!logs.contains("replica-secret-"), "no secret in logs");
+    }
+}
