@@ -5,13 +5,16 @@
 //! here is unit-tested without a server or a database.
 
 pub mod audit;
+pub mod connection;
 pub mod error;
 pub mod merge;
 pub mod provider;
 pub mod secret;
+pub mod strategy;
 pub mod url_policy;
 
 pub use audit::AuditEvent;
+pub use connection::ConnectionStatus;
 pub use error::{FieldError, ValidationErrors};
 pub use provider::{AuthType, ProviderConfig, ProviderInput, ProviderName};
 pub use secret::SecretString;

@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::error::{ApiError, ErrorBody};
 use crate::middleware::{api_key, caller, error_json, request_log};
-use crate::routes::{audit, health, providers};
+use crate::routes::{audit, capture, connections, health, providers, tokens};
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method};
@@ -80,6 +80,8 @@ pub fn router(state: AppState) -> Router {
         .merge(v1)
         .merge(public)
         .route("/openapi.json", axum::routing::get(move || async move { Json(doc.as_ref().clone()) }))
+        .route(&state.config.redirect_path, axum::routing::get(connections::oauth_callback))
+        .route("/auth/capture", axum::routing::get(capture::capture_page).post(capture::capture_form))
         .fallback(|| async { ApiError::not_found("no such endpoint").into_response() })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(mw::map_response(error_json::json_errors))
@@ -100,6 +102,13 @@ fn v1_routes() -> OpenApiRouter<AppState> {
             providers::delete_provider
         ))
         .routes(routes!(audit::list_audit))
+        .routes(routes!(connections::request_connection))
+        .routes(routes!(connections::check_connection))
+        .routes(routes!(connections::list_connections))
+        .routes(routes!(connections::revoke_connection))
+        .routes(routes!(capture::capture_schema))
+        .routes(routes!(capture::capture_credential))
+        .routes(routes!(tokens::get_token))
 }
 
 /// Routes without an API key.
@@ -151,12 +160,13 @@ impl Application {
     /// Serves until `shutdown` resolves, then stops accepting and lets
     /// in-flight requests finish before returning.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let store = self.state.store.clone();
+        let state = self.state.clone();
         let app = router(self.state);
         let result = axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown)
             .await;
-        store.close().await;
+        state.flush_audit().await;
+        state.store.close().await;
         result
     }
 }

@@ -197,6 +197,18 @@ impl Store {
         Ok(entry)
     }
 
+    /// Appends several rows in one transaction (in order), for batched writers.
+    pub async fn append_audit_batch(&self, audits: Vec<NewAudit>) -> Result<(), StoreError> {
+        if audits.is_empty() {
+            return Ok(());
+        }
+        let mut w = self.begin_write().await?;
+        for a in audits {
+            append_in_tx(&mut w, a).await?;
+        }
+        w.commit().await
+    }
+
     /// A page of the log, newest first.
     pub async fn list_audit(&self, f: &AuditFilter) -> Result<AuditPage, StoreError> {
         let limit = f.limit.clamp(1, 1000);

@@ -10,6 +10,7 @@
 //!   that makes a forked chain impossible on either.
 
 pub mod audit;
+pub mod connections;
 pub mod providers;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -19,6 +20,7 @@ use std::time::Duration;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 pub use audit::{AuditEntry, AuditFilter, AuditPage, ChainReport, NewAudit};
+pub use connections::{Activation, ConnectionFilter, ConnectionRow, Handshake};
 pub use providers::{ProviderFilter, ProviderRow};
 
 /// Storage failures. `Conflict` and `NotFound` are for callers to map to 409/404;

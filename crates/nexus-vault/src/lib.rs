@@ -46,6 +46,13 @@ pub fn generate_key() -> String {
     STANDARD.encode(key.as_ref())
 }
 
+/// A random URL-safe token of `bytes` random bytes (for state nonces, ids).
+pub fn random_token(bytes: usize) -> String {
+    let mut buf = Zeroizing::new(vec![0u8; bytes]);
+    rand::thread_rng().fill_bytes(buf.as_mut_slice());
+    URL_SAFE_NO_PAD.encode(buf.as_slice())
+}
+
 /// Decodes a base64 32-byte key (standard or URL-safe alphabet, padding optional).
 pub fn parse_key(b64: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
     let trimmed = b64.trim();

@@ -11,6 +11,9 @@ pub async fn json_errors(response: Response) -> Response {
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
+    if response.extensions().get::<crate::routes::connections::PlainPage>().is_some() {
+        return response;
+    }
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)

@@ -3,5 +3,8 @@
 //! so `/openapi.json` cannot drift from what is served.
 
 pub mod audit;
+pub mod capture;
+pub mod connections;
 pub mod health;
 pub mod providers;
+pub mod tokens;

@@ -2,4 +2,9 @@
 //! the store (and providers), and returns a view or an [`crate::error::ApiError`].
 
 pub mod audit;
+pub mod capture;
+pub mod connections;
 pub mod providers;
+pub mod state_token;
+pub mod strategy;
+pub mod tokens;

@@ -4,6 +4,7 @@
 mod audit;
 mod bad_input;
 mod network;
+mod oauth;
 mod openapi;
 mod providers;
 mod seeds;

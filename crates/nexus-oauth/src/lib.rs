@@ -1,0 +1,20 @@
+//! OAuth2 and OpenID Connect for Nexus, on the `oauth2` and `openidconnect`
+//! crates: authorization URLs with PKCE, code exchange and refresh with either
+//! client authentication method, and `id_token` verification against the
+//! provider's JWKS.
+//!
+//! Providers deviate from the RFCs in small ways; [`http::ProviderHttp`] evens
+//! those out *before* the crates parse a reply (form-encoded token responses,
+//! an `error` inside a `200`, `expires_in` as a string), so the protocol logic
+//! itself stays the crates'.
+
+pub mod flow;
+pub mod http;
+pub mod id_token;
+
+pub use flow::{
+    authorization_url, exchange_code, new_pkce_verifier, refresh, AuthorizationParams, ClientAuth, ClientConfig,
+    OAuthError, TokenSet,
+};
+pub use http::ProviderHttp;
+pub use id_token::{verify_id_token, IdTokenCheck};

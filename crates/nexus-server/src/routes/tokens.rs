@@ -1,0 +1,27 @@
+//! `GET /v1/token/{connection_id}`.
+
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::PathId;
+use crate::middleware::Caller;
+use crate::services::tokens::{self, TokenView};
+use crate::state::AppState;
+use axum::extract::State;
+use axum::{Extension, Json};
+
+/// The strategy and fresh usage credentials of an active connection (never a refresh token).
+#[utoipa::path(get, path = "/v1/token/{connection_id}", tag = "tokens",
+    params(("connection_id" = String, Path)),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = TokenView),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "pending, failed, revoked or attention_required", body = ErrorBody),
+        (status = 410, description = "provider deleted", body = ErrorBody)
+    ))]
+pub async fn get_token(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    PathId(id): PathId,
+) -> Result<Json<TokenView>, ApiError> {
+    tokens::token(&state, &caller, &id).await.map(Json)
+}

@@ -1,0 +1,245 @@
+//! Static credential capture (SPEC section 4): the schema a UI renders, and
+//! the submission — validated against the provider's `credential_schema`,
+//! optionally verified live against the provider, sealed, and stored with the
+//! single-use state consumed in the same statement.
+
+use crate::error::ApiError;
+use crate::middleware::Caller;
+use crate::services::connections::{audit, context, expire_if_stale};
+use crate::services::state_token::{self, StateProblem};
+use crate::services::strategy;
+use crate::state::AppState;
+use axum::http::StatusCode;
+use nexus_core::AuditEvent;
+use nexus_store::{Activation, ConnectionRow, ProviderRow};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use std::time::Duration;
+use utoipa::ToSchema;
+
+/// The answer of `GET /v1/capture-schema`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CaptureSchema {
+    pub connection_id: String,
+    pub provider: String,
+    pub auth_type: String,
+    #[schema(value_type = Object)]
+    pub credential_schema: Value,
+}
+
+/// A successful capture: where to send the user next.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Captured {
+    pub connection_id: String,
+    pub status: String,
+    pub return_url: String,
+}
+
+fn now_secs() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn invalid_state(p: StateProblem) -> ApiError {
+    match p {
+        StateProblem::Expired => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "state_expired",
+            "state: the capture link has expired; request a new connection",
+        ),
+        StateProblem::Invalid => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_state", "state: not a valid capture state")
+        }
+    }
+}
+
+/// Resolves a state to its pending connection and provider (without consuming it).
+async fn pending(state: &AppState, raw_state: &str) -> Result<(ConnectionRow, ProviderRow, String), ApiError> {
+    let claims = state_token::verify(&state.config.state_signer, raw_state, now_secs()).map_err(invalid_state)?;
+    let row = state
+        .store
+        .connection_by_id(&claims.connection_id)
+        .await?
+        .ok_or_else(|| invalid_state(StateProblem::Invalid))?;
+    let row = expire_if_stale(state, row).await?;
+    if row.state_nonce.as_deref() != Some(claims.nonce.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "state_used",
+            "state: this capture was already completed or superseded",
+        ));
+    }
+    let provider = state.store.provider_by_id(&row.provider_id).await?.ok_or_else(|| {
+        ApiError::new(StatusCode::GONE, "provider_deleted", "the provider of this connection was deleted")
+    })?;
+    if !provider.config.auth_type.is_static() {
+        return Err(ApiError::bad_request("state: this connection uses OAuth2, not credential capture"));
+    }
+    Ok((row, provider, claims.nonce))
+}
+
+/// `GET /v1/capture-schema?state=…`.
+pub async fn schema(state: &AppState, raw_state: &str) -> Result<CaptureSchema, ApiError> {
+    let (row, provider, _) = pending(state, raw_state).await?;
+    Ok(CaptureSchema {
+        connection_id: row.id,
+        provider: provider.config.name.to_string(),
+        auth_type: provider.config.auth_type.as_str().to_owned(),
+        credential_schema: provider.config.params.get("credential_schema").cloned().unwrap_or_else(|| json!({})),
+    })
+}
+
+/// Every way `credentials` fails the schema, as `{field, message}` pairs.
+pub fn schema_errors(schema: &Value, credentials: &Value) -> Vec<Value> {
+    let validator = match jsonschema::validator_for(schema) {
+        Ok(v) => v,
+        Err(e) => {
+            return vec![
+                json!({ "field": "credentials", "message": format!("the provider's schema is unusable: {e}") }),
+            ]
+        }
+    };
+    validator
+        .iter_errors(credentials)
+        .map(|e| {
+            let path = e.instance_path().to_string();
+            let field = match path.trim_start_matches('/') {
+                "" => missing_field(&e.to_string())
+                    .map(|f| format!("credentials.{f}"))
+                    .unwrap_or_else(|| "credentials".into()),
+                p => format!("credentials.{}", p.replace('/', ".")),
+            };
+            // The message names the rule, never the submitted value.
+            json!({ "field": field, "message": describe_kind(&e) })
+        })
+        .collect()
+}
+
+fn missing_field(message: &str) -> Option<String> {
+    let start = message.find('"')? + 1;
+    let end = start + message[start..].find('"')?;
+    message.contains("is a required property").then(|| message[start..end].to_owned())
+}
+
+fn describe_kind(e: &jsonschema::ValidationError<'_>) -> String {
+    let text = e.to_string();
+    if text.contains("is a required property") {
+        "is required".into()
+    } else if let Some(rest) = text.split(" is not of type ").nth(1) {
+        format!("must be of type {rest}")
+    } else {
+        format!("does not satisfy the schema ({})", e.schema_path())
+    }
+}
+
+/// `POST /v1/capture-credential` (and the public capture form).
+pub async fn submit(state: &AppState, caller: &Caller, body: Value) -> Result<Captured, ApiError> {
+    let Value::Object(mut body) = body else {
+        return Err(ApiError::bad_request("body: must be a JSON object with state and credentials"));
+    };
+    let raw_state = match body.remove("state") {
+        Some(Value::String(s)) => s,
+        _ => return Err(ApiError::bad_request("state: is required")),
+    };
+    let credentials = match body.remove("credentials") {
+        Some(v @ Value::Object(_)) => v,
+        Some(_) => return Err(ApiError::bad_request("credentials: must be an object")),
+        None => return Err(ApiError::bad_request("credentials: is required")),
+    };
+    if let Some(k) = body.keys().next() {
+        return Err(ApiError::bad_request(format!("{k}: unknown field")));
+    }
+    let (row, provider, nonce) = pending(state, &raw_state).await?;
+    let schema = provider.config.params.get("credential_schema").cloned().unwrap_or_else(|| json!({}));
+    let errors = schema_errors(&schema, &credentials);
+    if !errors.is_empty() {
+        let fields: Vec<&str> = errors.iter().filter_map(|e| e["field"].as_str()).collect();
+        return Err(ApiError::bad_request(format!(
+            "credentials do not match the provider's schema: {}",
+            fields.join(", ")
+        ))
+        .with_details(json!({ "fields": errors })));
+    }
+    let credentials = credentials.as_object().cloned().unwrap_or_default();
+    strategy::check_credentials(&provider, &credentials).map_err(ApiError::bad_request)?;
+    verify_live(state, &provider, &credentials).await?;
+
+    let activation = Activation {
+        credentials_enc: state
+            .config
+            .keyring
+            .seal(&context(&row.id, "credentials"), Value::Object(credentials.clone()).to_string().as_bytes()),
+        refresh_token_enc: None,
+        expires_at: None,
+        scopes: Some(Vec::new()),
+    };
+    let fields: Vec<&String> = credentials.keys().collect();
+    let data =
+        json!({ "auth_type": provider.config.auth_type, "fields": fields, "verified_live": has_live_check(&provider) });
+    let stored = state
+        .store
+        .activate_connection(
+            &row.id,
+            Some(&nonce),
+            &activation,
+            audit(Some(caller), AuditEvent::CredentialCaptured, &row, data),
+        )
+        .await?;
+    if !stored {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "state_used",
+            "state: this capture was already completed or has expired",
+        ));
+    }
+    let mut return_url = url::Url::parse(&row.return_url).map_err(|_| ApiError::internal())?;
+    return_url.query_pairs_mut().append_pair("connection_id", &row.id).append_pair("status", "success");
+    Ok(Captured { connection_id: row.id, status: "active".into(), return_url: return_url.to_string() })
+}
+
+fn has_live_check(provider: &ProviderRow) -> bool {
+    provider.config.api_base_url.is_some() && provider.config.user_info_endpoint.is_some()
+}
+
+/// With `api_base_url` and `user_info_endpoint`, applies the strategy to a GET
+/// of that URL: 401/403 → `400 invalid_credentials`; unreachable → `502`.
+async fn verify_live(
+    state: &AppState,
+    provider: &ProviderRow,
+    credentials: &Map<String, Value>,
+) -> Result<(), ApiError> {
+    let (Some(base), Some(endpoint)) = (&provider.config.api_base_url, &provider.config.user_info_endpoint) else {
+        return Ok(());
+    };
+    let url = if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
+        endpoint.clone()
+    } else {
+        format!("{}/{}", base.trim_end_matches('/'), endpoint.trim_start_matches('/'))
+    };
+    nexus_core::url_policy::parse_outbound_url(&url).map_err(|e| {
+        ApiError::new(StatusCode::CONFLICT, "provider_misconfigured", format!("user_info_endpoint: {e}"))
+    })?;
+    let request = strategy::sign_request(state, provider, credentials, reqwest::Method::GET, &url, b"")
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "provider_misconfigured", e))?;
+    let unreachable = || {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "provider_unreachable",
+            "the provider could not be reached to verify the credentials",
+        )
+    };
+    let response = tokio::time::timeout(Duration::from_secs(15), state.http.execute(request))
+        .await
+        .map_err(|_| unreachable())?
+        .map_err(|_| unreachable())?;
+    match response.status().as_u16() {
+        401 | 403 => {
+            Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_credentials", "the provider refused these credentials"))
+        }
+        s if s >= 500 => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "provider_error",
+            format!("the provider answered {s} while verifying the credentials"),
+        )),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,81 @@
+//! `GET /v1/token/{connection_id}` (SPEC section 5): the strategy and the usage
+//! credentials of an active connection — never a refresh token.
+
+use crate::error::ApiError;
+use crate::middleware::Caller;
+use crate::services::connections::{audit, context, expire_if_stale};
+use crate::services::strategy;
+use crate::state::AppState;
+use axum::http::StatusCode;
+use nexus_core::strategy::Strategy;
+use nexus_core::AuditEvent;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use utoipa::ToSchema;
+
+/// The answer of `GET /v1/token/{connection_id}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenView {
+    pub connection_id: String,
+    pub provider: String,
+    pub auth_type: String,
+    #[schema(value_type = Object)]
+    pub strategy: Strategy,
+    /// oauth2: access_token, token_type, expires_at, scope, id_token? and the
+    /// provider's extras; static types: the captured fields.
+    #[schema(value_type = Object)]
+    pub credentials: Map<String, Value>,
+    /// Unix seconds, or null when the credentials do not expire.
+    pub expires_at: Option<i64>,
+}
+
+pub async fn token(state: &AppState, caller: &Caller, id: &str) -> Result<TokenView, ApiError> {
+    let row = state.store.connection_by_id(id).await?.ok_or_else(|| ApiError::not_found("no such connection"))?;
+    let row = expire_if_stale(state, row).await?;
+    let provider = state.store.provider_by_id(&row.provider_id).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::GONE,
+            "provider_deleted",
+            "the provider of this connection was deleted; its credentials are unusable",
+        )
+    })?;
+    match row.status.as_str() {
+        "active" => {}
+        "attention_required" => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "attention_required",
+                "the provider refused the refresh token; the user must authorize again",
+            )
+            .with_details(json!({ "status": row.status })))
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "connection_not_active",
+                format!("the connection is {other}"),
+            )
+            .with_details(json!({ "status": other })))
+        }
+    }
+    let enc = row.credentials_enc.as_deref().ok_or_else(ApiError::internal)?;
+    let plain = state.config.keyring.open_string(&context(&row.id, "credentials"), enc).map_err(|e| {
+        tracing::error!(connection = %row.id, error = %e, "credentials do not open");
+        ApiError::internal()
+    })?;
+    let mut credentials: Map<String, Value> = serde_json::from_str(&plain).map_err(|_| ApiError::internal())?;
+    credentials.remove("refresh_token");
+    if provider.config.auth_type == nexus_core::AuthType::Oauth2 {
+        credentials.insert("expires_at".into(), row.expires_at.map(Value::from).unwrap_or(Value::Null));
+    }
+    let entry = audit(Some(caller), AuditEvent::TokenRetrieved, &row, json!({}));
+    state.audit_async(entry);
+    Ok(TokenView {
+        connection_id: row.id,
+        provider: provider.config.name.to_string(),
+        auth_type: provider.config.auth_type.as_str().to_owned(),
+        strategy: strategy::for_provider(&provider),
+        credentials,
+        expires_at: row.expires_at,
+    })
+}

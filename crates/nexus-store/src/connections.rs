@@ -1,0 +1,328 @@
+//! Connection rows: status, the handshake in progress and the sealed credentials.
+//!
+//! State transitions that must not race (consuming a single-use `state`,
+//! activating, failing, revoking) are single conditional `UPDATE`s inside a
+//! write transaction together with their audit row.
+
+use crate::audit::{append_in_tx, NewAudit};
+use crate::{get, now_micros, Store, StoreError};
+use sqlx::any::AnyRow;
+
+/// One stored connection. `*_enc` fields are vault envelopes.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionRow {
+    pub id: String,
+    pub provider_id: String,
+    pub provider_name: String,
+    pub auth_type: String,
+    pub workspace_id: String,
+    pub status: String,
+    pub scopes: Vec<String>,
+    pub return_url: String,
+    pub metadata: Option<serde_json::Value>,
+    pub state_nonce: Option<String>,
+    /// Unix microseconds.
+    pub handshake_expires_at: Option<i64>,
+    pub pkce_verifier_enc: Option<String>,
+    pub oidc_nonce: Option<String>,
+    pub credentials_enc: Option<String>,
+    pub refresh_token_enc: Option<String>,
+    /// Unix seconds of the access token's expiry.
+    pub expires_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// Filters of `GET /v1/connections`.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionFilter {
+    pub workspace_id: Option<String>,
+    pub provider_id: Option<String>,
+    pub status: Option<String>,
+    pub limit: i64,
+}
+
+/// A fresh handshake for a connection (new or re-authorized).
+#[derive(Debug, Clone)]
+pub struct Handshake {
+    pub state_nonce: String,
+    pub expires_at: i64,
+    pub pkce_verifier_enc: Option<String>,
+    pub oidc_nonce: Option<String>,
+    pub scopes: Vec<String>,
+    pub return_url: String,
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// What an activation stores.
+#[derive(Debug, Clone)]
+pub struct Activation {
+    pub credentials_enc: String,
+    pub refresh_token_enc: Option<String>,
+    pub expires_at: Option<i64>,
+    pub scopes: Option<Vec<String>>,
+}
+
+const COLUMNS: &str = "id, provider_id, provider_name, auth_type, workspace_id, status, scopes, return_url, metadata, \
+     state_nonce, handshake_expires_at, pkce_verifier_enc, oidc_nonce, credentials_enc, refresh_token_enc, \
+     expires_at, last_error, created_at, updated_at";
+
+fn from_row(row: &AnyRow) -> Result<ConnectionRow, StoreError> {
+    let scopes: String = get(row, "scopes")?;
+    let metadata: Option<String> = get(row, "metadata")?;
+    Ok(ConnectionRow {
+        id: get(row, "id")?,
+        provider_id: get(row, "provider_id")?,
+        provider_name: get(row, "provider_name")?,
+        auth_type: get(row, "auth_type")?,
+        workspace_id: get(row, "workspace_id")?,
+        status: get(row, "status")?,
+        scopes: serde_json::from_str(&scopes).map_err(|e| StoreError::Corrupt(format!("connection scopes: {e}")))?,
+        return_url: get(row, "return_url")?,
+        metadata: metadata
+            .map(|m| serde_json::from_str(&m))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("connection metadata: {e}")))?,
+        state_nonce: get(row, "state_nonce")?,
+        handshake_expires_at: get(row, "handshake_expires_at")?,
+        pkce_verifier_enc: get(row, "pkce_verifier_enc")?,
+        oidc_nonce: get(row, "oidc_nonce")?,
+        credentials_enc: get(row, "credentials_enc")?,
+        refresh_token_enc: get(row, "refresh_token_enc")?,
+        expires_at: get(row, "expires_at")?,
+        last_error: get(row, "last_error")?,
+        created_at: get(row, "created_at")?,
+        updated_at: get(row, "updated_at")?,
+    })
+}
+
+fn json(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+impl Store {
+    /// Inserts a new pending connection with its handshake and audit row.
+    pub async fn insert_connection(&self, row: &ConnectionRow, audit: NewAudit) -> Result<(), StoreError> {
+        let mut w = self.begin_write().await?;
+        sqlx::query(&format!(
+            "INSERT INTO connections ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+        ))
+        .bind(&row.id)
+        .bind(&row.provider_id)
+        .bind(&row.provider_name)
+        .bind(&row.auth_type)
+        .bind(&row.workspace_id)
+        .bind(&row.status)
+        .bind(json(&row.scopes))
+        .bind(&row.return_url)
+        .bind(row.metadata.as_ref().map(json))
+        .bind(row.state_nonce.as_deref())
+        .bind(row.handshake_expires_at)
+        .bind(row.pkce_verifier_enc.as_deref())
+        .bind(row.oidc_nonce.as_deref())
+        .bind(row.credentials_enc.as_deref())
+        .bind(row.refresh_token_enc.as_deref())
+        .bind(row.expires_at)
+        .bind(row.last_error.as_deref())
+        .bind(row.created_at)
+        .bind(row.updated_at)
+        .execute(&mut *w.tx)
+        .await?;
+        append_in_tx(&mut w, audit).await?;
+        w.commit().await
+    }
+
+    /// Starts a new handshake on an existing connection (re-authorization keeps
+    /// the id). An active connection stays active with its current credentials
+    /// until the new ones arrive; any other becomes pending.
+    pub async fn restart_handshake(&self, id: &str, h: &Handshake, audit: NewAudit) -> Result<(), StoreError> {
+        let mut w = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE connections SET state_nonce = $1, handshake_expires_at = $2, pkce_verifier_enc = $3, oidc_nonce = $4,
+                    scopes = $5, return_url = $6, metadata = $7, last_error = NULL, updated_at = $8,
+                    status = CASE WHEN status = 'active' THEN 'active' ELSE 'pending' END
+             WHERE id = $9",
+        )
+        .bind(&h.state_nonce)
+        .bind(h.expires_at)
+        .bind(h.pkce_verifier_enc.as_deref())
+        .bind(h.oidc_nonce.as_deref())
+        .bind(json(&h.scopes))
+        .bind(&h.return_url)
+        .bind(h.metadata.as_ref().map(json))
+        .bind(now_micros())
+        .bind(id)
+        .execute(&mut *w.tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        append_in_tx(&mut w, audit).await?;
+        w.commit().await
+    }
+
+    pub async fn connection_by_id(&self, id: &str) -> Result<Option<ConnectionRow>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM connections WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// Consumes a single-use state: succeeds once, only while the handshake has
+    /// not expired. Returns the connection as it was before consumption.
+    pub async fn consume_state(&self, id: &str, state_nonce: &str) -> Result<Option<ConnectionRow>, StoreError> {
+        let mut w = self.begin_write().await?;
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM connections WHERE id = $1 AND state_nonce = $2"))
+            .bind(id)
+            .bind(state_nonce)
+            .fetch_optional(&mut *w.tx)
+            .await?;
+        let Some(row) = row.as_ref().map(from_row).transpose()? else {
+            return Ok(None);
+        };
+        let done = sqlx::query(
+            "UPDATE connections SET state_nonce = NULL, updated_at = $1
+             WHERE id = $2 AND state_nonce = $3 AND handshake_expires_at >= $1",
+        )
+        .bind(now_micros())
+        .bind(id)
+        .bind(state_nonce)
+        .execute(&mut *w.tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(None);
+        }
+        w.commit().await?;
+        Ok(Some(row))
+    }
+
+    /// Stores credentials and marks the connection active, clearing the handshake.
+    /// With `state_nonce`, the state is consumed in the same statement (static
+    /// capture): `Ok(false)` if it was already used or expired.
+    pub async fn activate_connection(
+        &self,
+        id: &str,
+        state_nonce: Option<&str>,
+        a: &Activation,
+        audit: NewAudit,
+    ) -> Result<bool, StoreError> {
+        let mut w = self.begin_write().await?;
+        let now = now_micros();
+        let mut sql = String::from(
+            "UPDATE connections SET status = 'active', credentials_enc = $1, refresh_token_enc = $2, expires_at = $3,
+                    scopes = COALESCE($4, scopes), state_nonce = NULL, handshake_expires_at = NULL,
+                    pkce_verifier_enc = NULL, oidc_nonce = NULL, last_error = NULL, updated_at = $5
+             WHERE id = $6 AND status <> 'revoked'",
+        );
+        if state_nonce.is_some() {
+            sql.push_str(" AND state_nonce = $7 AND handshake_expires_at >= $5");
+        }
+        let mut q = sqlx::query(&sql)
+            .bind(&a.credentials_enc)
+            .bind(a.refresh_token_enc.as_deref())
+            .bind(a.expires_at)
+            .bind(a.scopes.as_ref().map(json))
+            .bind(now)
+            .bind(id);
+        if let Some(s) = state_nonce {
+            q = q.bind(s);
+        }
+        let done = q.execute(&mut *w.tx).await?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        append_in_tx(&mut w, audit).await?;
+        w.commit().await?;
+        Ok(true)
+    }
+
+    /// Records a failed handshake. An active connection (being re-authorized)
+    /// keeps its status and credentials; anything else becomes `failed`.
+    pub async fn fail_connection(&self, id: &str, error: &str, audit: NewAudit) -> Result<(), StoreError> {
+        let mut w = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE connections SET status = CASE WHEN status = 'active' THEN 'active' ELSE 'failed' END,
+                    last_error = $1, state_nonce = NULL, handshake_expires_at = NULL, pkce_verifier_enc = NULL,
+                    oidc_nonce = NULL, updated_at = $2
+             WHERE id = $3 AND status <> 'revoked'",
+        )
+        .bind(error)
+        .bind(now_micros())
+        .bind(id)
+        .execute(&mut *w.tx)
+        .await?;
+        append_in_tx(&mut w, audit).await?;
+        w.commit().await
+    }
+
+    /// Marks a pending connection whose handshake expired as failed (`expired`).
+    pub async fn expire_pending(&self, id: &str, audit: NewAudit) -> Result<bool, StoreError> {
+        let mut w = self.begin_write().await?;
+        let now = now_micros();
+        let done = sqlx::query(
+            "UPDATE connections SET status = 'failed', last_error = 'expired', state_nonce = NULL,
+                    pkce_verifier_enc = NULL, oidc_nonce = NULL, updated_at = $1
+             WHERE id = $2 AND status = 'pending' AND handshake_expires_at < $1",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *w.tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        append_in_tx(&mut w, audit).await?;
+        w.commit().await?;
+        Ok(true)
+    }
+
+    /// Revokes a connection and wipes its credentials. Returns the row as it was
+    /// (for calling the provider's revocation endpoint), `None` if already revoked.
+    pub async fn revoke_connection(&self, id: &str, audit: NewAudit) -> Result<Option<ConnectionRow>, StoreError> {
+        let mut w = self.begin_write().await?;
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM connections WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&mut *w.tx)
+            .await?;
+        let Some(row) = row.as_ref().map(from_row).transpose()? else {
+            return Err(StoreError::NotFound);
+        };
+        if row.status == "revoked" {
+            return Ok(None);
+        }
+        sqlx::query(
+            "UPDATE connections SET status = 'revoked', credentials_enc = NULL, refresh_token_enc = NULL,
+                    expires_at = NULL, state_nonce = NULL, handshake_expires_at = NULL, pkce_verifier_enc = NULL,
+                    oidc_nonce = NULL, updated_at = $1
+             WHERE id = $2",
+        )
+        .bind(now_micros())
+        .bind(id)
+        .execute(&mut *w.tx)
+        .await?;
+        append_in_tx(&mut w, audit).await?;
+        w.commit().await?;
+        Ok(Some(row))
+    }
+
+    /// Connections matching the filter, newest first.
+    pub async fn list_connections(&self, f: &ConnectionFilter) -> Result<Vec<ConnectionRow>, StoreError> {
+        let mut sql = format!("SELECT {COLUMNS} FROM connections WHERE 1 = 1");
+        let mut binds: Vec<&str> = Vec::new();
+        for (col, v) in [("workspace_id", &f.workspace_id), ("provider_id", &f.provider_id), ("status", &f.status)] {
+            if let Some(v) = v {
+                binds.push(v);
+                sql.push_str(&format!(" AND {col} = ${}", binds.len()));
+            }
+        }
+        sql.push_str(&format!(" ORDER BY created_at DESC, id LIMIT {}", f.limit.clamp(1, 1000)));
+        let mut q = sqlx::query(&sql);
+        for b in binds {
+            q = q.bind(b);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter().map(from_row).collect()
+    }
+}
