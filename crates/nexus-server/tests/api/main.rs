@@ -3,6 +3,7 @@
 
 mod audit;
 mod bad_input;
+mod capture;
 mod network;
 mod oauth;
 mod openapi;
