@@ -2,7 +2,8 @@
 //! outbound HTTP client, and the batched writer for high-volume audit rows.
 
 use crate::config::Config;
-use nexus_store::{NewAudit, Store};
+use crate::services::token_cache::TokenCache;
+use nexus_store::{Invalidation, NewAudit, Store};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -18,6 +19,8 @@ pub struct Inner {
     /// For calls to providers. Redirects are not followed so an https endpoint
     /// cannot bounce us to a plain-http one.
     pub http: reqwest::Client,
+    /// Answers of `GET /v1/token`, invalidated on every change.
+    pub token_cache: TokenCache,
     audit_tx: mpsc::Sender<AuditMsg>,
 }
 
@@ -49,7 +52,30 @@ impl AppState {
             .expect("the HTTP client configuration is static and valid");
         let (audit_tx, audit_rx) = mpsc::channel(16 * 1024);
         tokio::spawn(audit_writer(store.clone(), audit_rx));
-        AppState(Arc::new(Inner { config, store, http, audit_tx }))
+        let invalidations = store.subscribe_invalidations();
+        let state = AppState(Arc::new(Inner {
+            config,
+            store,
+            http,
+            token_cache: TokenCache::new(Duration::from_secs(30)),
+            audit_tx,
+        }));
+        if let Some(mut rx) = invalidations {
+            let weak = Arc::downgrade(&state.0);
+            tokio::spawn(async move {
+                while let Some(what) = rx.recv().await {
+                    let Some(inner) = weak.upgrade() else { return };
+                    inner.token_cache.invalidate(&what);
+                }
+            });
+        }
+        state
+    }
+
+    /// Forgets cached answers affected by a change this process just committed
+    /// (other replicas hear of it through the store's notifications).
+    pub fn invalidate(&self, what: Invalidation) {
+        self.token_cache.invalidate(&what);
     }
 
     /// Records a high-volume event (`token.retrieved`) without waiting for the
@@ -89,6 +115,7 @@ async fn audit_writer(store: Store, mut rx: mpsc::Receiver<AuditMsg>) {
                 next = rx.try_recv().ok();
             }
         }
+        let batch = coalesce(batch);
         let count = batch.len();
         for attempt in 0..5u32 {
             match store.append_audit_batch(batch.clone()).await {
@@ -102,5 +129,67 @@ async fn audit_writer(store: Store, mut rx: mpsc::Receiver<AuditMsg>) {
         for w in waiters {
             let _ = w.send(());
         }
+    }
+}
+
+/// Merges `token.retrieved` rows of one connection and caller within a batch
+/// into one row carrying `count`, so a hot agent does not write a row per call
+/// while every retrieval stays accounted for. Other events keep their order.
+fn coalesce(batch: Vec<NewAudit>) -> Vec<NewAudit> {
+    let mut out: Vec<NewAudit> = Vec::with_capacity(batch.len());
+    /// Connection, caller IP and user agent of a retrieval.
+    type Key = (Option<String>, Option<String>, Option<String>);
+    let mut index: std::collections::HashMap<Key, usize> = std::collections::HashMap::new();
+    for entry in batch {
+        if entry.event_type != nexus_core::AuditEvent::TokenRetrieved.as_str() {
+            out.push(entry);
+            continue;
+        }
+        let key = (entry.connection_id.clone(), entry.ip.clone(), entry.user_agent.clone());
+        match index.get(&key) {
+            Some(&i) => {
+                let n = out[i].data.get("count").and_then(serde_json::Value::as_u64).unwrap_or(1);
+                out[i].data["count"] = serde_json::Value::from(n + 1);
+            }
+            None => {
+                let mut entry = entry;
+                if !entry.data.is_object() {
+                    entry.data = serde_json::json!({});
+                }
+                entry.data["count"] = serde_json::Value::from(1u64);
+                index.insert(key, out.len());
+                out.push(entry);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retrieved(conn: &str) -> NewAudit {
+        NewAudit {
+            event_type: "token.retrieved",
+            connection_id: Some(conn.into()),
+            data: serde_json::json!({}),
+            ..NewAudit::default()
+        }
+    }
+
+    #[test]
+    fn retrievals_of_one_connection_merge_with_a_count() {
+        let batch = vec![
+            retrieved("a"),
+            retrieved("b"),
+            NewAudit { event_type: "provider.updated", ..NewAudit::default() },
+            retrieved("a"),
+        ];
+        let out = coalesce(batch);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0].data["count"], 2);
+        assert_eq!(out[1].data["count"], 1);
+        assert_eq!(out[2].event_type, "provider.updated");
     }
 }

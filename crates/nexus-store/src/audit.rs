@@ -23,6 +23,8 @@ pub struct NewAudit {
     pub connection_id: Option<String>,
     pub workspace_id: Option<String>,
     pub data: Value,
+    /// When the event happened (unix microseconds); default: when written.
+    pub at: Option<i64>,
 }
 
 /// A stored audit row.
@@ -140,23 +142,32 @@ fn from_row(row: &AnyRow) -> Result<(AuditEntry, String), StoreError> {
     Ok((entry, data))
 }
 
-/// Appends `audit` inside an open write transaction, after the chain head.
-pub(crate) async fn append_in_tx(w: &mut WriteTx, audit: NewAudit) -> Result<AuditEntry, StoreError> {
+/// Locks the chain (PostgreSQL: across processes) and reads its head.
+async fn chain_head(w: &mut WriteTx) -> Result<(i64, String), StoreError> {
     if w.backend == Backend::Postgres {
         // One chain, one appender at a time across every process on this database.
         sqlx::query("SELECT pg_advisory_xact_lock(7243100417)").execute(&mut *w.tx).await?;
     }
     let head =
         sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *w.tx).await?;
-    let (prev_seq, prev_hash) = match head {
+    Ok(match head {
         Some(row) => (get::<i64>(&row, "seq")?, get::<String>(&row, "hash")?),
         None => (0, GENESIS_HASH.to_owned()),
-    };
+    })
+}
+
+/// Builds the row that follows `(prev_seq, prev_hash)` and inserts it.
+async fn insert_after(
+    w: &mut WriteTx,
+    prev_seq: i64,
+    prev_hash: String,
+    audit: NewAudit,
+) -> Result<AuditEntry, StoreError> {
     let data = audit.data.to_string();
     let mut entry = AuditEntry {
         seq: prev_seq + 1,
         id: uuid::Uuid::now_v7().to_string(),
-        at: now_micros(),
+        at: audit.at.unwrap_or_else(now_micros),
         event_type: audit.event_type.to_owned(),
         ip: audit.ip,
         user_agent: audit.user_agent.map(|ua| ua.chars().take(512).collect()),
@@ -188,6 +199,12 @@ pub(crate) async fn append_in_tx(w: &mut WriteTx, audit: NewAudit) -> Result<Aud
     Ok(entry)
 }
 
+/// Appends `audit` inside an open write transaction, after the chain head.
+pub(crate) async fn append_in_tx(w: &mut WriteTx, audit: NewAudit) -> Result<AuditEntry, StoreError> {
+    let (seq, hash) = chain_head(w).await?;
+    insert_after(w, seq, hash, audit).await
+}
+
 impl Store {
     /// Appends one audit row in its own transaction.
     pub async fn append_audit(&self, audit: NewAudit) -> Result<AuditEntry, StoreError> {
@@ -203,8 +220,10 @@ impl Store {
             return Ok(());
         }
         let mut w = self.begin_write().await?;
+        let (mut seq, mut hash) = chain_head(&mut w).await?;
         for a in audits {
-            append_in_tx(&mut w, a).await?;
+            let entry = insert_after(&mut w, seq, hash, a).await?;
+            (seq, hash) = (entry.seq, entry.hash);
         }
         w.commit().await
     }

@@ -5,6 +5,7 @@
 //! write transaction together with their audit row.
 
 use crate::audit::{append_in_tx, NewAudit};
+use crate::invalidation::{notify_in_tx, Invalidation};
 use crate::{get, now_micros, Store, StoreError};
 use sqlx::any::AnyRow;
 
@@ -233,6 +234,7 @@ impl Store {
         if done.rows_affected() != 1 {
             return Ok(false);
         }
+        notify_in_tx(&mut w, Invalidation::Connection(id.to_owned())).await?;
         append_in_tx(&mut w, audit).await?;
         w.commit().await?;
         Ok(true)
@@ -253,6 +255,7 @@ impl Store {
         .bind(id)
         .execute(&mut *w.tx)
         .await?;
+        notify_in_tx(&mut w, Invalidation::Connection(id.to_owned())).await?;
         append_in_tx(&mut w, audit).await?;
         w.commit().await
     }
@@ -273,6 +276,7 @@ impl Store {
         if done.rows_affected() != 1 {
             return Ok(false);
         }
+        notify_in_tx(&mut w, Invalidation::Connection(id.to_owned())).await?;
         append_in_tx(&mut w, audit).await?;
         w.commit().await?;
         Ok(true)
@@ -302,6 +306,7 @@ impl Store {
         .bind(id)
         .execute(&mut *w.tx)
         .await?;
+        notify_in_tx(&mut w, Invalidation::Connection(id.to_owned())).await?;
         append_in_tx(&mut w, audit).await?;
         w.commit().await?;
         Ok(Some(row))

@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod connections;
+pub mod invalidation;
 pub mod providers;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -21,6 +22,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 pub use audit::{AuditEntry, AuditFilter, AuditPage, ChainReport, NewAudit};
 pub use connections::{Activation, ConnectionFilter, ConnectionRow, Handshake};
+pub use invalidation::Invalidation;
 pub use providers::{ProviderFilter, ProviderRow};
 
 /// Storage failures. `Conflict` and `NotFound` are for callers to map to 409/404;
@@ -51,6 +53,7 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    url: Arc<str>,
     /// SQLite allows one writer; taking this first avoids busy/upgrade errors.
     writer: Option<Arc<Mutex<()>>>,
 }
@@ -118,7 +121,7 @@ impl Store {
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
         let writer = (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(())));
-        Ok(Store { pool, backend, writer })
+        Ok(Store { pool, backend, url: Arc::from(url), writer })
     }
 
     pub fn backend(&self) -> Backend {

@@ -1,6 +1,7 @@
 //! Provider rows: the validated configuration as JSON plus the sealed secret.
 
 use crate::audit::{append_in_tx, NewAudit};
+use crate::invalidation::{notify_in_tx, Invalidation};
 use crate::{conflict_on_unique, get, now_micros, Store, StoreError};
 use nexus_core::provider::{Discovery, ProviderConfig};
 use nexus_core::AuthType;
@@ -113,6 +114,7 @@ impl Store {
                 StoreError::NotFound
             });
         }
+        notify_in_tx(&mut w, Invalidation::Provider(row.id.clone())).await?;
         append_in_tx(&mut w, audit).await?;
         w.commit().await
     }
@@ -129,6 +131,7 @@ impl Store {
             .fetch_one(&mut *w.tx)
             .await?;
         let orphaned: i64 = get(&row, "n")?;
+        notify_in_tx(&mut w, Invalidation::Provider(id.to_owned())).await?;
         append_in_tx(&mut w, audit(orphaned)).await?;
         w.commit().await?;
         Ok(orphaned)

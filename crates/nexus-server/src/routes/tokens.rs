@@ -6,7 +6,9 @@ use crate::middleware::Caller;
 use crate::services::tokens::{self, TokenView};
 use crate::state::AppState;
 use axum::extract::State;
-use axum::{Extension, Json};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
 
 /// The strategy and fresh usage credentials of an active connection (never a refresh token).
 #[utoipa::path(get, path = "/v1/token/{connection_id}", tag = "tokens",
@@ -22,6 +24,7 @@ pub async fn get_token(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     PathId(id): PathId,
-) -> Result<Json<TokenView>, ApiError> {
-    tokens::token(&state, &caller, &id).await.map(Json)
+) -> Result<Response, ApiError> {
+    let body = tokens::token(&state, &caller, &id).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], body).into_response())
 }

@@ -183,8 +183,9 @@ pub async fn submit(state: &AppState, caller: &Caller, body: Value) -> Result<Ca
             &activation,
             audit(Some(caller), AuditEvent::CredentialCaptured, &row, data),
         )
-        .await?;
-    if !stored {
+        .await;
+    state.invalidate(nexus_store::Invalidation::Connection(row.id.clone()));
+    if !stored? {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "state_used",

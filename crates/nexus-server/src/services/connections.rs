@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use nexus_core::connection::{narrow_scopes, parse_return_url, PENDING_TTL_SECS};
 use nexus_core::{AuditEvent, AuthType, ConnectionStatus, SecretString};
 use nexus_oauth::{ClientAuth, ClientConfig};
-use nexus_store::{Activation, ConnectionFilter, ConnectionRow, Handshake, NewAudit, ProviderRow};
+use nexus_store::{Activation, ConnectionFilter, ConnectionRow, Handshake, Invalidation, NewAudit, ProviderRow};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
@@ -100,6 +100,7 @@ pub(crate) fn audit(caller: Option<&Caller>, event: AuditEvent, row: &Connection
         connection_id: Some(row.id.clone()),
         workspace_id: Some(row.workspace_id.clone()),
         data,
+        at: Some(chrono::Utc::now().timestamp_micros()),
     }
 }
 
@@ -413,6 +414,7 @@ pub async fn callback(state: &AppState, caller: &Caller, q: CallbackQuery) -> Ca
             if let Err(e) = state.store.fail_connection(&conn.id, &code, audit_row).await {
                 tracing::error!(error = %e, connection = %conn.id, "could not record a failed connection");
             }
+            state.invalidate(Invalidation::Connection(conn.id.clone()));
             CallbackOutcome::Redirect(redirect_to(
                 &conn.return_url,
                 &[("connection_id", &conn.id), ("status", "error"), ("error", &code)],
@@ -503,7 +505,7 @@ async fn complete(state: &AppState, caller: &Caller, conn: &ConnectionRow, q: &C
         scopes: None,
     };
     let data = json!({ "auth_type": "oauth2", "id_token_verified": id_token_verified, "refresh_token": tokens.refresh_token.is_some() });
-    match state
+    let stored = state
         .store
         .activate_connection(
             &conn.id,
@@ -511,8 +513,9 @@ async fn complete(state: &AppState, caller: &Caller, conn: &ConnectionRow, q: &C
             &activation,
             audit(Some(caller), AuditEvent::ConnectionActivated, conn, data),
         )
-        .await
-    {
+        .await;
+    state.invalidate(Invalidation::Connection(conn.id.clone()));
+    match stored {
         Ok(true) => Ok(()),
         Ok(false) => Err("connection_revoked".into()),
         Err(e) => {
@@ -534,6 +537,7 @@ pub(crate) async fn expire_if_stale(state: &AppState, row: ConnectionRow) -> Res
     if row.status == "pending" && row.handshake_expires_at.is_some_and(|t| t < now_micros()) {
         let a = audit(None, AuditEvent::ConnectionFailed, &row, json!({ "error": "expired" }));
         state.store.expire_pending(&row.id, a).await?;
+        state.invalidate(Invalidation::Connection(row.id.clone()));
         return Ok(state.store.connection_by_id(&row.id).await?.unwrap_or(row));
     }
     Ok(row)
@@ -600,7 +604,10 @@ pub async fn revoke(state: &AppState, caller: &Caller, id: &str) -> Result<Conne
         }
     }
     let data = json!({ "provider_revocation": provider_revocation });
-    state.store.revoke_connection(&row.id, audit(Some(caller), AuditEvent::ConnectionRevoked, &row, data)).await?;
+    let revoked =
+        state.store.revoke_connection(&row.id, audit(Some(caller), AuditEvent::ConnectionRevoked, &row, data)).await;
+    state.invalidate(Invalidation::Connection(row.id.clone()));
+    revoked?;
     let row = state.store.connection_by_id(id).await?.ok_or_else(|| ApiError::not_found("no such connection"))?;
     Ok(view(row))
 }

@@ -7,4 +7,5 @@ pub mod connections;
 pub mod providers;
 pub mod state_token;
 pub mod strategy;
+pub mod token_cache;
 pub mod tokens;

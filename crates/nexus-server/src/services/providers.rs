@@ -289,7 +289,9 @@ pub async fn update(
         &row.id,
         json!({ "name": row.config.name, "changed_fields": changed, "method": if mode == UpdateMode::Patch { "PATCH" } else { "PUT" } }),
     );
-    state.store.update_provider(&row, stored.updated_at, entry).await.map_err(name_conflict)?;
+    let updated = state.store.update_provider(&row, stored.updated_at, entry).await;
+    state.invalidate(nexus_store::Invalidation::Provider(row.id.clone()));
+    updated.map_err(name_conflict)?;
     Ok(view(row))
 }
 
@@ -324,7 +326,9 @@ pub async fn delete(state: &AppState, caller: &Caller, id_or_name: &str) -> Resu
                 json!({ "name": name, "orphaned_connections": orphaned }),
             )
         })
-        .await?;
+        .await;
+    state.invalidate(nexus_store::Invalidation::Provider(stored.id.clone()));
+    let orphaned = orphaned?;
     Ok(DeletedView { id: stored.id, name, deleted: true, orphaned_connections: orphaned })
 }
 

@@ -6,11 +6,14 @@ use crate::middleware::Caller;
 use crate::services::connections::{audit, context, expire_if_stale};
 use crate::services::strategy;
 use crate::state::AppState;
+use axum::body::Bytes;
 use axum::http::StatusCode;
 use nexus_core::strategy::Strategy;
 use nexus_core::AuditEvent;
+use nexus_store::NewAudit;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
+use std::time::Duration;
 use utoipa::ToSchema;
 
 /// The answer of `GET /v1/token/{connection_id}`.
@@ -29,7 +32,36 @@ pub struct TokenView {
     pub expires_at: Option<i64>,
 }
 
-pub async fn token(state: &AppState, caller: &Caller, id: &str) -> Result<TokenView, ApiError> {
+/// Seconds before `expires_at` in which an OAuth answer is not served from cache.
+pub const REFRESH_WINDOW_SECS: i64 = 300;
+
+/// The JSON answer (served from the cache when possible).
+pub async fn token(state: &AppState, caller: &Caller, id: &str) -> Result<Bytes, ApiError> {
+    if let Some(hit) = state.token_cache.get(id) {
+        state.audit_async(NewAudit {
+            event_type: AuditEvent::TokenRetrieved.as_str(),
+            ip: Some(caller.ip_string()),
+            user_agent: caller.user_agent.clone(),
+            provider_id: Some(hit.provider_id),
+            connection_id: Some(id.to_owned()),
+            workspace_id: Some(hit.workspace_id),
+            data: json!({}),
+            at: Some(chrono::Utc::now().timestamp_micros()),
+        });
+        return Ok(hit.body);
+    }
+    let view = load(state, caller, id).await?;
+    let body = Bytes::from(serde_json::to_vec(&view.0).map_err(|_| ApiError::internal())?);
+    let max_age = view.0.expires_at.map(|exp| {
+        let left = exp - REFRESH_WINDOW_SECS - chrono::Utc::now().timestamp();
+        Duration::from_secs(left.max(0) as u64)
+    });
+    state.token_cache.put(id, body.clone(), &view.1, &view.2, max_age);
+    Ok(body)
+}
+
+/// Reads, checks and decrypts; returns the view with its provider and workspace ids.
+async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<(TokenView, String, String), ApiError> {
     let row = state.store.connection_by_id(id).await?.ok_or_else(|| ApiError::not_found("no such connection"))?;
     let row = expire_if_stale(state, row).await?;
     let provider = state.store.provider_by_id(&row.provider_id).await?.ok_or_else(|| {
@@ -70,12 +102,13 @@ pub async fn token(state: &AppState, caller: &Caller, id: &str) -> Result<TokenV
     }
     let entry = audit(Some(caller), AuditEvent::TokenRetrieved, &row, json!({}));
     state.audit_async(entry);
-    Ok(TokenView {
+    let view = TokenView {
         connection_id: row.id,
         provider: provider.config.name.to_string(),
         auth_type: provider.config.auth_type.as_str().to_owned(),
         strategy: strategy::for_provider(&provider),
         credentials,
         expires_at: row.expires_at,
-    })
+    };
+    Ok((view, row.provider_id, row.workspace_id))
 }

@@ -1,0 +1,112 @@
+//! A short-lived in-memory cache of `GET /v1/token` answers, so the hot path
+//! of agents needs no database round trip.
+//!
+//! Correctness rests on invalidation, not on the TTL: every write that changes
+//! an answer invalidates it here (this process) and, on PostgreSQL, through
+//! `NOTIFY` in the same transaction (other replicas; see
+//! `nexus_store::invalidation`). The TTL is only a backstop, and an OAuth
+//! answer is never served from cache inside its refresh window.
+
+use axum::body::Bytes;
+use nexus_store::Invalidation;
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+/// The most entries kept; beyond it the cache starts over.
+const MAX_ENTRIES: usize = 100_000;
+
+#[derive(Debug, Clone)]
+pub struct Cached {
+    pub body: Bytes,
+    pub provider_id: String,
+    pub workspace_id: String,
+    valid_until: Instant,
+}
+
+#[derive(Debug)]
+pub struct TokenCache {
+    entries: RwLock<HashMap<String, Cached>>,
+    ttl: Duration,
+}
+
+impl TokenCache {
+    pub fn new(ttl: Duration) -> TokenCache {
+        TokenCache { entries: RwLock::new(HashMap::new()), ttl }
+    }
+
+    pub fn get(&self, connection_id: &str) -> Option<Cached> {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        entries.get(connection_id).filter(|c| c.valid_until > Instant::now()).cloned()
+    }
+
+    /// Caches an answer for at most the TTL and at most `max_age`.
+    pub fn put(
+        &self,
+        connection_id: &str,
+        body: Bytes,
+        provider_id: &str,
+        workspace_id: &str,
+        max_age: Option<Duration>,
+    ) {
+        let age = max_age.map_or(self.ttl, |m| m.min(self.ttl));
+        if age.is_zero() {
+            return;
+        }
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= MAX_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(
+            connection_id.to_owned(),
+            Cached {
+                body,
+                provider_id: provider_id.to_owned(),
+                workspace_id: workspace_id.to_owned(),
+                valid_until: Instant::now() + age,
+            },
+        );
+    }
+
+    pub fn invalidate(&self, what: &Invalidation) {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        match what {
+            Invalidation::Connection(id) => {
+                entries.remove(id);
+            }
+            Invalidation::Provider(id) => entries.retain(|_, c| &c.provider_id != id),
+            Invalidation::All => entries.clear(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalidation_by_connection_provider_and_all() {
+        let c = TokenCache::new(Duration::from_secs(60));
+        c.put("c1", Bytes::from_static(b"1"), "p1", "w", None);
+        c.put("c2", Bytes::from_static(b"2"), "p2", "w", None);
+        c.put("c3", Bytes::from_static(b"3"), "p1", "w", None);
+        c.invalidate(&Invalidation::Connection("c2".into()));
+        assert!(c.get("c2").is_none() && c.get("c1").is_some());
+        c.invalidate(&Invalidation::Provider("p1".into()));
+        assert!(c.get("c1").is_none() && c.get("c3").is_none());
+        c.put("c4", Bytes::from_static(b"4"), "p3", "w", None);
+        c.invalidate(&Invalidation::All);
+        assert!(c.get("c4").is_none());
+    }
+
+    #[test]
+    fn entries_expire() {
+        let c = TokenCache::new(Duration::from_secs(60));
+        c.put("c1", Bytes::from_static(b"1"), "p", "w", Some(Duration::ZERO));
+        assert!(c.get("c1").is_none(), "zero max age is not cached");
+        let short = TokenCache::new(Duration::from_millis(1));
+        short.put("c1", Bytes::from_static(b"1"), "p", "w", None);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(short.get("c1").is_none());
+    }
+}
