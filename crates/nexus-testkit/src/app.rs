@@ -38,7 +38,8 @@ pub struct TestApp {
     pub api_key: String,
     pub client: reqwest::Client,
     pub state: AppState,
-    pub db: TestDb,
+    pub db: Arc<TestDb>,
+    raw: RawConfig,
     bodies: Arc<Mutex<Vec<String>>>,
     secrets: Arc<Mutex<Vec<String>>>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -68,11 +69,20 @@ impl TestApp {
 
     /// Starts a server after `adjust` has changed its configuration.
     pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut RawConfig)) -> TestApp {
-        let db = TestDb::new(backend).await.expect("test database");
+        let db = Arc::new(TestDb::new(backend).await.expect("test database"));
         let mut raw = base_config(&db);
         adjust(&mut raw);
+        TestApp::start(db, raw).await
+    }
+
+    /// Starts another server on the same database with the same keys: a replica.
+    pub async fn spawn_replica(&self) -> TestApp {
+        TestApp::start(self.db.clone(), self.raw.clone()).await
+    }
+
+    async fn start(db: Arc<TestDb>, raw: RawConfig) -> TestApp {
         let api_key = raw.api_key.clone().unwrap_or_default();
-        let config = raw.build().expect("test configuration is valid");
+        let config = raw.clone().build().expect("test configuration is valid");
         let app = Application::build(config).await.expect("server starts");
         let addr = app.local_addr();
         let state = app.state().clone();
@@ -92,6 +102,7 @@ impl TestApp {
             client,
             state,
             db,
+            raw,
             bodies: Arc::default(),
             secrets: Arc::default(),
             shutdown: Some(tx),

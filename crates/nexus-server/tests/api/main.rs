@@ -8,4 +8,5 @@ mod network;
 mod oauth;
 mod openapi;
 mod providers;
+mod replicas;
 mod seeds;

@@ -150,7 +150,12 @@ async fn consent_flow(backend: Backend, auth_method: &str, discovery: bool) {
 
     // The refresh token is stored sealed, never shown.
     let row = app.store().connection_by_id(&connection_id).await.unwrap().unwrap();
-    assert!(row.refresh_token_enc.as_deref().is_some_and(|e| e.starts_with("v1:")));
+    let sealed = row.refresh_token_enc.expect("a refresh token is stored");
+    assert!(sealed.starts_with("v1:"));
+    let refresh_token =
+        app.state.config.keyring.open_string(&format!("connection:{connection_id}:refresh_token"), &sealed).unwrap();
+    assert!(refresh_token.len() > 10);
+    app.remember_secret(&refresh_token);
     app.state.flush_audit().await;
     let audit = app.get(&format!("/v1/audit?connection_id={connection_id}")).await;
     let events: Vec<&str> =
