@@ -73,6 +73,12 @@ struct ServeArgs {
     allowed_cidrs: Option<String>,
     #[arg(long, env = "CORS_ALLOWED_ORIGINS")]
     cors_allowed_origins: Option<String>,
+    /// Seconds before expiry in which access tokens are refreshed (default 300).
+    #[arg(long, env = "REFRESH_WINDOW")]
+    refresh_window: Option<String>,
+    /// Seconds between background refresher ticks (default 15).
+    #[arg(long, env = "REFRESH_INTERVAL")]
+    refresh_interval: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -133,6 +139,8 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         trusted_proxies: args.trusted_proxies,
         allowed_cidrs: args.allowed_cidrs,
         cors_allowed_origins: args.cors_allowed_origins,
+        refresh_window: args.refresh_window,
+        refresh_interval: args.refresh_interval,
     };
     let dev_keys = if args.dev { Some(dev::prepare(&args.db.data_dir, &mut raw)?) } else { None };
     let config = raw.build().map_err(|e| e.to_string())?;

@@ -45,6 +45,11 @@ impl ProviderHttp {
                 return Err(HttpError(format!("{url} replied with more than {MAX_REPLY} bytes")));
             }
         }
+        // A provider that is down or overloaded has not refused anything: report
+        // it as a transport failure so callers retry instead of giving up.
+        if status.is_server_error() || status.as_u16() == 429 {
+            return Err(HttpError(format!("{} answered HTTP {}", host_of(&url), status.as_u16())));
+        }
         let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let (status, json) = normalise(status.as_u16(), content_type, &bytes);
         let mut out = http::Response::builder().status(status);
@@ -80,8 +85,11 @@ fn describe(url: &str, e: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    let host = url::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
-    format!("{host}: {what}")
+    format!("{}: {what}", host_of(url))
+}
+
+fn host_of(url: &str) -> String {
+    url::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default()
 }
 
 /// Rewrites a token-endpoint reply into what RFC 6749 says it should be:

@@ -109,6 +109,7 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(capture::capture_schema))
         .routes(routes!(capture::capture_credential))
         .routes(routes!(tokens::get_token))
+        .routes(routes!(tokens::refresh_token))
 }
 
 /// Routes without an API key.
@@ -161,10 +162,13 @@ impl Application {
     /// in-flight requests finish before returning.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let state = self.state.clone();
+        let refresher = tokio::spawn(crate::services::refresher::run(state.clone()));
         let app = router(self.state);
         let result = axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown)
             .await;
+        refresher.abort();
+        let _ = refresher.await;
         state.flush_audit().await;
         state.store.close().await;
         result

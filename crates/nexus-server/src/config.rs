@@ -29,6 +29,10 @@ pub struct RawConfig {
     pub trusted_proxies: Option<String>,
     pub allowed_cidrs: Option<String>,
     pub cors_allowed_origins: Option<String>,
+    /// Seconds before expiry in which an access token is refreshed (default 300).
+    pub refresh_window: Option<String>,
+    /// Seconds between background refresher ticks (default 15).
+    pub refresh_interval: Option<String>,
 }
 
 impl std::fmt::Debug for RawConfig {
@@ -59,6 +63,10 @@ pub struct Config {
     pub allowed_cidrs: Option<Vec<IpNet>>,
     pub cors_allowed_origins: Vec<String>,
     pub body_limit: usize,
+    /// Seconds before expiry in which an access token is refreshed.
+    pub refresh_window_secs: i64,
+    /// Seconds between background refresher ticks.
+    pub refresh_interval_secs: u64,
 }
 
 impl std::fmt::Debug for Config {
@@ -74,6 +82,8 @@ impl std::fmt::Debug for Config {
             .field("trusted_proxies", &self.trusted_proxies)
             .field("allowed_cidrs", &self.allowed_cidrs)
             .field("cors_allowed_origins", &self.cors_allowed_origins)
+            .field("refresh_window_secs", &self.refresh_window_secs)
+            .field("refresh_interval_secs", &self.refresh_interval_secs)
             .finish()
     }
 }
@@ -177,6 +187,10 @@ impl RawConfig {
             Some(list) => parse_origins(&list)?,
         };
 
+        let refresh_window_secs = parse_secs("REFRESH_WINDOW", self.refresh_window.as_deref(), 300, 0, 86_400)?;
+        let refresh_interval_secs =
+            parse_secs("REFRESH_INTERVAL", self.refresh_interval.as_deref(), 15, 1, 3_600)? as u64;
+
         Ok(Config {
             api_key,
             keyring: Arc::new(keyring),
@@ -190,7 +204,21 @@ impl RawConfig {
             allowed_cidrs,
             cors_allowed_origins,
             body_limit: DEFAULT_BODY_LIMIT,
+            refresh_window_secs,
+            refresh_interval_secs,
         })
+    }
+}
+
+fn parse_secs(variable: &'static str, raw: Option<&str>, default: i64, min: i64, max: i64) -> Result<i64, ConfigError> {
+    match raw.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(default),
+        Some(s) => s
+            .trim_end_matches('s')
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| err(variable, format!("'{s}' is not a number of seconds from {min} to {max}"))),
     }
 }
 

@@ -21,6 +21,8 @@ pub struct Inner {
     pub http: reqwest::Client,
     /// Answers of `GET /v1/token`, invalidated on every change.
     pub token_cache: TokenCache,
+    /// Per-connection locks for single-flight refresh.
+    pub refresh_locks: crate::services::refresh::RefreshLocks,
     audit_tx: mpsc::Sender<AuditMsg>,
 }
 
@@ -58,6 +60,7 @@ impl AppState {
             store,
             http,
             token_cache: TokenCache::new(Duration::from_secs(30)),
+            refresh_locks: Default::default(),
             audit_tx,
         }));
         if let Some(mut rx) = invalidations {

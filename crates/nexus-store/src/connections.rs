@@ -31,6 +31,11 @@ pub struct ConnectionRow {
     /// Unix seconds of the access token's expiry.
     pub expires_at: Option<i64>,
     pub last_error: Option<String>,
+    /// Unix seconds when the refresher should next look at it (None: nothing to refresh).
+    pub next_refresh_at: Option<i64>,
+    pub refresh_failures: i64,
+    /// Unix microseconds of the last successful refresh.
+    pub last_refreshed_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -63,13 +68,16 @@ pub struct Activation {
     pub refresh_token_enc: Option<String>,
     pub expires_at: Option<i64>,
     pub scopes: Option<Vec<String>>,
+    /// When the refresher should renew these credentials (unix seconds).
+    pub next_refresh_at: Option<i64>,
 }
 
-const COLUMNS: &str = "id, provider_id, provider_name, auth_type, workspace_id, status, scopes, return_url, metadata, \
+pub(crate) const COLUMNS: &str =
+    "id, provider_id, provider_name, auth_type, workspace_id, status, scopes, return_url, metadata, \
      state_nonce, handshake_expires_at, pkce_verifier_enc, oidc_nonce, credentials_enc, refresh_token_enc, \
-     expires_at, last_error, created_at, updated_at";
+     expires_at, last_error, next_refresh_at, refresh_failures, last_refreshed_at, created_at, updated_at";
 
-fn from_row(row: &AnyRow) -> Result<ConnectionRow, StoreError> {
+pub(crate) fn from_row(row: &AnyRow) -> Result<ConnectionRow, StoreError> {
     let scopes: String = get(row, "scopes")?;
     let metadata: Option<String> = get(row, "metadata")?;
     Ok(ConnectionRow {
@@ -93,6 +101,9 @@ fn from_row(row: &AnyRow) -> Result<ConnectionRow, StoreError> {
         refresh_token_enc: get(row, "refresh_token_enc")?,
         expires_at: get(row, "expires_at")?,
         last_error: get(row, "last_error")?,
+        next_refresh_at: get(row, "next_refresh_at")?,
+        refresh_failures: get(row, "refresh_failures")?,
+        last_refreshed_at: get(row, "last_refreshed_at")?,
         created_at: get(row, "created_at")?,
         updated_at: get(row, "updated_at")?,
     })
@@ -107,7 +118,7 @@ impl Store {
     pub async fn insert_connection(&self, row: &ConnectionRow, audit: NewAudit) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
         sqlx::query(&format!(
-            "INSERT INTO connections ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+            "INSERT INTO connections ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
         ))
         .bind(&row.id)
         .bind(&row.provider_id)
@@ -126,6 +137,9 @@ impl Store {
         .bind(row.refresh_token_enc.as_deref())
         .bind(row.expires_at)
         .bind(row.last_error.as_deref())
+        .bind(row.next_refresh_at)
+        .bind(row.refresh_failures)
+        .bind(row.last_refreshed_at)
         .bind(row.created_at)
         .bind(row.updated_at)
         .execute(&mut *w.tx)
@@ -214,22 +228,24 @@ impl Store {
         let mut sql = String::from(
             "UPDATE connections SET status = 'active', credentials_enc = $1, refresh_token_enc = $2, expires_at = $3,
                     scopes = COALESCE($4, scopes), state_nonce = NULL, handshake_expires_at = NULL,
-                    pkce_verifier_enc = NULL, oidc_nonce = NULL, last_error = NULL, updated_at = $5
+                    pkce_verifier_enc = NULL, oidc_nonce = NULL, last_error = NULL, updated_at = $5,
+                    next_refresh_at = $8, refresh_failures = 0, lease_until = NULL
              WHERE id = $6 AND status <> 'revoked'",
         );
         if state_nonce.is_some() {
             sql.push_str(" AND state_nonce = $7 AND handshake_expires_at >= $5");
+        } else {
+            sql.push_str(" AND $7 IS NULL");
         }
-        let mut q = sqlx::query(&sql)
+        let q = sqlx::query(&sql)
             .bind(&a.credentials_enc)
             .bind(a.refresh_token_enc.as_deref())
             .bind(a.expires_at)
             .bind(a.scopes.as_ref().map(json))
             .bind(now)
-            .bind(id);
-        if let Some(s) = state_nonce {
-            q = q.bind(s);
-        }
+            .bind(id)
+            .bind(state_nonce)
+            .bind(a.next_refresh_at);
         let done = q.execute(&mut *w.tx).await?;
         if done.rows_affected() != 1 {
             return Ok(false);
@@ -298,7 +314,7 @@ impl Store {
         }
         sqlx::query(
             "UPDATE connections SET status = 'revoked', credentials_enc = NULL, refresh_token_enc = NULL,
-                    expires_at = NULL, state_nonce = NULL, handshake_expires_at = NULL, pkce_verifier_enc = NULL,
+                    expires_at = NULL, next_refresh_at = NULL, state_nonce = NULL, handshake_expires_at = NULL, pkce_verifier_enc = NULL,
                     oidc_nonce = NULL, updated_at = $1
              WHERE id = $2",
         )

@@ -13,6 +13,7 @@ pub mod audit;
 pub mod connections;
 pub mod invalidation;
 pub mod providers;
+pub mod refresh;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor};
@@ -24,6 +25,7 @@ pub use audit::{AuditEntry, AuditFilter, AuditPage, ChainReport, NewAudit};
 pub use connections::{Activation, ConnectionFilter, ConnectionRow, Handshake};
 pub use invalidation::Invalidation;
 pub use providers::{ProviderFilter, ProviderRow};
+pub use refresh::{RefreshLock, RefreshOutcome};
 
 /// Storage failures. `Conflict` and `NotFound` are for callers to map to 409/404;
 /// everything else is an internal error whose message carries no secret.

@@ -28,3 +28,23 @@ pub async fn get_token(
     let body = tokens::token(&state, &caller, &id).await?;
     Ok(([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], body).into_response())
 }
+
+/// Refreshes the access token now (a refresh completed in the last few seconds
+/// is reused instead of calling the provider again) and answers like `GET /v1/token`.
+#[utoipa::path(post, path = "/v1/refresh/{connection_id}", tag = "tokens",
+    params(("connection_id" = String, Path)),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = TokenView),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+        (status = 502, description = "provider unreachable", body = ErrorBody)
+    ))]
+pub async fn refresh_token(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    PathId(id): PathId,
+) -> Result<Response, ApiError> {
+    let body = tokens::force_refresh(&state, &caller, &id).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], body).into_response())
+}

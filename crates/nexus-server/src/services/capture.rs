@@ -171,6 +171,7 @@ pub async fn submit(state: &AppState, caller: &Caller, body: Value) -> Result<Ca
         refresh_token_enc: None,
         expires_at: None,
         scopes: Some(Vec::new()),
+        next_refresh_at: None,
     };
     let fields: Vec<&String> = credentials.keys().collect();
     let data =

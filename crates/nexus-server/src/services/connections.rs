@@ -503,6 +503,11 @@ async fn complete(state: &AppState, caller: &Caller, conn: &ConnectionRow, q: &C
             .map(|r| state.config.keyring.seal(&context(&conn.id, "refresh_token"), r.expose().as_bytes())),
         expires_at: tokens.expires_in.map(|s| now_secs() + s as i64),
         scopes: None,
+        next_refresh_at: tokens
+            .refresh_token
+            .as_ref()
+            .and(tokens.expires_in)
+            .map(|s| now_secs() + s as i64 - state.config.refresh_window_secs),
     };
     let data = json!({ "auth_type": "oauth2", "id_token_verified": id_token_verified, "refresh_token": tokens.refresh_token.is_some() });
     let stored = state

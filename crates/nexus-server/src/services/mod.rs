@@ -5,6 +5,8 @@ pub mod audit;
 pub mod capture;
 pub mod connections;
 pub mod providers;
+pub mod refresh;
+pub mod refresher;
 pub mod state_token;
 pub mod strategy;
 pub mod token_cache;

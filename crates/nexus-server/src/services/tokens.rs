@@ -4,6 +4,7 @@
 use crate::error::ApiError;
 use crate::middleware::Caller;
 use crate::services::connections::{audit, context, expire_if_stale};
+use crate::services::refresh::{refresh, Reason, Refresh};
 use crate::services::strategy;
 use crate::state::AppState;
 use axum::body::Bytes;
@@ -35,6 +36,22 @@ pub struct TokenView {
 /// Seconds before `expires_at` in which an OAuth answer is not served from cache.
 pub const REFRESH_WINDOW_SECS: i64 = 300;
 
+/// `POST /v1/refresh/{id}`: refresh now (coalesced with one completed in the
+/// last few seconds), then answer like `GET /v1/token`.
+pub async fn force_refresh(state: &AppState, caller: &Caller, id: &str) -> Result<Bytes, ApiError> {
+    let outcome = refresh(state, Some(caller), id, Reason::Forced).await?;
+    if let Refresh::ProviderDown(code) = &outcome {
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "provider_unavailable",
+            "the provider could not be reached to refresh the token",
+        )
+        .with_details(json!({ "error": code })));
+    }
+    state.token_cache.invalidate(&nexus_store::Invalidation::Connection(id.to_owned()));
+    token(state, caller, id).await
+}
+
 /// The JSON answer (served from the cache when possible).
 pub async fn token(state: &AppState, caller: &Caller, id: &str) -> Result<Bytes, ApiError> {
     if let Some(hit) = state.token_cache.get(id) {
@@ -63,7 +80,23 @@ pub async fn token(state: &AppState, caller: &Caller, id: &str) -> Result<Bytes,
 /// Reads, checks and decrypts; returns the view with its provider and workspace ids.
 async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<(TokenView, String, String), ApiError> {
     let row = state.store.connection_by_id(id).await?.ok_or_else(|| ApiError::not_found("no such connection"))?;
-    let row = expire_if_stale(state, row).await?;
+    let mut row = expire_if_stale(state, row).await?;
+    let window = state.config.refresh_window_secs;
+    let now = chrono::Utc::now().timestamp();
+    if row.status == "active" && row.refresh_token_enc.is_some() && row.expires_at.is_some_and(|e| e - now <= window) {
+        let outcome = refresh(state, Some(caller), &row.id, Reason::OnDemand(row.expires_at)).await?;
+        row = state.store.connection_by_id(id).await?.ok_or_else(|| ApiError::not_found("no such connection"))?;
+        if let Refresh::ProviderDown(code) = outcome {
+            if row.status == "active" && row.expires_at.is_some_and(|e| e <= chrono::Utc::now().timestamp()) {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "provider_unavailable",
+                    "the access token expired and the provider could not be reached to refresh it; retry shortly",
+                )
+                .with_details(json!({ "error": code })));
+            }
+        }
+    }
     let provider = state.store.provider_by_id(&row.provider_id).await?.ok_or_else(|| {
         ApiError::new(
             StatusCode::GONE,
@@ -77,7 +110,7 @@ async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<(TokenView,
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "attention_required",
-                "the provider refused the refresh token; the user must authorize again",
+                "the provider refused the refresh token; the user must authorize again: call POST /v1/request-connection with this connection_id",
             )
             .with_details(json!({ "status": row.status })))
         }

@@ -8,5 +8,6 @@ mod network;
 mod oauth;
 mod openapi;
 mod providers;
+mod refresh;
 mod replicas;
 mod seeds;

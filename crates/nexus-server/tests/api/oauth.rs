@@ -12,9 +12,21 @@ pub const RETURN_URL: &str = "https://app.example.test/done";
 /// A Nexus with a return-domain allowlist and an OpenID provider whose client
 /// uses `auth_method` and redirects to this Nexus.
 pub async fn setup(backend: Backend, auth_method: &str) -> (TestApp, OidcProvider) {
-    let app =
-        TestApp::spawn_with(backend, |c| c.allowed_return_domains = Some("app.example.test, *.example.org".into()))
-            .await;
+    setup_with(backend, auth_method, |_| {}, OidcOptions::default()).await
+}
+
+/// [`setup`] with adjustments to Nexus's configuration and the provider's options.
+pub async fn setup_with(
+    backend: Backend,
+    auth_method: &str,
+    adjust: impl FnOnce(&mut nexus_server::RawConfig),
+    options: OidcOptions,
+) -> (TestApp, OidcProvider) {
+    let app = TestApp::spawn_with(backend, |c| {
+        c.allowed_return_domains = Some("app.example.test, *.example.org".into());
+        adjust(c);
+    })
+    .await;
     let client = json!({
         "client_id": "nexus-client",
         "client_secret": "nexus-client-secret-1",
@@ -23,9 +35,7 @@ pub async fn setup(backend: Backend, auth_method: &str) -> (TestApp, OidcProvide
         "grant_types": ["authorization_code", "refresh_token"],
         "response_types": ["code"],
     });
-    let idp = OidcProvider::start(OidcOptions { clients: json!([client]), ..OidcOptions::default() })
-        .await
-        .expect("oidc-provider");
+    let idp = OidcProvider::start(OidcOptions { clients: json!([client]), ..options }).await.expect("oidc-provider");
     (app, idp)
 }
 

@@ -1,0 +1,211 @@
+//! Refreshing OAuth access tokens: on demand (inside the refresh window),
+//! forced (`POST /v1/refresh/{id}`), and in the background.
+//!
+//! Single flight: callers of one connection first queue on an in-process
+//! per-connection lock, then take the store's refresh lock (a row lock on
+//! PostgreSQL, held across the provider call, so replicas queue too). Whoever
+//! gets the lock re-reads the row; if the token changed since the caller
+//! looked, someone else already refreshed and the caller uses that result.
+//! A rotated refresh token is stored in the same transaction as the new
+//! access token.
+
+use crate::error::ApiError;
+use crate::middleware::Caller;
+use crate::services::connections::{audit, client_config, context};
+use crate::state::AppState;
+use axum::http::StatusCode;
+use nexus_core::AuditEvent;
+use nexus_oauth::OAuthError;
+use nexus_store::{ConnectionRow, Invalidation, RefreshOutcome};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+/// Forced refreshes within this many seconds of a completed one get its result.
+pub const FORCED_COALESCE_SECS: i64 = 5;
+
+/// Why a refresh is attempted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// `GET /v1/token` found the token inside the refresh window; carries the
+    /// `expires_at` the caller saw, to detect a refresh that happened meanwhile.
+    OnDemand(Option<i64>),
+    Forced,
+    Background,
+}
+
+impl Reason {
+    fn label(self) -> &'static str {
+        match self {
+            Reason::OnDemand(_) => "on_demand",
+            Reason::Forced => "forced",
+            Reason::Background => "background",
+        }
+    }
+}
+
+/// What became of a refresh request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refresh {
+    /// This call refreshed the token.
+    Refreshed,
+    /// No refresh was needed (fresh, or refreshed by someone else meanwhile).
+    NotNeeded,
+    /// The provider could not be reached; the stored token is unchanged.
+    ProviderDown(String),
+    /// The provider refused the refresh token: `attention_required`.
+    Refused(String),
+    /// Not an active OAuth connection with a refresh token.
+    NotRefreshable,
+}
+
+/// Per-connection in-process locks (entries vanish with their last holder).
+#[derive(Debug, Default)]
+pub struct RefreshLocks {
+    map: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+}
+
+impl RefreshLocks {
+    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = map.get(id).and_then(Weak::upgrade) {
+            return existing;
+        }
+        if map.len() > 10_000 {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        let fresh = Arc::new(tokio::sync::Mutex::new(()));
+        map.insert(id.to_owned(), Arc::downgrade(&fresh));
+        fresh
+    }
+}
+
+fn now_secs() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn needs_refresh(state: &AppState, row: &ConnectionRow, reason: Reason) -> bool {
+    let window = state.config.refresh_window_secs;
+    let near_expiry = row.expires_at.is_some_and(|e| e - now_secs() <= window);
+    match reason {
+        Reason::OnDemand(seen) => row.expires_at == seen && near_expiry,
+        Reason::Forced => row
+            .last_refreshed_at
+            .is_none_or(|t| chrono::Utc::now().timestamp_micros() - t >= FORCED_COALESCE_SECS * 1_000_000),
+        Reason::Background => near_expiry || row.next_refresh_at.is_some_and(|t| t <= now_secs()),
+    }
+}
+
+/// Backoff after the `failures`-th consecutive failure: 15 s doubling to 1 h, ±20 % jitter.
+fn retry_at(failures: i64) -> i64 {
+    let base = (15i64 << failures.clamp(0, 8)).min(3600);
+    let jitter = (rand::random::<f64>() * 0.4 - 0.2) * base as f64;
+    now_secs() + (base as f64 + jitter).max(1.0) as i64
+}
+
+/// Refreshes `id` if `reason` says it is needed, with single flight.
+pub async fn refresh(state: &AppState, caller: Option<&Caller>, id: &str, reason: Reason) -> Result<Refresh, ApiError> {
+    let local = state.refresh_locks.lock_for(id);
+    let _local = local.lock().await;
+    let lock = state.store.lock_for_refresh(id).await?.ok_or_else(|| ApiError::not_found("no such connection"))?;
+    let row = lock.row().clone();
+    if row.status != "active" || row.auth_type != "oauth2" || row.refresh_token_enc.is_none() {
+        lock.release().await;
+        return Ok(Refresh::NotRefreshable);
+    }
+    if !needs_refresh(state, &row, reason) {
+        lock.release().await;
+        return Ok(Refresh::NotNeeded);
+    }
+    let provider = match state.store.provider_by_id(&row.provider_id).await {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            lock.release().await;
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "provider_deleted",
+                "the provider of this connection was deleted",
+            ));
+        }
+        Err(e) => {
+            lock.release().await;
+            return Err(e.into());
+        }
+    };
+    let keyring = &state.config.keyring;
+    let opened = client_config(state, &provider).and_then(|cfg| {
+        keyring
+            .open_string(&context(&row.id, "refresh_token"), row.refresh_token_enc.as_deref().unwrap_or_default())
+            .map(|t| (cfg, t))
+            .map_err(|_| ApiError::internal())
+    });
+    let (cfg, refresh_token) = match opened {
+        Ok(v) => v,
+        Err(e) => {
+            lock.release().await;
+            return Err(e);
+        }
+    };
+    let token_params =
+        provider.config.params.get("token_params").and_then(Value::as_object).cloned().unwrap_or_default();
+    let http = nexus_oauth::ProviderHttp::new(state.http.clone());
+    let result =
+        nexus_oauth::refresh(&http, &cfg, &nexus_core::SecretString::new(refresh_token.as_str()), &token_params).await;
+
+    let (outcome, answer, audits) = match result {
+        Ok(tokens) => {
+            let mut credentials: Map<String, Value> = row
+                .credentials_enc
+                .as_deref()
+                .and_then(|enc| keyring.open_string(&context(&row.id, "credentials"), enc).ok())
+                .and_then(|plain| serde_json::from_str(&plain).ok())
+                .unwrap_or_default();
+            for (k, v) in tokens.extras {
+                credentials.insert(k, v);
+            }
+            credentials.insert("access_token".into(), Value::String(tokens.access_token.expose().to_owned()));
+            credentials.insert("token_type".into(), Value::String(tokens.token_type));
+            if let Some(scope) = tokens.scope {
+                credentials.insert("scope".into(), Value::String(scope));
+            }
+            if let Some(id_token) = tokens.id_token {
+                credentials.insert("id_token".into(), Value::String(id_token));
+            }
+            let expires_at = tokens.expires_in.map(|s| now_secs() + s as i64);
+            let rotated = tokens.refresh_token.is_some();
+            let outcome = RefreshOutcome::Refreshed {
+                credentials_enc: keyring
+                    .seal(&context(&row.id, "credentials"), Value::Object(credentials).to_string().as_bytes()),
+                refresh_token_enc: tokens
+                    .refresh_token
+                    .map(|r| keyring.seal(&context(&row.id, "refresh_token"), r.expose().as_bytes())),
+                expires_at,
+                next_refresh_at: expires_at.map(|e| e - state.config.refresh_window_secs),
+            };
+            let a = audit(
+                caller,
+                AuditEvent::TokenRefreshed,
+                &row,
+                json!({ "reason": reason.label(), "rotated": rotated }),
+            );
+            (outcome, Refresh::Refreshed, vec![a])
+        }
+        Err(OAuthError::Provider { code, .. }) => {
+            let failed =
+                audit(caller, AuditEvent::TokenRefreshFailed, &row, json!({ "reason": reason.label(), "error": code }));
+            let attention = audit(caller, AuditEvent::ConnectionAttentionRequired, &row, json!({ "error": code }));
+            (RefreshOutcome::Refused { error: code.clone() }, Refresh::Refused(code), vec![failed, attention])
+        }
+        Err(other) => {
+            let code = other.code();
+            tracing::warn!(connection = %row.id, error = %other, "refresh failed; will retry");
+            let a =
+                audit(caller, AuditEvent::TokenRefreshFailed, &row, json!({ "reason": reason.label(), "error": code }));
+            let outcome = RefreshOutcome::Failed { error: code.clone(), retry_at: retry_at(row.refresh_failures) };
+            (outcome, Refresh::ProviderDown(code), vec![a])
+        }
+    };
+    state.store.finish_refresh(lock, &outcome, audits).await?;
+    state.invalidate(Invalidation::Connection(row.id.clone()));
+    Ok(answer)
+}

@@ -1,0 +1,205 @@
+//! The token lifecycle in one process: single-flight refresh under load with
+//! rotating refresh tokens, forced-refresh coalescing, `invalid_grant` →
+//! `attention_required` → re-consent, a provider that is down, and the
+//! background refresher.
+
+use crate::oauth::{connect, register, setup_with, RETURN_URL};
+use nexus_testkit::oidc::{authorize_via_browser, OidcOptions};
+use nexus_testkit::{both_backends, Backend, TestApp};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// Short-lived access tokens, rotating refresh tokens, no background refresher.
+async fn lifecycle_setup(
+    backend: Backend,
+    ttl: u64,
+    window: &str,
+    interval: &str,
+) -> (TestApp, nexus_testkit::oidc::OidcProvider) {
+    let (window, interval) = (window.to_owned(), interval.to_owned());
+    let (app, idp) = setup_with(
+        backend,
+        "client_secret_post",
+        move |c| {
+            c.refresh_window = Some(window);
+            c.refresh_interval = Some(interval);
+        },
+        OidcOptions { access_token_ttl: ttl, rotate_refresh_token: true, ..OidcOptions::default() },
+    )
+    .await;
+    register(&app, &idp, "idp", true, "client_secret_post").await;
+    (app, idp)
+}
+
+async fn token(app: &TestApp, id: &str) -> Value {
+    let resp = app.get(&format!("/v1/token/{id}")).await;
+    assert_eq!(resp.status, 200, "{}", resp.text);
+    resp.json
+}
+
+/// Sleeps until the stored access token is inside the refresh window.
+async fn wait_for_window(app: &TestApp, id: &str, window: i64) {
+    let row = app.store().connection_by_id(id).await.unwrap().unwrap();
+    let due = row.expires_at.unwrap() - window;
+    let wait = due - chrono::Utc::now().timestamp() + 1;
+    if wait > 0 {
+        tokio::time::sleep(Duration::from_secs(wait as u64)).await;
+    }
+}
+
+async fn concurrent_callers_share_one_refresh(backend: Backend) {
+    let (app, idp) = lifecycle_setup(backend, 4, "2", "3600").await;
+    let id = connect(&app, "idp", json!(["openid", "offline_access"])).await;
+    let mut previous = token(&app, &id).await["credentials"]["access_token"].clone();
+    for round in 0..3 {
+        wait_for_window(&app, &id, 2).await;
+        idp.reset().await.unwrap();
+        let path = format!("/v1/token/{id}");
+        let calls = (0..100).map(|_| app.get(&path));
+        let answers = futures::future::join_all(calls).await;
+        let tokens: std::collections::HashSet<String> = answers
+            .iter()
+            .map(|a| {
+                assert_eq!(a.status, 200, "round {round}: {}", a.text);
+                a.json["credentials"]["access_token"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(tokens.len(), 1, "round {round}: everyone got the same new token");
+        let fresh = Value::String(tokens.into_iter().next().unwrap());
+        assert_ne!(fresh, previous, "round {round}: the token was refreshed");
+        assert_eq!(
+            idp.stats().await.unwrap().refresh_requests,
+            1,
+            "round {round}: one refresh grant reached the provider"
+        );
+        previous = fresh;
+    }
+    let me = reqwest::Client::new().get(idp.url("/me")).bearer_auth(previous.as_str().unwrap()).send().await.unwrap();
+    assert_eq!(me.status(), 200, "the refreshed token is real");
+    assert_eq!(app.get(&format!("/v1/check-connection/{id}")).await.json["status"], "active");
+    app.state.flush_audit().await;
+    let refreshed = app.get(&format!("/v1/audit?event_type=token.refreshed&connection_id={id}")).await;
+    assert_eq!(refreshed.json["entries"].as_array().unwrap().len(), 3);
+    assert_eq!(refreshed.json["entries"][0]["data"]["rotated"], true);
+}
+
+async fn forced_refreshes_coalesce(backend: Backend) {
+    let (app, idp) = lifecycle_setup(backend, 3600, "300", "3600").await;
+    let id = connect(&app, "idp", json!(["openid", "offline_access"])).await;
+    let before = token(&app, &id).await["credentials"]["access_token"].clone();
+    idp.reset().await.unwrap();
+    let (path, empty) = (format!("/v1/refresh/{id}"), json!({}));
+    let forced = futures::future::join_all((0..5).map(|_| app.post(&path, &empty))).await;
+    for f in &forced {
+        assert_eq!(f.status, 200, "{}", f.text);
+    }
+    let after = app.post(&format!("/v1/refresh/{id}"), &json!({})).await;
+    assert_eq!(
+        idp.stats().await.unwrap().refresh_requests,
+        1,
+        "six forced refreshes within seconds make one provider call"
+    );
+    assert_ne!(after.json["credentials"]["access_token"], before);
+    assert_eq!(after.json["credentials"]["access_token"], forced[0].json["credentials"]["access_token"]);
+    assert!(after.json["credentials"].get("refresh_token").is_none());
+}
+
+async fn refused_refresh_needs_consent_again(backend: Backend) {
+    let (app, idp) = lifecycle_setup(backend, 3600, "300", "3600").await;
+    let id = connect(&app, "idp", json!(["openid", "offline_access"])).await;
+    idp.fail_token_endpoint(400, Some("invalid_grant"), 1).await.unwrap();
+    let forced = app.post(&format!("/v1/refresh/{id}"), &json!({})).await;
+    assert_eq!((forced.status, forced.code()), (409, "attention_required"), "{}", forced.text);
+    let t = app.get(&format!("/v1/token/{id}")).await;
+    assert_eq!((t.status, t.code()), (409, "attention_required"));
+    assert!(t.json["message"].as_str().unwrap().contains("request-connection"));
+    assert_eq!(app.get(&format!("/v1/check-connection/{id}")).await.json["status"], "attention_required");
+    let audit = app.get(&format!("/v1/audit?connection_id={id}&limit=2")).await;
+    let events: Vec<&str> =
+        audit.json["entries"].as_array().unwrap().iter().map(|e| e["event_type"].as_str().unwrap()).collect();
+    assert_eq!(events, ["connection.attention_required", "token.refresh_failed"]);
+    assert_eq!(audit.json["entries"][1]["data"]["error"], "invalid_grant");
+
+    // Re-consent with the same id makes it active again.
+    let req = app
+        .post("/v1/request-connection", &json!({"workspace_id": "user-1", "provider_name": "idp", "return_url": RETURN_URL, "connection_id": id, "scopes": ["openid", "offline_access"]}))
+        .await;
+    assert_eq!(req.status, 200, "{}", req.text);
+    let cb = authorize_via_browser(req.json["auth_url"].as_str().unwrap(), "alice", true, &app.url("/auth/callback"))
+        .await
+        .unwrap();
+    let resp = app.send(app.client.get(cb.as_str())).await;
+    assert!(resp.headers["location"].to_str().unwrap().contains("status=success"));
+    assert_eq!(token(&app, &id).await["connection_id"], id.as_str());
+    assert_eq!(app.get(&format!("/v1/check-connection/{id}")).await.json["status"], "active");
+}
+
+async fn provider_down_serves_valid_tokens_and_503s_expired_ones(backend: Backend) {
+    let (app, idp) = lifecycle_setup(backend, 4, "3", "3600").await;
+    let id = connect(&app, "idp", json!(["openid", "offline_access"])).await;
+    let original = token(&app, &id).await["credentials"]["access_token"].clone();
+    idp.fail_token_endpoint(503, None, 1000).await.unwrap();
+    // Inside the window but not expired: the refresh fails, the valid token is served.
+    wait_for_window(&app, &id, 3).await;
+    let served = app.get(&format!("/v1/token/{id}")).await;
+    assert_eq!(served.status, 200, "{}", served.text);
+    assert_eq!(served.json["credentials"]["access_token"], original);
+    // Expired: a clear 503, and the connection stays active.
+    let row = app.store().connection_by_id(&id).await.unwrap().unwrap();
+    let wait = row.expires_at.unwrap() - chrono::Utc::now().timestamp() + 1;
+    tokio::time::sleep(Duration::from_secs(wait.max(0) as u64)).await;
+    let down = app.get(&format!("/v1/token/{id}")).await;
+    assert_eq!((down.status, down.code()), (503, "provider_unavailable"), "{}", down.text);
+    assert_eq!(app.get(&format!("/v1/check-connection/{id}")).await.json["status"], "active");
+    let row = app.store().connection_by_id(&id).await.unwrap().unwrap();
+    assert!(row.refresh_failures >= 1 && row.next_refresh_at.is_some(), "rescheduled with backoff");
+    // The provider recovers.
+    idp.reset().await.unwrap();
+    let back = app.get(&format!("/v1/token/{id}")).await;
+    assert_eq!(back.status, 200, "{}", back.text);
+    assert_ne!(back.json["credentials"]["access_token"], original);
+    app.state.flush_audit().await;
+    let failed = app.get(&format!("/v1/audit?event_type=token.refresh_failed&connection_id={id}")).await;
+    assert_eq!(failed.json["entries"][0]["data"]["error"], "provider_unreachable");
+}
+
+async fn background_refresher_renews_before_expiry(backend: Backend) {
+    let (app, idp) = lifecycle_setup(backend, 8, "5", "1").await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(connect(&app, "idp", json!(["openid", "offline_access"])).await);
+    }
+    let before: Vec<i64> = {
+        let mut v = Vec::new();
+        for id in &ids {
+            v.push(app.store().connection_by_id(id).await.unwrap().unwrap().expires_at.unwrap());
+        }
+        v
+    };
+    // Nobody asks; within the window the refresher renews every one of them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut renewed = 0;
+        for (id, old) in ids.iter().zip(&before) {
+            let row = app.store().connection_by_id(id).await.unwrap().unwrap();
+            if row.expires_at.unwrap() > *old {
+                assert!(*old >= row.last_refreshed_at.unwrap() / 1_000_000, "renewed before the old token expired");
+                renewed += 1;
+            }
+        }
+        if renewed == ids.len() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "only {renewed} of {} renewed", ids.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(idp.stats().await.unwrap().refresh_requests >= 3);
+}
+
+both_backends!(
+    concurrent_callers_share_one_refresh,
+    forced_refreshes_coalesce,
+    refused_refresh_needs_consent_again,
+    provider_down_serves_valid_tokens_and_503s_expired_ones,
+    background_refresher_renews_before_expiry
+);

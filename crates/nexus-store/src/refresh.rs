@@ -1,0 +1,173 @@
+//! Storage side of the token lifecycle: locking one connection for a refresh,
+//! recording the outcome atomically (new access token, rotated refresh token,
+//! audit rows, cache invalidation in one transaction), and claiming due
+//! connections for the background refresher.
+//!
+//! On PostgreSQL the lock is a row lock (`SELECT … FOR UPDATE`) held across the
+//! provider call, so a replica that wants the same connection waits and then
+//! reads the stored result; claims use `FOR UPDATE SKIP LOCKED` and a lease so
+//! replicas never take the same connection. SQLite serves one process, whose
+//! per-connection in-memory lock (in the server) gives the same guarantee, so
+//! no database lock is held across the network call there.
+
+use crate::audit::{append_in_tx, NewAudit};
+use crate::connections::ConnectionRow;
+use crate::invalidation::{notify_in_tx, Invalidation};
+use crate::{get, now_micros, Backend, Store, StoreError, WriteTx};
+
+/// What a refresh attempt came to.
+#[derive(Debug, Clone)]
+pub enum RefreshOutcome {
+    /// New credentials; `refresh_token_enc` is `Some` when the provider rotated it.
+    Refreshed {
+        credentials_enc: String,
+        refresh_token_enc: Option<String>,
+        expires_at: Option<i64>,
+        next_refresh_at: Option<i64>,
+    },
+    /// The provider refused the refresh token: the user must consent again.
+    Refused { error: String },
+    /// The provider could not be reached or failed (5xx): try again at `retry_at`.
+    Failed { error: String, retry_at: i64 },
+}
+
+/// A connection locked for refreshing. Dropping it without [`RefreshLock::finish`]
+/// changes nothing (the transaction rolls back).
+pub struct RefreshLock {
+    tx: Option<WriteTx>,
+    row: ConnectionRow,
+}
+
+impl RefreshLock {
+    /// The connection as it is now (read under the lock).
+    pub fn row(&self) -> &ConnectionRow {
+        &self.row
+    }
+
+    /// Releases the lock without changing anything.
+    pub async fn release(self) {
+        if let Some(w) = self.tx {
+            let _ = w.tx.rollback().await;
+        }
+    }
+}
+
+impl Store {
+    /// Locks `id` for a refresh and returns its current state (`None`: no such connection).
+    pub async fn lock_for_refresh(&self, id: &str) -> Result<Option<RefreshLock>, StoreError> {
+        let columns = crate::connections::COLUMNS;
+        match self.backend {
+            Backend::Postgres => {
+                let mut w = self.begin_write().await?;
+                let row = sqlx::query(&format!("SELECT {columns} FROM connections WHERE id = $1 FOR UPDATE"))
+                    .bind(id)
+                    .fetch_optional(&mut *w.tx)
+                    .await?;
+                match row {
+                    Some(r) => Ok(Some(RefreshLock { row: crate::connections::from_row(&r)?, tx: Some(w) })),
+                    None => Ok(None),
+                }
+            }
+            Backend::Sqlite => Ok(self.connection_by_id(id).await?.map(|row| RefreshLock { row, tx: None })),
+        }
+    }
+
+    /// Records the outcome (and its audit rows) and releases the lock.
+    pub async fn finish_refresh(
+        &self,
+        lock: RefreshLock,
+        outcome: &RefreshOutcome,
+        audits: Vec<NewAudit>,
+    ) -> Result<(), StoreError> {
+        let id = lock.row.id.clone();
+        let mut w = match lock.tx {
+            Some(w) => w,
+            None => self.begin_write().await?,
+        };
+        let now = now_micros();
+        match outcome {
+            RefreshOutcome::Refreshed { credentials_enc, refresh_token_enc, expires_at, next_refresh_at } => {
+                sqlx::query(
+                    "UPDATE connections SET credentials_enc = $1, refresh_token_enc = COALESCE($2, refresh_token_enc),
+                            expires_at = $3, next_refresh_at = $4, refresh_failures = 0, lease_until = NULL,
+                            last_refreshed_at = $5, last_error = NULL, updated_at = $5
+                     WHERE id = $6 AND status = 'active'",
+                )
+                .bind(credentials_enc)
+                .bind(refresh_token_enc.as_deref())
+                .bind(*expires_at)
+                .bind(*next_refresh_at)
+                .bind(now)
+                .bind(&id)
+                .execute(&mut *w.tx)
+                .await?;
+            }
+            RefreshOutcome::Refused { error } => {
+                sqlx::query(
+                    "UPDATE connections SET status = 'attention_required', next_refresh_at = NULL, lease_until = NULL,
+                            last_error = $1, updated_at = $2
+                     WHERE id = $3 AND status = 'active'",
+                )
+                .bind(error)
+                .bind(now)
+                .bind(&id)
+                .execute(&mut *w.tx)
+                .await?;
+            }
+            RefreshOutcome::Failed { error, retry_at } => {
+                sqlx::query(
+                    "UPDATE connections SET refresh_failures = refresh_failures + 1, next_refresh_at = $1,
+                            lease_until = NULL, last_error = $2, updated_at = $3
+                     WHERE id = $4 AND status = 'active'",
+                )
+                .bind(*retry_at)
+                .bind(error)
+                .bind(now)
+                .bind(&id)
+                .execute(&mut *w.tx)
+                .await?;
+            }
+        }
+        notify_in_tx(&mut w, Invalidation::Connection(id)).await?;
+        for a in audits {
+            append_in_tx(&mut w, a).await?;
+        }
+        w.commit().await
+    }
+
+    /// Claims up to `limit` active connections due for refresh at `now_secs`
+    /// (unix seconds), leasing them for `lease_secs`. Uses the
+    /// `next_refresh_at` index: the cost follows the number due, not stored.
+    pub async fn claim_due_refreshes(
+        &self,
+        now_secs: i64,
+        lease_secs: i64,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let lock = if self.backend == Backend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
+        let sql = format!(
+            "UPDATE connections SET lease_until = $1 WHERE id IN (
+                 SELECT id FROM connections
+                 WHERE next_refresh_at IS NOT NULL AND next_refresh_at <= $2 AND status = 'active'
+                   AND (lease_until IS NULL OR lease_until < $2)
+                 ORDER BY next_refresh_at LIMIT {}{lock})
+             RETURNING id",
+            limit.clamp(1, 10_000)
+        );
+        let mut w = self.begin_write().await?;
+        let rows = sqlx::query(&sql).bind(now_secs + lease_secs).bind(now_secs).fetch_all(&mut *w.tx).await?;
+        w.commit().await?;
+        rows.iter().map(|r| get::<String>(r, "id")).collect()
+    }
+
+    /// How many active connections are due (for metrics and tests).
+    pub async fn count_due_refreshes(&self, now_secs: i64) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM connections WHERE next_refresh_at IS NOT NULL AND next_refresh_at <= $1 AND status = 'active'",
+        )
+        .bind(now_secs)
+        .fetch_one(&self.pool)
+        .await?;
+        get(&row, "n")
+    }
+}
