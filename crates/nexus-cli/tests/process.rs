@@ -2,53 +2,17 @@
 //! `--dev`, `keygen`, graceful shutdown, `audit verify` against a tampered
 //! database, and several replicas on one PostgreSQL keeping one audit chain.
 
+use nexus_testkit::process::{self, run_to_end, Server};
 use nexus_testkit::{Backend, TestDb};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nexus");
-const CONFIG_VARS: [&str; 16] = [
-    "API_KEY",
-    "ENCRYPTION_KEY",
-    "ENCRYPTION_KEYS",
-    "STATE_KEY",
-    "BASE_URL",
-    "REDIRECT_PATH",
-    "DATABASE_URL",
-    "NEXUS_DATA_DIR",
-    "BIND",
-    "ALLOWED_RETURN_DOMAINS",
-    "TRUSTED_PROXIES",
-    "ALLOWED_CIDRS",
-    "CORS_ALLOWED_ORIGINS",
-    "LOG_FORMAT",
-    "RUST_LOG",
-    "NEXUS_URL",
-];
 
-/// A `nexus` command with a clean configuration environment, run in `dir`.
 fn nexus(dir: &std::path::Path, env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(BIN);
-    for var in CONFIG_VARS {
-        cmd.env_remove(var);
-    }
-    cmd.current_dir(dir).envs(env.iter().copied()).stdin(Stdio::null()).kill_on_drop(true);
-    cmd
-}
-
-async fn run_to_end(mut cmd: Command) -> (i32, String, String) {
-    let out =
-        tokio::time::timeout(Duration::from_secs(60), cmd.output()).await.expect("nexus exits").expect("nexus runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    process::nexus(BIN, dir, env)
 }
 
 fn keys() -> (String, String, String) {
@@ -109,85 +73,8 @@ async fn keygen_prints_usable_keys() {
     assert_ne!(vars["ENCRYPTION_KEY"], vars["STATE_KEY"]);
 }
 
-/// A running `nexus serve` process and what it printed.
-struct Server {
-    child: Child,
-    base_url: String,
-    stdout: Arc<Mutex<Vec<String>>>,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    /// Starts `nexus serve` (JSON logs) and waits until it is serving.
-    async fn start(dir: &std::path::Path, env: &[(&str, &str)], extra_args: &[&str]) -> Server {
-        let mut cmd = nexus(dir, env);
-        cmd.arg("serve").args(extra_args).env("LOG_FORMAT", "json").env("BIND", "127.0.0.1:0");
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("nexus starts");
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let out = child.stdout.take().unwrap();
-        let err = child.stderr.take().unwrap();
-        let (so, se) = (stdout.clone(), stderr.clone());
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(out).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                so.lock().unwrap().push(line);
-            }
-        });
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(err).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if v["message"] == "nexus is serving" {
-                        let _ = tx.send(v["base_url"].as_str().unwrap_or_default().to_owned());
-                    }
-                }
-                se.lock().unwrap().push(line);
-            }
-        });
-        let base_url = tokio::time::timeout(Duration::from_secs(60), rx.recv())
-            .await
-            .unwrap_or_else(|_| panic!("nexus did not start: {:?}", stderr.lock().unwrap()))
-            .unwrap_or_else(|| panic!("nexus exited: {:?}", stderr.lock().unwrap()));
-        Server { child, base_url: base_url.trim_end_matches('/').to_owned(), stdout, stderr }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base_url, path)
-    }
-
-    /// The first stdout line containing `needle`, polling with a deadline.
-    async fn stdout_line(&self, needle: &str) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(l) = self.stdout.lock().unwrap().iter().find(|l| l.contains(needle)) {
-                return l.clone();
-            }
-            assert!(tokio::time::Instant::now() < deadline, "no stdout line with {needle:?}: {}", self.logs());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn logs(&self) -> String {
-        let mut all = self.stdout.lock().unwrap().join("\n");
-        all.push('\n');
-        all.push_str(&self.stderr.lock().unwrap().join("\n"));
-        all
-    }
-
-    /// SIGTERM, then the exit code (bounded).
-    async fn terminate(mut self) -> (i32, String) {
-        let pid = self.child.id().expect("running").to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status().await;
-        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
-            .await
-            .expect("exits after SIGTERM")
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await; // let the log readers drain
-        (status.code().unwrap_or(-1), self.logs())
-    }
+async fn start(dir: &std::path::Path, env: &[(&str, &str)], extra_args: &[&str]) -> Server {
+    Server::start(BIN, dir, env, extra_args).await
 }
 
 fn client() -> reqwest::Client {
@@ -197,7 +84,7 @@ fn client() -> reqwest::Client {
 #[tokio::test]
 async fn dev_mode_creates_private_keys_prints_the_api_key_and_reuses_them() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[], &["--dev"]).await;
+    let server = start(dir.path(), &[], &["--dev"]).await;
     let key_line = server.stdout_line("API key:").await;
     let api_key = key_line.split_whitespace().last().unwrap().to_owned();
     assert!(server.stdout_line("base URL:").await.contains(&server.base_url), "base URL printed");
@@ -224,7 +111,7 @@ async fn dev_mode_creates_private_keys_prints_the_api_key_and_reuses_them() {
     assert!(!logs.contains("dev-secret-value"));
 
     // Second start: same keys, same data, the sealed secret still opens.
-    let again = Server::start(dir.path(), &[], &["--dev"]).await;
+    let again = start(dir.path(), &[], &["--dev"]).await;
     let resp = client().get(again.url("/v1/providers/kept")).header("x-api-key", &api_key).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert!(again.stdout_line("API key:").await.contains(&api_key));
@@ -259,7 +146,7 @@ async fn sigterm_finishes_in_flight_requests() {
     let db = TestDb::new(Backend::Sqlite).await.unwrap();
     let (enc, state, api) = keys();
     let env = [("API_KEY", api.as_str()), ("ENCRYPTION_KEY", &enc), ("STATE_KEY", &state), ("DATABASE_URL", db.url())];
-    let server = Server::start(dir.path(), &env, &[]).await;
+    let server = start(dir.path(), &env, &[]).await;
     let issuer = slow_issuer(Duration::from_millis(1500)).await;
     let url = server.url("/v1/providers");
     let in_flight =
@@ -334,7 +221,7 @@ async fn audit_verify_names_the_edited_row(backend: Backend) {
     let db = TestDb::new(backend).await.unwrap();
     let (enc, state, api) = keys();
     let env = [("API_KEY", api.as_str()), ("ENCRYPTION_KEY", &enc), ("STATE_KEY", &state), ("DATABASE_URL", db.url())];
-    let server = Server::start(dir.path(), &env, &[]).await;
+    let server = start(dir.path(), &env, &[]).await;
     let c = client();
     let body = json!({"name": "gh", "auth_type": "oauth2", "client_id": "c", "client_secret": "first-secret-abc",
         "auth_url": "https://a.example/auth", "token_url": "https://a.example/token"});
@@ -395,7 +282,7 @@ async fn replicas_on_one_postgres_keep_one_audit_chain() {
     let env = [("API_KEY", api.as_str()), ("ENCRYPTION_KEY", &enc), ("STATE_KEY", &state), ("DATABASE_URL", db.url())];
     let mut replicas = Vec::new();
     for _ in 0..3 {
-        replicas.push(Server::start(dir.path(), &env, &[]).await);
+        replicas.push(start(dir.path(), &env, &[]).await);
     }
     let c = client();
     let mut tasks = Vec::new();

@@ -5,6 +5,7 @@
 pub mod app;
 pub mod db;
 pub mod oidc;
+pub mod process;
 
 pub use app::{TestApp, TestResponse, TEST_API_KEY};
 pub use db::{Backend, TestDb};
