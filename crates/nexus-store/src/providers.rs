@@ -131,6 +131,11 @@ impl Store {
             .fetch_one(&mut *w.tx)
             .await?;
         let orphaned: i64 = get(&row, "n")?;
+        // Nothing of theirs can be refreshed any more.
+        sqlx::query("UPDATE connections SET next_refresh_at = NULL WHERE provider_id = $1")
+            .bind(id)
+            .execute(&mut *w.tx)
+            .await?;
         notify_in_tx(&mut w, Invalidation::Provider(id.to_owned())).await?;
         append_in_tx(&mut w, audit(orphaned)).await?;
         w.commit().await?;

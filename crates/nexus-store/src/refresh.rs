@@ -144,18 +144,31 @@ impl Store {
         lease_secs: i64,
         limit: i64,
     ) -> Result<Vec<String>, StoreError> {
+        // `next_refresh_at` is NULL unless the connection is active (every other
+        // transition clears it), so the partial index alone finds the due ones.
+        // `now` is a literal (an integer, never user input) so PostgreSQL plans
+        // with the real bound instead of a generic plan that would scan.
+        let due = format!(
+            "next_refresh_at IS NOT NULL AND next_refresh_at <= {now_secs} AND (lease_until IS NULL OR lease_until < {now_secs})"
+        );
+        // The common case, nothing due, costs one indexed read and no write transaction.
+        let probe = sqlx::query(&format!("SELECT id FROM connections WHERE {due} ORDER BY next_refresh_at LIMIT 1"))
+            .fetch_optional(&self.pool)
+            .await?;
+        if probe.is_none() {
+            return Ok(Vec::new());
+        }
         let lock = if self.backend == Backend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
         let sql = format!(
-            "UPDATE connections SET lease_until = $1 WHERE id IN (
-                 SELECT id FROM connections
-                 WHERE next_refresh_at IS NOT NULL AND next_refresh_at <= $2 AND status = 'active'
-                   AND (lease_until IS NULL OR lease_until < $2)
+            "UPDATE connections SET lease_until = {} WHERE id IN (
+                 SELECT id FROM connections WHERE {due} AND status = 'active'
                  ORDER BY next_refresh_at LIMIT {}{lock})
              RETURNING id",
+            now_secs + lease_secs,
             limit.clamp(1, 10_000)
         );
         let mut w = self.begin_write().await?;
-        let rows = sqlx::query(&sql).bind(now_secs + lease_secs).bind(now_secs).fetch_all(&mut *w.tx).await?;
+        let rows = sqlx::query(&sql).fetch_all(&mut *w.tx).await?;
         w.commit().await?;
         rows.iter().map(|r| get::<String>(r, "id")).collect()
     }

@@ -203,3 +203,54 @@ both_backends!(
     provider_down_serves_valid_tokens_and_503s_expired_ones,
     background_refresher_renews_before_expiry
 );
+
+async fn background_refresher_renews_500_connections(backend: Backend) {
+    let (app, idp) = lifecycle_setup(backend, 40, "25", "1").await;
+    // 500 real grants, made 10 at a time.
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        let batch = (0..10).map(|_| connect(&app, "idp", json!(["openid", "offline_access"])));
+        ids.extend(futures::future::join_all(batch).await);
+    }
+    let mut before = std::collections::HashMap::new();
+    for id in &ids {
+        before.insert(id.clone(), app.store().connection_by_id(id).await.unwrap().unwrap().expires_at.unwrap());
+    }
+    idp.reset().await.unwrap();
+    // No client asks; the refresher must renew all 500 before their tokens expire.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = app
+            .store()
+            .list_connections(&nexus_store::ConnectionFilter { limit: 1000, ..Default::default() })
+            .await
+            .unwrap();
+        let renewed: Vec<_> = rows.iter().filter(|r| r.expires_at.unwrap() > before[&r.id]).collect();
+        for r in &renewed {
+            let refreshed_at = r.last_refreshed_at.unwrap() / 1_000_000;
+            assert!(refreshed_at <= before[&r.id], "{} renewed only after its token expired", r.id);
+        }
+        if renewed.len() == ids.len() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{} of {} renewed", renewed.len(), ids.len());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let stats = idp.stats().await.unwrap();
+    assert_eq!(stats.refresh_requests, 500, "one refresh per connection");
+    assert!(rows_active(&app).await == 500);
+}
+
+async fn rows_active(app: &TestApp) -> usize {
+    app.store()
+        .list_connections(&nexus_store::ConnectionFilter {
+            status: Some("active".into()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len()
+}
+
+both_backends!(background_refresher_renews_500_connections);
