@@ -1,8 +1,32 @@
-//! The agent side of Nexus. [`apply`] interprets a strategy from
-//! `GET /v1/token/{id}` and signs an `http::Request` with the connection's
-//! credentials; Nexus itself uses the same code to verify captured
-//! credentials live, so what is checked at capture is what agents send.
+//! The agent side of Nexus.
+//!
+//! * [`GatewayClient`]: the Gateway API (`/v1/*`) with typed errors.
+//! * [`strategies::apply`]: interprets a strategy from `GET /v1/token/{id}` and
+//!   signs an `http::Request` (`oauth2`, `header`, `query_param`, `basic_auth`,
+//!   `aws_sigv4`, `hmac_payload`). Nexus uses the same code to verify captured
+//!   credentials live, so what is checked at capture is what agents send.
+//! * [`CredentialCache`] and [`Bridge`]: cached credentials per connection,
+//!   one in-flight fetch per connection, refresh-and-retry-once on a provider
+//!   `401`, backoff with jitter while the Gateway is unreachable, and a typed
+//!   [`GatewayError::AttentionRequired`] without retries.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let bridge = nexus_bridge::Bridge::new("http://127.0.0.1:8080", std::env::var("API_KEY")?);
+//! let github = bridge.for_connection("3f1c…connection-id");
+//! let resp = github.get("https://api.github.com/user").send().await?;
+//! println!("{}", resp.status());
+//! # Ok(()) }
+//! ```
 
+pub mod bridge;
+pub mod cache;
+pub mod client;
 pub mod strategies;
+pub mod target;
 
+pub use bridge::{Bridge, ConnectionClient, SendError, SignedRequestBuilder};
+pub use cache::{Backoff, CredentialCache};
+pub use client::{GatewayClient, GatewayError, TokenAnswer};
 pub use strategies::{apply, BridgeError};
+pub use target::target_url;

@@ -1,6 +1,7 @@
 //! The `nexus` binary: thin clap commands that wire the crates together.
 
 mod dev;
+mod sidecar;
 
 use clap::{Args, Parser, Subcommand};
 use nexus_server::{Application, RawConfig};
@@ -19,6 +20,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Print fresh base64 32-byte keys for ENCRYPTION_KEY, STATE_KEY and API_KEY.
     Keygen,
+    /// Local signing proxy for agents: http://127.0.0.1:PORT/{connection_id}/{path}.
+    Proxy(ProxyArgs),
     /// Audit-log tools.
     Audit {
         #[command(subcommand)]
@@ -30,6 +33,19 @@ enum Command {
 enum AuditCommand {
     /// Walk the hash chain; exit 1 and name the first broken row if it does not verify.
     Verify(DbArgs),
+}
+
+#[derive(Args)]
+struct ProxyArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    listen: std::net::SocketAddr,
+    /// The Nexus Gateway's URL.
+    #[arg(long, env = "NEXUS_URL", default_value = "http://127.0.0.1:8080")]
+    gateway: String,
+    /// The Gateway's API key (prefer the environment variable).
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 #[derive(Args)]
@@ -92,6 +108,14 @@ fn main() -> ExitCode {
         }
         Command::Serve(args) => run(serve(*args)),
         Command::Audit { command: AuditCommand::Verify(db) } => run(verify(db)),
+        Command::Proxy(args) => run(async move {
+            let api_key = args
+                .api_key
+                .filter(|k| !k.is_empty())
+                .ok_or("API_KEY is not set: the proxy needs the Gateway's API key")?;
+            sidecar::serve(args.listen, args.gateway, api_key).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
     }
 }
 

@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::error::{ApiError, ErrorBody};
 use crate::middleware::{api_key, caller, error_json, request_log};
-use crate::routes::{audit, capture, connections, health, providers, tokens};
+use crate::routes::{audit, capture, connections, health, providers, proxy, tokens};
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method};
@@ -49,6 +49,12 @@ fn routers(state: &AppState) -> (Router<AppState>, Router<AppState>, utoipa::ope
     doc.merge(public_doc);
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
 
+    let v1 = v1.merge(
+        Router::new()
+            .route("/v1/proxy/{connection_id}", axum::routing::any(proxy::proxy_root))
+            .route("/v1/proxy/{connection_id}/{*path}", axum::routing::any(proxy::proxy_with_path))
+            .layer(DefaultBodyLimit::max(proxy::PROXY_BODY_LIMIT)),
+    );
     let mut v1 = v1.layer(mw::from_fn_with_state(state.clone(), api_key::require_api_key));
     if let Some(cors) = cors_layer(&state.config) {
         v1 = v1.layer(cors);

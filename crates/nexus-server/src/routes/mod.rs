@@ -7,4 +7,5 @@ pub mod capture;
 pub mod connections;
 pub mod health;
 pub mod providers;
+pub mod proxy;
 pub mod tokens;

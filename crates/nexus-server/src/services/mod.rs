@@ -5,6 +5,7 @@ pub mod audit;
 pub mod capture;
 pub mod connections;
 pub mod providers;
+pub mod proxy;
 pub mod refresh;
 pub mod refresher;
 pub mod state_token;

@@ -31,6 +31,9 @@ pub enum Reason {
     /// `expires_at` the caller saw, to detect a refresh that happened meanwhile.
     OnDemand(Option<i64>),
     Forced,
+    /// The provider answered 401 to a token with this `expires_at`: refresh
+    /// unless someone already replaced that token.
+    Rejected(Option<i64>),
     Background,
 }
 
@@ -39,6 +42,7 @@ impl Reason {
         match self {
             Reason::OnDemand(_) => "on_demand",
             Reason::Forced => "forced",
+            Reason::Rejected(_) => "rejected",
             Reason::Background => "background",
         }
     }
@@ -92,6 +96,7 @@ fn needs_refresh(state: &AppState, row: &ConnectionRow, reason: Reason) -> bool 
         Reason::Forced => row
             .last_refreshed_at
             .is_none_or(|t| chrono::Utc::now().timestamp_micros() - t >= FORCED_COALESCE_SECS * 1_000_000),
+        Reason::Rejected(seen) => row.expires_at == seen,
         Reason::Background => near_expiry || row.next_refresh_at.is_some_and(|t| t <= now_secs()),
     }
 }

@@ -31,6 +31,9 @@ pub struct TokenView {
     pub credentials: Map<String, Value>,
     /// Unix seconds, or null when the credentials do not expire.
     pub expires_at: Option<i64>,
+    /// The provider's API root, where proxies send signed requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_base_url: Option<String>,
 }
 
 /// Seconds before `expires_at` in which an OAuth answer is not served from cache.
@@ -39,7 +42,22 @@ pub const REFRESH_WINDOW_SECS: i64 = 300;
 /// `POST /v1/refresh/{id}`: refresh now (coalesced with one completed in the
 /// last few seconds), then answer like `GET /v1/token`.
 pub async fn force_refresh(state: &AppState, caller: &Caller, id: &str) -> Result<Bytes, ApiError> {
-    let outcome = refresh(state, Some(caller), id, Reason::Forced).await?;
+    refresh_then_answer(state, caller, id, Reason::Forced).await
+}
+
+/// After the provider refused the token that expires at `seen`: refresh unless
+/// it was already replaced, then answer like `GET /v1/token`.
+pub async fn refresh_rejected(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    seen: Option<i64>,
+) -> Result<Bytes, ApiError> {
+    refresh_then_answer(state, caller, id, Reason::Rejected(seen)).await
+}
+
+async fn refresh_then_answer(state: &AppState, caller: &Caller, id: &str, reason: Reason) -> Result<Bytes, ApiError> {
+    let outcome = refresh(state, Some(caller), id, reason).await?;
     if let Refresh::ProviderDown(code) = &outcome {
         return Err(ApiError::new(
             StatusCode::BAD_GATEWAY,
@@ -142,6 +160,7 @@ async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<(TokenView,
         strategy: strategy::for_provider(&provider),
         credentials,
         expires_at: row.expires_at,
+        api_base_url: provider.config.api_base_url.clone(),
     };
     Ok((view, row.provider_id, row.workspace_id))
 }

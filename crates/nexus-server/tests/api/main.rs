@@ -8,6 +8,7 @@ mod network;
 mod oauth;
 mod openapi;
 mod providers;
+mod proxy;
 mod refresh;
 mod replicas;
 mod seeds;

@@ -1,0 +1,145 @@
+//! The agent-side credential cache: one entry per connection, refreshed
+//! shortly before `expires_at`; concurrent callers share one in-flight fetch;
+//! an unreachable Gateway is retried with exponential backoff and jitter; an
+//! `attention_required` connection fails at once with a typed error.
+
+use crate::client::{GatewayClient, GatewayError, TokenAnswer};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Refresh this many seconds before `expires_at`.
+pub const EXPIRY_SKEW_SECS: i64 = 60;
+
+#[derive(Debug, Default)]
+struct Slot {
+    answer: Option<Arc<TokenAnswer>>,
+}
+
+/// Retry policy for an unreachable Gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub attempts: u32,
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { attempts: 5, base: Duration::from_millis(100), max: Duration::from_secs(5) }
+    }
+}
+
+impl Backoff {
+    /// The wait before retry `n` (0-based): base·2ⁿ capped at max, with ±50 % jitter.
+    pub fn delay(&self, n: u32) -> Duration {
+        let exp = self.base.saturating_mul(1u32 << n.min(16)).min(self.max);
+        exp.mul_f64(0.5 + rand_unit())
+    }
+}
+
+fn rand_unit() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    (h.finish() % 10_000) as f64 / 10_000.0
+}
+
+/// Cached token answers for any number of connections.
+#[derive(Debug)]
+pub struct CredentialCache {
+    client: GatewayClient,
+    backoff: Backoff,
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+}
+
+fn fresh(answer: &TokenAnswer) -> bool {
+    answer.expires_at.is_none_or(|e| e - chrono_now() > EXPIRY_SKEW_SECS)
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+impl CredentialCache {
+    pub fn new(client: GatewayClient) -> CredentialCache {
+        CredentialCache::with_backoff(client, Backoff::default())
+    }
+
+    pub fn with_backoff(client: GatewayClient, backoff: Backoff) -> CredentialCache {
+        CredentialCache { client, backoff, slots: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn client(&self) -> &GatewayClient {
+        &self.client
+    }
+
+    fn slot(&self, id: &str) -> Arc<tokio::sync::Mutex<Slot>> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.entry(id.to_owned()).or_default().clone()
+    }
+
+    /// Current credentials for `connection_id` (cached while fresh).
+    pub async fn get(&self, connection_id: &str) -> Result<Arc<TokenAnswer>, GatewayError> {
+        let slot = self.slot(connection_id);
+        let mut guard = slot.lock().await;
+        if let Some(a) = guard.answer.as_ref().filter(|a| fresh(a)) {
+            return Ok(a.clone());
+        }
+        let answer = Arc::new(self.with_retries(|| self.client.token(connection_id)).await?);
+        guard.answer = Some(answer.clone());
+        Ok(answer)
+    }
+
+    /// Forces a refresh at the Gateway (after a provider 401). Callers that saw
+    /// `stale` share one refresh: if the cached answer already changed, it is used.
+    pub async fn refresh(&self, connection_id: &str, stale: &TokenAnswer) -> Result<Arc<TokenAnswer>, GatewayError> {
+        let slot = self.slot(connection_id);
+        let mut guard = slot.lock().await;
+        if let Some(a) = guard.answer.as_ref() {
+            if a.credentials != stale.credentials {
+                return Ok(a.clone());
+            }
+        }
+        let answer = Arc::new(self.with_retries(|| self.client.refresh(connection_id)).await?);
+        guard.answer = Some(answer.clone());
+        Ok(answer)
+    }
+
+    /// Drops the cached answer of one connection.
+    pub async fn forget(&self, connection_id: &str) {
+        self.slot(connection_id).lock().await.answer = None;
+    }
+
+    async fn with_retries<F, Fut>(&self, mut call: F) -> Result<TokenAnswer, GatewayError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<TokenAnswer, GatewayError>>,
+    {
+        let mut n = 0;
+        loop {
+            match call().await {
+                Err(e) if e.is_retryable() && n + 1 < self.backoff.attempts => {
+                    tokio::time::sleep(self.backoff.delay(n)).await;
+                    n += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let b = Backoff { attempts: 5, base: Duration::from_millis(100), max: Duration::from_secs(1) };
+        for n in 0..8 {
+            let d = b.delay(n);
+            let exp = Duration::from_millis(100).saturating_mul(1 << n).min(Duration::from_secs(1));
+            assert!(d >= exp.mul_f64(0.5) && d <= exp.mul_f64(1.5), "{n}: {d:?}");
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! A typed client for the Nexus Gateway API (`/v1/*`), with the error codes of
+//! the API as typed errors.
+
+use nexus_core::strategy::Strategy;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::fmt;
+use std::time::Duration;
+
+/// What `GET /v1/token/{id}` answers.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct TokenAnswer {
+    pub connection_id: String,
+    pub provider: String,
+    pub auth_type: String,
+    pub strategy: Strategy,
+    pub credentials: Map<String, Value>,
+    /// Unix seconds, or `None` when the credentials do not expire.
+    pub expires_at: Option<i64>,
+    #[serde(default)]
+    pub api_base_url: Option<String>,
+}
+
+/// A Gateway failure, by the API's error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    /// The provider refused the refresh token: the user must consent again.
+    #[error("connection {0} needs the user to authorize again (attention_required)")]
+    AttentionRequired(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The connection is pending, failed or revoked (`code`, `message`).
+    #[error("{code}: {message}")]
+    Conflict { code: String, message: String },
+    #[error("gone: {0}")]
+    Gone(String),
+    #[error("the Gateway refused the API key")]
+    Unauthorized,
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The Gateway (or the provider behind it) could not be reached or failed; retryable.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl GatewayError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, GatewayError::Unavailable(_))
+    }
+}
+
+/// The Gateway's address and API key. The key never appears in `Debug`.
+#[derive(Clone)]
+pub struct GatewayClient {
+    base: String,
+    api_key: String,
+    http: reqwest::Client,
+}
+
+impl fmt::Debug for GatewayClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayClient").field("base", &self.base).field("api_key", &"[redacted]").finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    code: Option<String>,
+    message: Option<String>,
+}
+
+impl GatewayClient {
+    /// `base`: e.g. `http://127.0.0.1:8080`.
+    pub fn new(base: impl Into<String>, api_key: impl Into<String>) -> GatewayClient {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("static client configuration");
+        GatewayClient { base: base.into().trim_end_matches('/').to_owned(), api_key: api_key.into(), http }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value, GatewayError> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).header("x-api-key", &self.api_key);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| GatewayError::Unavailable(transport(&e)))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| GatewayError::Unavailable(transport(&e)))?;
+        if (200..300).contains(&status) {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| GatewayError::Unavailable(format!("unreadable answer: {e}")));
+        }
+        let err: ErrorBody = serde_json::from_slice(&bytes).unwrap_or(ErrorBody { code: None, message: None });
+        let code = err.code.unwrap_or_default();
+        let message = err.message.unwrap_or_else(|| format!("HTTP {status}"));
+        Err(match (status, code.as_str()) {
+            (_, "attention_required") => {
+                GatewayError::AttentionRequired(path.rsplit('/').next().unwrap_or_default().to_owned())
+            }
+            (401, _) => GatewayError::Unauthorized,
+            (404, _) => GatewayError::NotFound(message),
+            (409, _) => GatewayError::Conflict { code, message },
+            (410, _) => GatewayError::Gone(message),
+            (s, _) if s >= 500 => GatewayError::Unavailable(message),
+            _ => GatewayError::Invalid(message),
+        })
+    }
+
+    /// `GET /v1/token/{id}`.
+    pub async fn token(&self, connection_id: &str) -> Result<TokenAnswer, GatewayError> {
+        let v = self.call(reqwest::Method::GET, &format!("/v1/token/{}", encode(connection_id)), None).await?;
+        serde_json::from_value(v).map_err(|e| GatewayError::Unavailable(format!("unexpected token answer: {e}")))
+    }
+
+    /// `POST /v1/refresh/{id}`.
+    pub async fn refresh(&self, connection_id: &str) -> Result<TokenAnswer, GatewayError> {
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/refresh/{}", encode(connection_id)),
+                Some(&Value::Object(Map::new())),
+            )
+            .await?;
+        serde_json::from_value(v).map_err(|e| GatewayError::Unavailable(format!("unexpected token answer: {e}")))
+    }
+
+    /// `POST /v1/request-connection` (the body as in the API).
+    pub async fn request_connection(&self, body: &Value) -> Result<Value, GatewayError> {
+        self.call(reqwest::Method::POST, "/v1/request-connection", Some(body)).await
+    }
+
+    /// `GET /v1/check-connection/{id}`.
+    pub async fn check_connection(&self, connection_id: &str) -> Result<Value, GatewayError> {
+        self.call(reqwest::Method::GET, &format!("/v1/check-connection/{}", encode(connection_id)), None).await
+    }
+
+    /// `GET /v1/providers/metadata`.
+    pub async fn providers_metadata(&self) -> Result<Value, GatewayError> {
+        self.call(reqwest::Method::GET, "/v1/providers/metadata", None).await
+    }
+}
+
+fn encode(segment: &str) -> String {
+    url::form_urlencoded::byte_serialize(segment.as_bytes()).collect()
+}
+
+fn transport(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "the Gateway timed out".into()
+    } else if e.is_connect() {
+        "the Gateway could not be reached".into()
+    } else {
+        "the request to the Gateway failed".into()
+    }
+}
