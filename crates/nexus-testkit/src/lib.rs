@@ -4,8 +4,10 @@
 
 pub mod app;
 pub mod db;
+pub mod flows;
 pub mod oidc;
 pub mod process;
+pub mod upstream;
 
 pub use app::{TestApp, TestResponse, TEST_API_KEY};
 pub use db::{Backend, TestDb};

@@ -3,90 +3,10 @@
 //! heals itself after the provider revokes the access token, and a connection
 //! that needs consent again gets a clear error.
 
-use crate::oauth::{connect, register, setup};
+use nexus_testkit::flows::{connect, register, setup};
+use nexus_testkit::upstream::{recording_upstream, schema, seen_after, static_connection};
 use nexus_testkit::{both_backends, Backend, TestApp};
-use serde_json::{json, Value};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-
-/// What the upstream saw of one request.
-#[derive(Debug, Clone)]
-pub struct Seen {
-    pub method: String,
-    pub uri: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Seen {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-    }
-}
-
-/// A local upstream that records every request and answers 200 with `{"ok": true}`.
-pub async fn recording_upstream() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
-    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    let log = seen.clone();
-    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
-        let log = log.clone();
-        async move {
-            let (parts, body) = req.into_parts();
-            let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default().to_vec();
-            log.lock().unwrap().push(Seen {
-                method: parts.method.to_string(),
-                uri: parts.uri.to_string(),
-                headers: parts
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
-                    .collect(),
-                body,
-            });
-            axum::Json(json!({"ok": true}))
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (addr, seen)
-}
-
-/// Registers a static provider at `base` and captures `credentials`; returns the connection id.
-pub async fn static_connection(app: &TestApp, name: &str, provider: Value, credentials: Value) -> String {
-    let mut provider = provider;
-    provider["name"] = json!(name);
-    let created = app.post("/v1/providers", &provider).await;
-    assert_eq!(created.status, 201, "{}", created.text);
-    let req = app
-        .post(
-            "/v1/request-connection",
-            &json!({"workspace_id": "w", "provider_name": name, "return_url": "https://app.example.test/"}),
-        )
-        .await;
-    assert_eq!(req.status, 200, "{}", req.text);
-    let done = app
-        .send(
-            app.client
-                .post(app.url("/v1/capture-credential"))
-                .header("x-api-key", &app.api_key)
-                .header("accept", "application/json")
-                .json(&json!({"state": req.json["state"], "credentials": credentials})),
-        )
-        .await;
-    assert_eq!(done.status, 200, "{}", done.text);
-    done.json["connection_id"].as_str().unwrap().to_owned()
-}
-
-fn seen_after(seen: &Arc<Mutex<Vec<Seen>>>) -> Vec<Seen> {
-    seen.lock().unwrap().clone()
-}
-
-pub fn schema(fields: &[&str]) -> Value {
-    let props: serde_json::Map<String, Value> =
-        fields.iter().map(|f| (f.to_string(), json!({"type": "string"}))).collect();
-    json!({"type": "object", "required": fields, "properties": props})
-}
+use serde_json::json;
 
 async fn gateway_proxy_signs_each_strategy_and_preserves_the_request(backend: Backend) {
     let app = TestApp::spawn(backend).await;

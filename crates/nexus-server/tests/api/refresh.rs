@@ -3,7 +3,7 @@
 //! `attention_required` → re-consent, a provider that is down, and the
 //! background refresher.
 
-use crate::oauth::{connect, register, setup_with, RETURN_URL};
+use nexus_testkit::flows::{connect, register, setup_with, RETURN_URL};
 use nexus_testkit::oidc::{authorize_via_browser, OidcOptions};
 use nexus_testkit::{both_backends, Backend, TestApp};
 use serde_json::{json, Value};

@@ -1,0 +1,117 @@
+//! `nexus proxy` as a process in front of a real Nexus: each strategy reaches
+//! a recording upstream correctly signed, an OAuth2 connection reaches the real
+//! provider's userinfo and heals after the provider revokes the access token,
+//! and a connection that needs consent again is a clear 409.
+
+use nexus_testkit::flows::{connect, register, setup};
+use nexus_testkit::upstream::{recording_upstream, schema, static_connection};
+use nexus_testkit::{Backend, TestApp};
+use serde_json::{json, Value};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_nexus");
+
+/// Starts `nexus proxy` for `app`; returns the child and its base URL.
+async fn sidecar(app: &TestApp) -> (Child, String) {
+    let mut cmd = Command::new(BIN);
+    for var in nexus_testkit::process::CONFIG_VARS {
+        cmd.env_remove(var);
+    }
+    let mut child = cmd
+        .args(["proxy", "--listen", "127.0.0.1:0", "--gateway", &app.base_url])
+        .env("API_KEY", &app.api_key)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line =
+        tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.expect("proxy starts").unwrap().unwrap();
+    let url = line.split_whitespace().find(|w| w.starts_with("http://")).expect("listening line").to_owned();
+    (child, url)
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_signs_each_strategy() {
+    nexus_testkit::run_bounded(async {
+        let app = TestApp::spawn(Backend::Sqlite).await;
+        let (addr, seen) = recording_upstream().await;
+        let base = format!("http://{addr}/api");
+        let header = static_connection(&app, "hdr", json!({"auth_type": "api_key", "api_base_url": base, "params": {"credential_schema": schema(&["api_key"])}}), json!({"api_key": "hdr-key-2"})).await;
+        let query = static_connection(&app, "qry", json!({"auth_type": "api_key", "api_base_url": base, "params": {"auth_strategy": "query_param", "param_name": "k", "credential_schema": schema(&["api_key"])}}), json!({"api_key": "qry-key-2"})).await;
+        let basic = static_connection(&app, "bas", json!({"auth_type": "basic_auth", "api_base_url": base, "params": {"credential_schema": schema(&["username", "password"])}}), json!({"username": "ann", "password": "pw"})).await;
+        let hmac = static_connection(&app, "mac", json!({"auth_type": "hmac_payload", "api_base_url": base, "params": {"header_name": "X-Sig", "credential_schema": schema(&["api_secret"])}}), json!({"api_secret": "shh"})).await;
+        let (_child, proxy) = sidecar(&app).await;
+        for id in [&header, &query, &basic, &hmac] {
+            let resp = client().put(format!("{proxy}/{id}/things?z=9")).header("x-trace", "t1").body("payload").send().await.unwrap();
+            assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+        }
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 4);
+        for s in &seen {
+            assert_eq!((s.method.as_str(), s.body.as_slice()), ("PUT", b"payload".as_slice()));
+            assert_eq!(s.header("x-trace"), Some("t1"));
+            assert!(s.header("x-api-key").is_none());
+        }
+        assert_eq!(seen[0].header("authorization"), Some("Bearer hdr-key-2"));
+        assert_eq!(seen[1].uri, "/api/things?z=9&k=qry-key-2");
+        assert_eq!(seen[2].header("authorization"), Some("Basic YW5uOnB3"));
+        // HMAC-SHA256("shh", "payload"), hex, computed independently of the bridge.
+        let expected = {
+            use hmac::Mac;
+            let mut m = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(b"shh").unwrap();
+            m.update(b"payload");
+            hex::encode(m.finalize().into_bytes())
+        };
+        assert_eq!(seen[3].header("x-sig"), Some(expected.as_str()));
+        // Unknown connection: the Gateway's 404 comes through as JSON.
+        let missing = client().get(format!("{proxy}/nope/x")).send().await.unwrap();
+        assert_eq!(missing.status(), 404);
+        assert_eq!(missing.json::<Value>().await.unwrap()["code"], "not_found");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_reaches_userinfo_heals_and_reports_attention_required() {
+    nexus_testkit::run_bounded(async {
+        let (app, idp) = setup(Backend::Sqlite, "client_secret_post").await;
+        register(&app, &idp, "idp", true, "client_secret_post").await;
+        let id = connect(&app, "idp", json!(["openid", "email", "offline_access"])).await;
+        let (_child, proxy) = sidecar(&app).await;
+        let me = client().get(format!("{proxy}/{id}/me")).send().await.unwrap();
+        assert_eq!(me.status(), 200);
+        assert_eq!(me.json::<Value>().await.unwrap()["sub"], "alice");
+
+        idp.revoke_all_access_tokens().await.unwrap();
+        idp.reset().await.unwrap();
+        let healed = client().get(format!("{proxy}/{id}/me")).send().await.unwrap();
+        assert_eq!(healed.status(), 200, "the sidecar refreshed once and retried");
+        assert_eq!(idp.stats().await.unwrap().refresh_requests, 1);
+
+        // The typed AttentionRequired error, through the bridge and through the sidecar
+        // (on a second connection: forced refreshes right after one are coalesced).
+        let id = connect(&app, "idp", json!(["openid", "offline_access"])).await;
+        idp.fail_token_endpoint(400, Some("invalid_grant"), 1).await.unwrap();
+        let forced = app.post(&format!("/v1/refresh/{id}"), &json!({})).await;
+        assert_eq!(forced.status, 409);
+        let bridge = nexus_bridge::Bridge::new(app.base_url.clone(), app.api_key.clone());
+        match bridge.credentials(&id).await {
+            Err(nexus_bridge::GatewayError::AttentionRequired(c)) => assert_eq!(c, id),
+            other => panic!("expected AttentionRequired, got {other:?}"),
+        }
+        let refused = client().get(format!("{proxy}/{id}/me")).send().await.unwrap();
+        assert_eq!(refused.status(), 409);
+        assert_eq!(refused.json::<Value>().await.unwrap()["code"], "attention_required");
+    })
+    .await;
+}
