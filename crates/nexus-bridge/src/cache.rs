@@ -11,9 +11,22 @@ use std::time::Duration;
 /// Refresh this many seconds before `expires_at`.
 pub const EXPIRY_SKEW_SECS: i64 = 60;
 
+/// One connection: the current answer (read without waiting) and the lock
+/// that lets only one caller fetch at a time.
 #[derive(Debug, Default)]
 struct Slot {
-    answer: Option<Arc<TokenAnswer>>,
+    answer: std::sync::RwLock<Option<Arc<TokenAnswer>>>,
+    fetch: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    fn current(&self) -> Option<Arc<TokenAnswer>> {
+        self.answer.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn store(&self, answer: Option<Arc<TokenAnswer>>) {
+        *self.answer.write().unwrap_or_else(|p| p.into_inner()) = answer;
+    }
 }
 
 /// Retry policy for an unreachable Gateway.
@@ -50,7 +63,7 @@ fn rand_unit() -> f64 {
 pub struct CredentialCache {
     client: GatewayClient,
     backoff: Backoff,
-    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
 }
 
 fn fresh(answer: &TokenAnswer) -> bool {
@@ -74,7 +87,7 @@ impl CredentialCache {
         &self.client
     }
 
-    fn slot(&self, id: &str) -> Arc<tokio::sync::Mutex<Slot>> {
+    fn slot(&self, id: &str) -> Arc<Slot> {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots.entry(id.to_owned()).or_default().clone()
     }
@@ -82,12 +95,15 @@ impl CredentialCache {
     /// Current credentials for `connection_id` (cached while fresh).
     pub async fn get(&self, connection_id: &str) -> Result<Arc<TokenAnswer>, GatewayError> {
         let slot = self.slot(connection_id);
-        let mut guard = slot.lock().await;
-        if let Some(a) = guard.answer.as_ref().filter(|a| fresh(a)) {
-            return Ok(a.clone());
+        if let Some(a) = slot.current().filter(|a| fresh(a)) {
+            return Ok(a);
+        }
+        let _fetching = slot.fetch.lock().await;
+        if let Some(a) = slot.current().filter(|a| fresh(a)) {
+            return Ok(a);
         }
         let answer = Arc::new(self.with_retries(|| self.client.token(connection_id)).await?);
-        guard.answer = Some(answer.clone());
+        slot.store(Some(answer.clone()));
         Ok(answer)
     }
 
@@ -95,20 +111,20 @@ impl CredentialCache {
     /// `stale` share one refresh: if the cached answer already changed, it is used.
     pub async fn refresh(&self, connection_id: &str, stale: &TokenAnswer) -> Result<Arc<TokenAnswer>, GatewayError> {
         let slot = self.slot(connection_id);
-        let mut guard = slot.lock().await;
-        if let Some(a) = guard.answer.as_ref() {
+        let _fetching = slot.fetch.lock().await;
+        if let Some(a) = slot.current() {
             if a.credentials != stale.credentials {
-                return Ok(a.clone());
+                return Ok(a);
             }
         }
         let answer = Arc::new(self.with_retries(|| self.client.refresh(connection_id)).await?);
-        guard.answer = Some(answer.clone());
+        slot.store(Some(answer.clone()));
         Ok(answer)
     }
 
     /// Drops the cached answer of one connection.
     pub async fn forget(&self, connection_id: &str) {
-        self.slot(connection_id).lock().await.answer = None;
+        self.slot(connection_id).store(None);
     }
 
     async fn with_retries<F, Fut>(&self, mut call: F) -> Result<TokenAnswer, GatewayError>

@@ -120,6 +120,7 @@ async fn root(
 pub fn router(bridge: Bridge) -> axum::Router {
     axum::Router::new()
         .route("/{connection_id}", axum::routing::any(root))
+        .route("/{connection_id}/", axum::routing::any(root))
         .route("/{connection_id}/{*path}", axum::routing::any(with_path))
         .layer(axum::extract::DefaultBodyLimit::max(10 * 1024 * 1024))
         .with_state(bridge)

@@ -52,6 +52,7 @@ fn routers(state: &AppState) -> (Router<AppState>, Router<AppState>, utoipa::ope
     let v1 = v1.merge(
         Router::new()
             .route("/v1/proxy/{connection_id}", axum::routing::any(proxy::proxy_root))
+            .route("/v1/proxy/{connection_id}/", axum::routing::any(proxy::proxy_root))
             .route("/v1/proxy/{connection_id}/{*path}", axum::routing::any(proxy::proxy_with_path))
             .layer(DefaultBodyLimit::max(proxy::PROXY_BODY_LIMIT)),
     );

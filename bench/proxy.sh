@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Latency and throughput added by Nexus's proxies, in one run on this machine:
+#   direct      wrk → upstream (an nginx answering 200 "ok")
+#   nginx       wrk → nginx proxy_pass → upstream            (the baseline)
+#   gateway     wrk → nexus serve /v1/proxy/{id}/… → upstream (signs: api_key header)
+#   sidecar     wrk → nexus proxy /{id}/… → upstream          (bridge cache, signs locally)
+# Reports requests/s, p50, p99 and the p50 added over direct for each.
+#
+#   bench/proxy.sh                 # 10 s per target, 32 connections
+#   DURATION=30s bench/proxy.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-32}
+RESULTS=bench/results
+mkdir -p "$RESULTS"
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+command -v wrk >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx >/dev/null
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+cargo build --release --locked -q -p nexus-cli
+BIN=target/release/nexus
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 1 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; return 1; }
+
+up=$(free_port); np=$(free_port); gp=$(free_port); sp=$(free_port)
+mkdir -p "$work/nginx"
+cat > "$work/nginx/nginx.conf" <<CONF
+daemon off; master_process off; worker_processes 1; pid $work/nginx/pid; error_log $work/nginx/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx; proxy_temp_path $work/nginx; fastcgi_temp_path $work/nginx; uwsgi_temp_path $work/nginx; scgi_temp_path $work/nginx;
+  upstream backend { server 127.0.0.1:$up; keepalive 64; }
+  server { listen 127.0.0.1:$up; location / { default_type text/plain; return 200 "ok"; } }
+  server { listen 127.0.0.1:$np; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+}
+CONF
+"$NGINX" -c "$work/nginx/nginx.conf" -p "$work/nginx" & pids+=($!)
+wait_http "http://127.0.0.1:$up/"
+
+key=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
+API_KEY=$key ENCRYPTION_KEY=$($BIN keygen | sed -n 's/^ENCRYPTION_KEY=//p') STATE_KEY=$($BIN keygen | sed -n 's/^STATE_KEY=//p') \
+  DATABASE_URL="sqlite://$work/nexus.db" BIND=127.0.0.1:$gp RUST_LOG=warn "$BIN" serve > "$work/serve.log" 2>&1 & pids+=($!)
+wait_http "http://127.0.0.1:$gp/health"
+g=http://127.0.0.1:$gp
+curl -sf -X POST "$g/v1/providers" -H "X-API-Key: $key" -H 'Content-Type: application/json' -d "{
+  \"name\": \"bench\", \"auth_type\": \"api_key\", \"api_base_url\": \"http://127.0.0.1:$up\",
+  \"params\": {\"credential_schema\": {\"type\": \"object\", \"required\": [\"api_key\"], \"properties\": {\"api_key\": {\"type\": \"string\"}}}}}" >/dev/null
+state=$(curl -sf -X POST "$g/v1/request-connection" -H "X-API-Key: $key" -H 'Content-Type: application/json' \
+  -d '{"workspace_id": "bench", "provider_name": "bench", "return_url": "https://example.com/done"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')
+conn=$(curl -sf -X POST "$g/v1/capture-credential" -H "X-API-Key: $key" -H 'Content-Type: application/json' -H 'Accept: application/json' \
+  -d "{\"state\": \"$state\", \"credentials\": {\"api_key\": \"bench-key\"}}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["connection_id"])')
+API_KEY=$key RUST_LOG=warn "$BIN" proxy --listen 127.0.0.1:$sp --gateway "$g" > "$work/proxy.log" 2>&1 & pids+=($!)
+wait_http "http://127.0.0.1:$sp/$conn/x"
+for url in "$g/v1/proxy/$conn/x" "http://127.0.0.1:$sp/$conn/x"; do
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "X-API-Key: $key" "$url")
+  [ "$code" = 200 ] || { echo "$url answered $code" >&2; exit 1; }
+done
+
+measure() {
+  wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "$@" > "$work/wrk.txt"
+  python3 - "$work/wrk.txt" <<'PY'
+import re, sys
+t = open(sys.argv[1]).read()
+def ms(v):
+    n, u = re.match(r"([\d.]+)(us|ms|s)", v).groups()
+    return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[u]
+bad = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
+if bad: print("warning: %s non-2xx responses" % bad.group(1), file=sys.stderr)
+print("%.0f %.3f %.3f" % (float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1)), ms(re.search(r"\s50%\s+(\S+)", t).group(1)), ms(re.search(r"\s99%\s+(\S+)", t).group(1))))
+PY
+}
+report=$RESULTS/proxy-$(date -u +%Y%m%dT%H%M%SZ).txt
+{
+echo "nexus bench: proxies vs direct and nginx proxy_pass ($DURATION each, $CONNECTIONS connections, wrk -t1, $(nproc) cores)"
+printf '%-8s %10s %9s %9s %16s\n' target "req/s" "p50 ms" "p99 ms" "p50 added ms"
+} | tee "$report"
+read -r d_rps d_p50 d_p99 < <(measure "http://127.0.0.1:$up/x")
+printf '%-8s %10s %9s %9s %16s\n' direct "$d_rps" "$d_p50" "$d_p99" "-" | tee -a "$report"
+for target in nginx gateway sidecar; do
+  case $target in
+    nginx) read -r rps p50 p99 < <(measure "http://127.0.0.1:$np/x") ;;
+    gateway) read -r rps p50 p99 < <(measure "$g/v1/proxy/$conn/x" -H "X-API-Key: $key") ;;
+    sidecar) read -r rps p50 p99 < <(measure "http://127.0.0.1:$sp/$conn/x") ;;
+  esac
+  added=$(python3 -c "print('%.3f' % ($p50 - $d_p50))")
+  printf '%-8s %10s %9s %9s %16s\n' "$target" "$rps" "$p50" "$p99" "$added" | tee -a "$report"
+done
+echo "saved to $report"
