@@ -1,6 +1,7 @@
 //! The `nexus` binary: thin clap commands that wire the crates together.
 
 mod dev;
+mod providers;
 mod sidecar;
 
 use clap::{Args, Parser, Subcommand};
@@ -22,6 +23,11 @@ enum Command {
     Keygen,
     /// Local signing proxy for agents: http://127.0.0.1:PORT/{connection_id}/{path}.
     Proxy(ProxyArgs),
+    /// Security-as-Code: plan, apply and export providers from a YAML manifest.
+    Providers {
+        #[command(subcommand)]
+        command: providers::ProvidersCommand,
+    },
     /// Audit-log tools.
     Audit {
         #[command(subcommand)]
@@ -108,6 +114,7 @@ fn main() -> ExitCode {
         }
         Command::Serve(args) => run(serve(*args)),
         Command::Audit { command: AuditCommand::Verify(db) } => run(verify(db)),
+        Command::Providers { command } => run(providers::run(command)),
         Command::Proxy(args) => run(async move {
             let api_key = args
                 .api_key
