@@ -286,6 +286,71 @@ async fn reauthorization_keeps_the_connection_id(backend: Backend) {
     assert_eq!(app.get("/v1/connections?status=bogus").await.status, 400);
 }
 
+async fn pending_connections_expire_after_ten_minutes(backend: Backend) {
+    let (app, idp) = setup(backend, "client_secret_post").await;
+    register(&app, &idp, "idp", true, "client_secret_post").await;
+    let req = request(&app, "idp", json!(["openid"])).await;
+    let id = req.json["connection_id"].as_str().unwrap().to_owned();
+    let cb = authorize_via_browser(req.json["auth_url"].as_str().unwrap(), "erin", true, &app.url("/auth/callback"))
+        .await
+        .unwrap();
+    // Ten minutes pass (the handshake's expiry is moved into the past).
+    let past = chrono::Utc::now().timestamp_micros() - 1;
+    sqlx::query("UPDATE connections SET handshake_expires_at = $1 WHERE id = $2")
+        .bind(past)
+        .bind(&id)
+        .execute(app.store().pool())
+        .await
+        .unwrap();
+    let late = callback(&app, cb.as_str()).await;
+    assert_eq!(late.status, 400, "an expired handshake is not completed: {}", late.text);
+    assert!(late.headers.get("location").is_none());
+    let check = app.get(&format!("/v1/check-connection/{id}")).await;
+    assert_eq!((check.json["status"].as_str(), check.json["error"].as_str()), (Some("failed"), Some("expired")));
+}
+
+async fn token_exchange_sends_token_params_and_honours_skip_scope(backend: Backend) {
+    // A token endpoint that records what it receives (and answers nothing useful).
+    let (addr, seen) = nexus_testkit::upstream::recording_upstream().await;
+    let app = nexus_testkit::TestApp::spawn(backend).await;
+    for (name, skip) in [("with-scope", false), ("no-scope", true)] {
+        let created = app
+            .post("/v1/providers", &json!({"name": name, "auth_type": "oauth2", "client_id": "cid", "client_secret": "token-params-secret",
+                "auth_url": format!("http://{addr}/authorize"), "token_url": format!("http://{addr}/token"), "scopes": ["a", "b"],
+                "params": {"token_params": {"audience": "https://api.example"}, "skip_scope_on_exchange": skip}}))
+            .await;
+        assert_eq!(created.status, 201, "{}", created.text);
+        let req = app
+            .post(
+                "/v1/request-connection",
+                &json!({"workspace_id": "w", "provider_name": name, "return_url": RETURN_URL}),
+            )
+            .await;
+        let state = req.json["state"].as_str().unwrap();
+        let resp =
+            app.send(app.client.get(app.url("/auth/callback")).query(&[("code", "the-code"), ("state", state)])).await;
+        let q = query(&location(&resp));
+        assert_eq!(
+            (q["status"].as_str(), q["error"].as_str()),
+            ("error", "invalid_provider_reply"),
+            "the reply was not a token"
+        );
+    }
+    let seen = seen.lock().unwrap().clone();
+    let bodies: Vec<std::collections::HashMap<String, String>> =
+        seen.iter().map(|s| url::form_urlencoded::parse(&s.body).into_owned().collect()).collect();
+    assert_eq!(bodies.len(), 2);
+    for b in &bodies {
+        assert_eq!(b["grant_type"], "authorization_code");
+        assert_eq!(b["code"], "the-code");
+        assert_eq!(b["audience"], "https://api.example", "token_params are sent");
+        assert!(b["code_verifier"].len() >= 43, "PKCE verifier sent");
+        assert_eq!(b["client_id"], "cid");
+    }
+    assert_eq!(bodies[0].get("scope").map(String::as_str), Some("a b"));
+    assert!(!bodies[1].contains_key("scope"), "skip_scope_on_exchange");
+}
+
 both_backends!(
     consent_with_discovery_and_post,
     consent_with_manual_endpoints_and_basic,
@@ -295,5 +360,7 @@ both_backends!(
     untrusted_states_get_a_plain_400_page,
     wrong_issuer_and_wrong_nonce_fail_the_connection,
     request_connection_input_is_checked,
-    reauthorization_keeps_the_connection_id
+    reauthorization_keeps_the_connection_id,
+    pending_connections_expire_after_ten_minutes,
+    token_exchange_sends_token_params_and_honours_skip_scope
 );
