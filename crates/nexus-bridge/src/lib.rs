@@ -29,4 +29,4 @@ pub use bridge::{Bridge, ConnectionClient, SendError, SignedRequestBuilder};
 pub use cache::{Backoff, CredentialCache};
 pub use client::{GatewayClient, GatewayError, TokenAnswer};
 pub use strategies::{apply, BridgeError};
-pub use target::target_url;
+pub use target::{forwardable_header, target_url};

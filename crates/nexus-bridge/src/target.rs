@@ -26,6 +26,29 @@ pub fn target_url(base: &str, path: &str, query: Option<&str>) -> Result<url::Ur
     Ok(url)
 }
 
+/// Headers a proxy must not pass on: those that describe one hop, and the
+/// caller's own credentials (`X-API-Key`, `Authorization`, cookies).
+const NOT_FORWARDED: [&str; 13] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "x-api-key",
+    "authorization",
+    "cookie",
+];
+
+/// Whether a proxy passes this header on (names are lowercase in `http`).
+pub fn forwardable_header(name: &str) -> bool {
+    !NOT_FORWARDED.contains(&name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,24 +13,8 @@ use nexus_bridge::{Bridge, GatewayError, SendError};
 use serde_json::json;
 use std::net::SocketAddr;
 
-const DROPPED: [&str; 13] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-    "x-api-key",
-    "authorization",
-    "cookie",
-];
-
 fn forwardable(name: &HeaderName) -> bool {
-    !DROPPED.contains(&name.as_str())
+    nexus_bridge::forwardable_header(name.as_str())
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {

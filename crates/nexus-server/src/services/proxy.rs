@@ -13,25 +13,8 @@ use axum::http::{HeaderMap, HeaderName, Method, StatusCode};
 use axum::response::Response;
 use nexus_bridge::TokenAnswer;
 
-/// Headers that describe one hop, or carry the caller's own credentials.
-const DROPPED: [&str; 13] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-    "x-api-key",
-    "authorization",
-    "cookie",
-];
-
 fn forwardable(name: &HeaderName) -> bool {
-    !DROPPED.contains(&name.as_str())
+    nexus_bridge::forwardable_header(name.as_str())
 }
 
 /// The agent's request, as received.
