@@ -7,6 +7,7 @@ pub mod db;
 pub mod flows;
 pub mod oidc;
 pub mod process;
+pub mod python;
 pub mod upstream;
 
 pub use app::{TestApp, TestResponse, TEST_API_KEY};
