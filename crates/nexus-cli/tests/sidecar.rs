@@ -4,6 +4,7 @@
 //! and a connection that needs consent again is a clear 409.
 
 use nexus_testkit::flows::{connect, register, setup};
+use nexus_testkit::moto::{xml, Moto, ACCOUNT};
 use nexus_testkit::upstream::{recording_upstream, schema, static_connection};
 use nexus_testkit::{Backend, TestApp};
 use serde_json::{json, Value};
@@ -112,6 +113,60 @@ async fn sidecar_reaches_userinfo_heals_and_reports_attention_required() {
         let refused = client().get(format!("{proxy}/{id}/me")).send().await.unwrap();
         assert_eq!(refused.status(), 409);
         assert_eq!(refused.json::<Value>().await.unwrap()["code"], "attention_required");
+    })
+    .await;
+}
+
+/// STS `GetCallerIdentity` as an AWS query-protocol POST, through `proxy_url`
+/// (the sidecar's or the gateway's URL for the connection).
+async fn get_caller_identity(proxy_url: &str, api_key: Option<&str>) -> (u16, String) {
+    let mut req = client()
+        .post(proxy_url)
+        .header("content-type", "application/x-www-form-urlencoded; charset=utf-8")
+        .body("Action=GetCallerIdentity&Version=2011-06-15");
+    if let Some(key) = api_key {
+        req = req.header("x-api-key", key);
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moto_verifies_sigv4_made_by_both_proxies_and_refuses_a_wrong_secret() {
+    // Outside the test deadline: the first test to need it installs the pinned venv.
+    let moto = Moto::start(3).await;
+    nexus_testkit::run_bounded(async {
+        let (key, secret) = moto.create_user_with_key("nexus-proxy", &["sts:GetCallerIdentity"]).await;
+        // From here on moto verifies every signature with botocore.
+        let app = TestApp::spawn(Backend::Sqlite).await;
+        let provider = |service: &str| {
+            json!({"auth_type": "aws_sigv4", "api_base_url": moto.base_url,
+                   "params": {"service": service, "region": "us-east-1",
+                              "credential_schema": schema(&["access_key", "secret_key"])}})
+        };
+        let right =
+            static_connection(&app, "sts", provider("sts"), json!({"access_key": key, "secret_key": secret})).await;
+        let wrong = static_connection(
+            &app,
+            "sts-wrong",
+            provider("sts"),
+            json!({"access_key": key, "secret_key": format!("{secret}x")}),
+        )
+        .await;
+        let (_child, proxy) = sidecar(&app).await;
+
+        let (status, body) = get_caller_identity(&format!("{proxy}/{right}/"), None).await;
+        assert_eq!(status, 200, "through nexus proxy: {body}\n{}", moto.stderr_tail());
+        assert_eq!(xml(&body, "Arn"), format!("arn:aws:iam::{ACCOUNT}:user/nexus-proxy"));
+        let (status, body) = get_caller_identity(&app.url(&format!("/v1/proxy/{right}/")), Some(&app.api_key)).await;
+        assert_eq!(status, 200, "through the gateway proxy: {body}\n{}", moto.stderr_tail());
+        assert_eq!(xml(&body, "Arn"), format!("arn:aws:iam::{ACCOUNT}:user/nexus-proxy"));
+
+        for url in [format!("{proxy}/{wrong}/"), app.url(&format!("/v1/proxy/{wrong}/"))] {
+            let (status, body) = get_caller_identity(&url, Some(&app.api_key)).await;
+            assert_eq!(status, 403, "moto refuses a wrong secret ({url}): {body}");
+            assert!(body.contains("SignatureDoesNotMatch"), "{body}");
+        }
     })
     .await;
 }

@@ -1,17 +1,23 @@
 //! Turns any error response that is not already JSON (axum's own 404/405/413/415
 //! rejections, tower-http's limits) into our `{code, message}` shape, so no
-//! client ever has to parse text/plain.
+//! client ever has to parse text/plain. Responses marked [`KeepBody`] (an
+//! HTML page for a browser, an upstream's answer relayed by the proxy) pass
+//! through untouched.
 
 use crate::error::{code_for_status, ErrorBody};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+
+/// Marks a response whose non-JSON error body is intentional.
+#[derive(Debug, Clone, Copy)]
+pub struct KeepBody;
 
 pub async fn json_errors(response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
-    if response.extensions().get::<crate::routes::connections::PlainPage>().is_some() {
+    if response.extensions().get::<KeepBody>().is_some() {
         return response;
     }
     let is_json = response

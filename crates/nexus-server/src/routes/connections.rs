@@ -66,10 +66,6 @@ pub async fn revoke_connection(
     connections::revoke(&state, &caller, &id).await.map(Json)
 }
 
-/// Marks a response whose non-JSON error body is intentional (an HTML page for a browser).
-#[derive(Debug, Clone, Copy)]
-pub struct PlainPage;
-
 /// The OAuth redirect target (public). Redirects to the connection's return
 /// URL, or answers a plain 400 page when the state cannot be trusted.
 pub async fn oauth_callback(
@@ -95,6 +91,6 @@ pub fn plain_page(status: StatusCode, title: &str, message: &str) -> Response {
     let mut resp =
         (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], body)
             .into_response();
-    resp.extensions_mut().insert(PlainPage);
+    resp.extensions_mut().insert(crate::middleware::error_json::KeepBody);
     resp
 }

@@ -60,6 +60,8 @@ pub async fn forward(
     for (k, v) in resp.headers().iter().filter(|(k, _)| forwardable(k) && k.as_str() != "set-cookie") {
         out = out.header(k, v);
     }
+    // The upstream's own error bodies reach the caller as they are.
+    out = out.extension(crate::middleware::error_json::KeepBody);
     out.body(Body::from_stream(resp.bytes_stream())).map_err(|_| ApiError::internal())
 }
 
