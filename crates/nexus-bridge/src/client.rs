@@ -7,8 +7,9 @@ use serde_json::{Map, Value};
 use std::fmt;
 use std::time::Duration;
 
-/// What `GET /v1/token/{id}` answers.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// What `GET /v1/token/{id}` answers. `Debug` names the credential fields,
+/// never their values.
+#[derive(Clone, Deserialize, Serialize)]
 pub struct TokenAnswer {
     pub connection_id: String,
     pub provider: String,
@@ -19,6 +20,20 @@ pub struct TokenAnswer {
     pub expires_at: Option<i64>,
     #[serde(default)]
     pub api_base_url: Option<String>,
+}
+
+impl fmt::Debug for TokenAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenAnswer")
+            .field("connection_id", &self.connection_id)
+            .field("provider", &self.provider)
+            .field("auth_type", &self.auth_type)
+            .field("strategy", &self.strategy)
+            .field("credentials", &self.credentials.keys().map(|k| (k, "<redacted>")).collect::<Vec<_>>())
+            .field("expires_at", &self.expires_at)
+            .field("api_base_url", &self.api_base_url)
+            .finish()
+    }
 }
 
 /// A Gateway failure, by the API's error code.
@@ -153,5 +168,22 @@ fn transport(e: &reqwest::Error) -> String {
         "the Gateway could not be reached".into()
     } else {
         "the request to the Gateway failed".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_a_token_answer_hides_credential_values() {
+        let answer: TokenAnswer = serde_json::from_value(serde_json::json!({
+            "connection_id": "c1", "provider": "p", "auth_type": "oauth2",
+            "strategy": {"type": "oauth2", "config": {}},
+            "credentials": {"access_token": "at-secret-1"}, "expires_at": null
+        }))
+        .unwrap();
+        let shown = format!("{answer:?}");
+        assert!(shown.contains("access_token") && !shown.contains("at-secret-1"), "{shown}");
     }
 }

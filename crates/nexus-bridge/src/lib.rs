@@ -9,6 +9,8 @@
 //!   one in-flight fetch per connection, refresh-and-retry-once on a provider
 //!   `401`, backoff with jitter while the Gateway is unreachable, and a typed
 //!   [`GatewayError::AttentionRequired`] without retries.
+//! * `grpc::GrpcAuth` (feature `tonic`): a tonic interceptor that puts
+//!   header-type credentials (`oauth2`, `header`, `basic_auth`) into gRPC metadata.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -22,11 +24,15 @@
 pub mod bridge;
 pub mod cache;
 pub mod client;
+#[cfg(feature = "tonic")]
+pub mod grpc;
 pub mod strategies;
 pub mod target;
 
 pub use bridge::{Bridge, ConnectionClient, SendError, SignedRequestBuilder};
 pub use cache::{Backoff, CredentialCache};
 pub use client::{GatewayClient, GatewayError, TokenAnswer};
+#[cfg(feature = "tonic")]
+pub use grpc::{GrpcAuth, GrpcAuthError};
 pub use strategies::{apply, BridgeError};
 pub use target::{forwardable_header, target_url};
