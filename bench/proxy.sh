@@ -4,7 +4,8 @@
 #   nginx       wrk → nginx proxy_pass → upstream            (the baseline)
 #   gateway     wrk → nexus serve /v1/proxy/{id}/… → upstream (signs: api_key header)
 #   sidecar     wrk → nexus proxy /{id}/… → upstream          (bridge cache, signs locally)
-# Reports requests/s, p50, p99 and the p50 added over direct for each.
+# Reports requests/s, p50, p99 and the p50 added over direct for each, once with
+# one connection (the latency a hop adds) and once with many (under load).
 #
 #   bench/proxy.sh                 # 10 s per target, 32 connections
 #   DURATION=30s bench/proxy.sh
@@ -18,7 +19,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 command -v wrk >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx >/dev/null
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-cargo build --release --locked -q -p nexus-cli
+[ -n "${NO_BUILD:-}" ] || cargo build --release --locked -q -p nexus-cli
 BIN=target/release/nexus
 
 work=$(mktemp -d)
@@ -29,20 +30,28 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_http() { for _ in $(seq 1 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; return 1; }
 
 up=$(free_port); np=$(free_port); gp=$(free_port); sp=$(free_port)
-mkdir -p "$work/nginx"
-cat > "$work/nginx/nginx.conf" <<CONF
-daemon off; master_process off; worker_processes 1; pid $work/nginx/pid; error_log $work/nginx/error.log;
+# Two nginx processes: the upstream, and the nginx proxy in front of it. (One
+# process serving both would let nginx reach the upstream without waking
+# another process, a shortcut no real proxy has; every proxy here is one
+# process between wrk and the upstream.)
+nginx_conf() { # name, server block
+  mkdir -p "$work/$1"
+  cat > "$work/$1/nginx.conf" <<CONF
+daemon off; master_process off; worker_processes 1; pid $work/$1/pid; error_log $work/$1/error.log;
 events { worker_connections 1024; }
 http {
   access_log off;
-  client_body_temp_path $work/nginx; proxy_temp_path $work/nginx; fastcgi_temp_path $work/nginx; uwsgi_temp_path $work/nginx; scgi_temp_path $work/nginx;
+  client_body_temp_path $work/$1; proxy_temp_path $work/$1; fastcgi_temp_path $work/$1; uwsgi_temp_path $work/$1; scgi_temp_path $work/$1;
   upstream backend { server 127.0.0.1:$up; keepalive 64; }
-  server { listen 127.0.0.1:$up; location / { default_type text/plain; return 200 "ok"; } }
-  server { listen 127.0.0.1:$np; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+  $2
 }
 CONF
-"$NGINX" -c "$work/nginx/nginx.conf" -p "$work/nginx" & pids+=($!)
+  "$NGINX" -c "$work/$1/nginx.conf" -p "$work/$1" & pids+=($!)
+}
+nginx_conf upstream "server { listen 127.0.0.1:$up; location / { default_type text/plain; return 200 \"ok\"; } }"
+nginx_conf proxy "server { listen 127.0.0.1:$np; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 wait_http "http://127.0.0.1:$up/"
+wait_http "http://127.0.0.1:$np/"
 
 key=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
 API_KEY=$key ENCRYPTION_KEY=$($BIN keygen | sed -n 's/^ENCRYPTION_KEY=//p') STATE_KEY=$($BIN keygen | sed -n 's/^STATE_KEY=//p') \
@@ -63,8 +72,9 @@ for url in "$g/v1/proxy/$conn/x" "http://127.0.0.1:$sp/$conn/x"; do
   [ "$code" = 200 ] || { echo "$url answered $code" >&2; exit 1; }
 done
 
-measure() {
-  wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "$@" > "$work/wrk.txt"
+measure() { # connections, wrk args…
+  local c=$1; shift
+  wrk -t1 -c"$c" -d"$DURATION" --latency "$@" > "$work/wrk.txt"
   python3 - "$work/wrk.txt" <<'PY'
 import re, sys
 t = open(sys.argv[1]).read()
@@ -76,20 +86,27 @@ if bad: print("warning: %s non-2xx responses" % bad.group(1), file=sys.stderr)
 print("%.0f %.3f %.3f" % (float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1)), ms(re.search(r"\s50%\s+(\S+)", t).group(1)), ms(re.search(r"\s99%\s+(\S+)", t).group(1))))
 PY
 }
+# One pass: direct first, then each proxy; "added" is the proxy's p50 minus direct's.
+pass() { # connections
+  local c=$1 d_rps d_p50 d_p99 rps p50 p99 added
+  read -r d_rps d_p50 d_p99 < <(measure "$c" "http://127.0.0.1:$up/x")
+  printf '%-8s %5s %10s %9s %9s %14s\n' direct "$c" "$d_rps" "$d_p50" "$d_p99" "-"
+  for target in nginx gateway sidecar; do
+    case $target in
+      nginx) read -r rps p50 p99 < <(measure "$c" "http://127.0.0.1:$np/x") ;;
+      gateway) read -r rps p50 p99 < <(measure "$c" "$g/v1/proxy/$conn/x" -H "X-API-Key: $key") ;;
+      sidecar) read -r rps p50 p99 < <(measure "$c" "http://127.0.0.1:$sp/$conn/x") ;;
+    esac
+    added=$(python3 -c "print('%.3f' % ($p50 - $d_p50))")
+    printf '%-8s %5s %10s %9s %9s %14s\n' "$target" "$c" "$rps" "$p50" "$p99" "$added"
+  done
+}
 report=$RESULTS/proxy-$(date -u +%Y%m%dT%H%M%SZ).txt
 {
-echo "nexus bench: proxies vs direct and nginx proxy_pass ($DURATION each, $CONNECTIONS connections, wrk -t1, $(nproc) cores)"
-printf '%-8s %10s %9s %9s %16s\n' target "req/s" "p50 ms" "p99 ms" "p50 added ms"
+  echo "nexus bench: proxies vs direct and nginx proxy_pass ($DURATION per row, wrk -t1, $(nproc) cores)"
+  echo "conns 1: unloaded latency; conns $CONNECTIONS: under load"
+  printf '%-8s %5s %10s %9s %9s %14s\n' target conns "req/s" "p50 ms" "p99 ms" "p50 added ms"
+  pass 1
+  pass "$CONNECTIONS"
 } | tee "$report"
-read -r d_rps d_p50 d_p99 < <(measure "http://127.0.0.1:$up/x")
-printf '%-8s %10s %9s %9s %16s\n' direct "$d_rps" "$d_p50" "$d_p99" "-" | tee -a "$report"
-for target in nginx gateway sidecar; do
-  case $target in
-    nginx) read -r rps p50 p99 < <(measure "http://127.0.0.1:$np/x") ;;
-    gateway) read -r rps p50 p99 < <(measure "$g/v1/proxy/$conn/x" -H "X-API-Key: $key") ;;
-    sidecar) read -r rps p50 p99 < <(measure "http://127.0.0.1:$sp/$conn/x") ;;
-  esac
-  added=$(python3 -c "print('%.3f' % ($p50 - $d_p50))")
-  printf '%-8s %10s %9s %9s %16s\n' "$target" "$rps" "$p50" "$p99" "$added" | tee -a "$report"
-done
 echo "saved to $report"

@@ -3,6 +3,7 @@
 
 use crate::cache::CredentialCache;
 use crate::client::{GatewayClient, GatewayError, TokenAnswer};
+use crate::forward::Forward;
 use crate::strategies::{apply, BridgeError};
 use std::sync::Arc;
 
@@ -76,6 +77,23 @@ impl Bridge {
         self.execute(second).await
     }
 
+    /// Signs `fwd` with `answer` (from [`Bridge::credentials`]) and sends it;
+    /// on a `401` from the provider, refreshes once and retries once. The
+    /// proxy's path: see [`Forward`].
+    pub async fn forward(
+        &self,
+        connection_id: &str,
+        fwd: &Forward,
+        answer: Arc<TokenAnswer>,
+    ) -> Result<reqwest::Response, SendError> {
+        let resp = fwd.send(&self.http, fwd.signed(&answer)?).await.map_err(provider_error)?;
+        if resp.status() != reqwest::StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        let renewed = self.cache.refresh(connection_id, &answer).await?;
+        fwd.send(&self.http, fwd.signed(&renewed)?).await.map_err(provider_error)
+    }
+
     /// Sends a `reqwest::Request` (its body must be in memory) for `connection_id`.
     pub async fn send_reqwest(
         &self,
@@ -106,10 +124,12 @@ impl Bridge {
         for (k, v) in parts.headers.iter() {
             out = out.header(k, v);
         }
-        out.send().await.map_err(|e| {
-            SendError::Provider(if e.is_timeout() { "timed out".into() } else { "connection failed".into() })
-        })
+        out.send().await.map_err(provider_error)
     }
+}
+
+fn provider_error(e: reqwest::Error) -> SendError {
+    SendError::Provider(if e.is_timeout() { "timed out".into() } else { "connection failed".into() })
 }
 
 /// Builds requests with `reqwest` and sends them signed for one connection.

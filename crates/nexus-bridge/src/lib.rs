@@ -24,6 +24,7 @@
 pub mod bridge;
 pub mod cache;
 pub mod client;
+pub mod forward;
 #[cfg(feature = "tonic")]
 pub mod grpc;
 pub mod strategies;
@@ -32,6 +33,7 @@ pub mod target;
 pub use bridge::{Bridge, ConnectionClient, SendError, SignedRequestBuilder};
 pub use cache::{Backoff, CredentialCache};
 pub use client::{GatewayClient, GatewayError, TokenAnswer};
+pub use forward::Forward;
 #[cfg(feature = "tonic")]
 pub use grpc::{GrpcAuth, GrpcAuthError};
 pub use strategies::{apply, BridgeError};

@@ -2,8 +2,15 @@
 //! agent's path, never anywhere else.
 
 /// `base` + `/` + `path` (+ `?query`), refusing anything that would leave `base`.
+///
+/// Only the path and query of `base` are replaced, so scheme, host and port
+/// are `base`'s by construction; characters of `path` that would end it (`?`,
+/// `#`) are percent-encoded rather than read as a query or fragment.
 pub fn target_url(base: &str, path: &str, query: Option<&str>) -> Result<url::Url, String> {
     let base_url = url::Url::parse(base).map_err(|_| "the provider's api_base_url is not a URL".to_owned())?;
+    if base_url.cannot_be_a_base() {
+        return Err("the provider's api_base_url is not a URL".into());
+    }
     if path.split('/').any(|seg| seg == ".." || seg == ".")
         || path.contains('\\')
         || path.contains("%2e")
@@ -11,16 +18,12 @@ pub fn target_url(base: &str, path: &str, query: Option<&str>) -> Result<url::Ur
     {
         return Err("the path must not contain dot segments".into());
     }
-    let mut joined = format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'));
-    if let Some(q) = query.filter(|q| !q.is_empty()) {
-        joined.push('?');
-        joined.push_str(q);
-    }
-    let url = url::Url::parse(&joined).map_err(|_| "the path does not form a valid URL".to_owned())?;
-    let same_origin = url.scheme() == base_url.scheme()
-        && url.host() == base_url.host()
-        && url.port_or_known_default() == base_url.port_or_known_default();
-    if !same_origin || !url.path().starts_with(base_url.path().trim_end_matches('/')) {
+    let prefix = base_url.path().trim_end_matches('/');
+    let mut url = base_url.clone();
+    url.set_path(&format!("{prefix}/{}", path.trim_start_matches('/')));
+    url.set_query(query.filter(|q| !q.is_empty()));
+    url.set_fragment(None);
+    if !url.path().starts_with(prefix) {
         return Err("the request would leave the provider's api_base_url".into());
     }
     Ok(url)
@@ -70,5 +73,14 @@ mod tests {
             );
         }
         assert!(target_url("https://api.x.com/v2", "/../v1", None).is_err());
+    }
+
+    #[test]
+    fn a_decoded_question_mark_or_hash_stays_in_the_path() {
+        let url = target_url("https://api.x.com/v2", "files/a?b#c", Some("x=1")).unwrap();
+        assert_eq!(url.as_str(), "https://api.x.com/v2/files/a%3Fb%23c?x=1");
+        let url = target_url("http://127.0.0.1:8080", "", None).unwrap();
+        assert_eq!(url.as_str(), "http://127.0.0.1:8080/");
+        assert!(target_url("mailto:someone@x.com", "x", None).is_err());
     }
 }

@@ -6,16 +6,12 @@
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderName, Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use nexus_bridge::{Bridge, GatewayError, SendError};
+use nexus_bridge::{Bridge, Forward, GatewayError, SendError};
 use serde_json::json;
 use std::net::SocketAddr;
-
-fn forwardable(name: &HeaderName) -> bool {
-    nexus_bridge::forwardable_header(name.as_str())
-}
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     (status, Json(json!({ "code": code, "message": message.into() }))).into_response()
@@ -49,26 +45,14 @@ async fn forward(
     let Some(base) = answer.api_base_url.clone() else {
         return error(StatusCode::CONFLICT, "no_api_base_url", "the provider has no api_base_url to proxy to");
     };
-    let url = match nexus_bridge::target_url(&base, &path, query.as_deref()) {
-        Ok(u) => u,
+    let fwd = match Forward::new(&base, &path, query.as_deref(), method, &headers, body.into()) {
+        Ok(f) => f,
         Err(m) => return error(StatusCode::BAD_REQUEST, "invalid_input", format!("path: {m}")),
     };
-    let mut req = http::Request::builder().method(method).uri(url.as_str());
-    for (k, v) in headers.iter().filter(|(k, _)| forwardable(k)) {
-        req = req.header(k, v);
-    }
-    let Ok(req) = req.body(body.to_vec()) else {
-        return error(StatusCode::BAD_REQUEST, "invalid_input", "the request could not be rebuilt");
-    };
-    match bridge.send(&id, req).await {
-        Ok(resp) => {
-            let mut out = Response::builder().status(resp.status().as_u16());
-            for (k, v) in resp.headers().iter().filter(|(k, _)| forwardable(k) && k.as_str() != "set-cookie") {
-                out = out.header(k, v);
-            }
-            out.body(Body::from_stream(resp.bytes_stream()))
-                .unwrap_or_else(|_| error(StatusCode::BAD_GATEWAY, "provider_error", "bad provider response"))
-        }
+    match bridge.forward(&id, &fwd, answer).await {
+        Ok(resp) => nexus_bridge::forward::relay_head(&resp)
+            .body(Body::from_stream(resp.bytes_stream()))
+            .unwrap_or_else(|_| error(StatusCode::BAD_GATEWAY, "provider_error", "bad provider response")),
         Err(SendError::Gateway(e)) => gateway_error(&e),
         Err(SendError::Sign(e)) => error(StatusCode::CONFLICT, "cannot_sign", e.to_string()),
         Err(SendError::Provider(m)) => error(StatusCode::BAD_GATEWAY, "provider_unreachable", m),

@@ -41,6 +41,10 @@ impl std::ops::Deref for AppState {
 
 /// Most rows written per audit transaction by the batched writer.
 const AUDIT_BATCH: usize = 512;
+/// How long the writer gathers rows after the first of a batch, so that a hot
+/// agent's retrievals become one row per connection per window rather than a
+/// transaction per call. A flush ends the window at once.
+const AUDIT_LINGER: Duration = Duration::from_millis(20);
 
 impl AppState {
     /// Builds the state and starts the audit writer task (needs a Tokio runtime).
@@ -108,14 +112,20 @@ async fn audit_writer(store: Store, mut rx: mpsc::Receiver<AuditMsg>) {
     while let Some(first) = rx.recv().await {
         let mut batch = Vec::new();
         let mut waiters = Vec::new();
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
+        let deadline = tokio::time::Instant::now() + AUDIT_LINGER;
+        let mut msg = first;
+        loop {
             match msg {
                 AuditMsg::Entry(e) => batch.push(e),
                 AuditMsg::Flush(w) => waiters.push(w),
             }
-            if batch.len() < AUDIT_BATCH {
-                next = rx.try_recv().ok();
+            // Rows queued before a flush are already in the batch (the queue is FIFO).
+            if batch.len() >= AUDIT_BATCH || !waiters.is_empty() {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(next)) => msg = next,
+                Ok(None) | Err(_) => break,
             }
         }
         let batch = coalesce(batch);

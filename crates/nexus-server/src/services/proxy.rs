@@ -9,13 +9,9 @@ use crate::middleware::Caller;
 use crate::services::tokens;
 use crate::state::AppState;
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, HeaderName, Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
-use nexus_bridge::TokenAnswer;
-
-fn forwardable(name: &HeaderName) -> bool {
-    nexus_bridge::forwardable_header(name.as_str())
-}
+use nexus_bridge::{Forward, TokenAnswer};
 
 /// The agent's request, as received.
 #[derive(Debug)]
@@ -38,44 +34,29 @@ pub async fn forward(
         ApiError::new(StatusCode::CONFLICT, "no_api_base_url", "the provider has no api_base_url to proxy to")
     })?;
     let Incoming { path, method, query, headers, body } = incoming;
-    let url = nexus_bridge::target_url(&base, path, query).map_err(|m| ApiError::bad_request(format!("path: {m}")))?;
-    nexus_core::url_policy::parse_outbound_url(url.as_str())
+    let fwd = Forward::new(&base, path, query, method, headers, body.into())
+        .map_err(|m| ApiError::bad_request(format!("path: {m}")))?;
+    nexus_core::url_policy::parse_outbound_url(fwd.url().as_str())
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, "provider_misconfigured", format!("api_base_url: {e}")))?;
-    let build = |answer: &TokenAnswer| -> Result<http::Request<Vec<u8>>, ApiError> {
-        let mut req = http::Request::builder().method(method.clone()).uri(url.as_str());
-        for (k, v) in headers.iter().filter(|(k, _)| forwardable(k)) {
-            req = req.header(k, v);
-        }
-        let mut req = req.body(body.to_vec()).map_err(|_| ApiError::bad_request("the request could not be rebuilt"))?;
-        nexus_bridge::apply(&mut req, &answer.strategy, &answer.credentials)
-            .map_err(|e| ApiError::new(StatusCode::CONFLICT, "cannot_sign", e.to_string()))?;
-        Ok(req)
+    let sign = |answer: &TokenAnswer| {
+        fwd.signed(answer).map_err(|e| ApiError::new(StatusCode::CONFLICT, "cannot_sign", e.to_string()))
     };
-    let mut resp = send(state, build(&answer)?).await?;
+    let mut resp = send(state, &fwd, sign(&answer)?).await?;
     if resp.status() == reqwest::StatusCode::UNAUTHORIZED && answer.auth_type == "oauth2" {
         let renewed = parse(&tokens::refresh_rejected(state, caller, id, answer.expires_at).await?)?;
-        resp = send(state, build(&renewed)?).await?;
-    }
-    let mut out = Response::builder().status(resp.status().as_u16());
-    for (k, v) in resp.headers().iter().filter(|(k, _)| forwardable(k) && k.as_str() != "set-cookie") {
-        out = out.header(k, v);
+        resp = send(state, &fwd, sign(&renewed)?).await?;
     }
     // The upstream's own error bodies reach the caller as they are.
-    out = out.extension(crate::middleware::error_json::KeepBody);
-    out.body(Body::from_stream(resp.bytes_stream())).map_err(|_| ApiError::internal())
+    let head = nexus_bridge::forward::relay_head(&resp).extension(crate::middleware::error_json::KeepBody);
+    head.body(Body::from_stream(resp.bytes_stream())).map_err(|_| ApiError::internal())
 }
 
 fn parse(bytes: &Bytes) -> Result<TokenAnswer, ApiError> {
     serde_json::from_slice(bytes).map_err(|_| ApiError::internal())
 }
 
-async fn send(state: &AppState, req: http::Request<Vec<u8>>) -> Result<reqwest::Response, ApiError> {
-    let (parts, body) = req.into_parts();
-    let mut out = state.http.request(parts.method, parts.uri.to_string()).body(body);
-    for (k, v) in parts.headers.iter() {
-        out = out.header(k, v);
-    }
-    out.send().await.map_err(|e| {
+async fn send(state: &AppState, fwd: &Forward, req: http::Request<Vec<u8>>) -> Result<reqwest::Response, ApiError> {
+    fwd.send(&state.http, req).await.map_err(|e| {
         if e.is_timeout() {
             ApiError::new(StatusCode::GATEWAY_TIMEOUT, "provider_timeout", "the provider did not answer in time")
         } else {
