@@ -3,7 +3,7 @@
 
 use crate::cache::CredentialCache;
 use crate::client::{GatewayClient, GatewayError, TokenAnswer};
-use crate::forward::Forward;
+use crate::forward::{Forward, ProviderClient, ProviderError};
 use crate::strategies::{apply, BridgeError};
 use std::sync::Arc;
 
@@ -25,6 +25,7 @@ pub enum SendError {
 pub struct Bridge {
     cache: Arc<CredentialCache>,
     http: reqwest::Client,
+    providers: ProviderClient,
 }
 
 impl Bridge {
@@ -40,7 +41,9 @@ impl Bridge {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("static client configuration");
-        Bridge { cache: Arc::new(cache), http }
+        let providers = ProviderClient::new(std::time::Duration::from_secs(10), std::time::Duration::from_secs(120))
+            .expect("ring supports rustls' default protocol versions");
+        Bridge { cache: Arc::new(cache), http, providers }
     }
 
     pub fn cache(&self) -> &CredentialCache {
@@ -85,13 +88,14 @@ impl Bridge {
         connection_id: &str,
         fwd: &Forward,
         answer: Arc<TokenAnswer>,
-    ) -> Result<reqwest::Response, SendError> {
-        let resp = fwd.send(&self.http, fwd.signed(&answer)?).await.map_err(provider_error)?;
-        if resp.status() != reqwest::StatusCode::UNAUTHORIZED {
+    ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
+        let to_send = |e: ProviderError| SendError::Provider(e.to_string());
+        let resp = self.providers.send(fwd.signed(&answer)?).await.map_err(to_send)?;
+        if resp.status() != http::StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
         let renewed = self.cache.refresh(connection_id, &answer).await?;
-        fwd.send(&self.http, fwd.signed(&renewed)?).await.map_err(provider_error)
+        self.providers.send(fwd.signed(&renewed)?).await.map_err(to_send)
     }
 
     /// Sends a `reqwest::Request` (its body must be in memory) for `connection_id`.

@@ -1,11 +1,66 @@
 //! The forwarding core of both proxies (the Gateway's `/v1/proxy/…` and
 //! `nexus proxy`): the target under the provider's `api_base_url`, the
-//! headers passed on in each direction, signing and sending.
+//! headers passed on in each direction, signing, and [`ProviderClient`],
+//! which sends to the provider.
 
 use crate::client::TokenAnswer;
 use crate::strategies::{apply, BridgeError};
 use crate::target::{forwardable_header, target_url};
 use http::{HeaderMap, Method};
+use http_body_util::Full;
+use hyper::body::Bytes;
+/// The body of a provider's answer, as it streams.
+pub use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::time::Duration;
+
+/// Why a request did not reach the provider.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    #[error("the provider did not answer in time")]
+    Timeout,
+    #[error("the provider could not be reached")]
+    Unreachable,
+}
+
+/// An HTTP/1.1 client for providers, plain or over TLS (rustls with ring and
+/// Mozilla's roots), with pooled connections. It never follows redirects, so
+/// a proxied request cannot be sent on to another host.
+#[derive(Clone, Debug)]
+pub struct ProviderClient {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    timeout: Duration,
+}
+
+impl ProviderClient {
+    /// `connect_timeout` bounds making a connection; `timeout` bounds the
+    /// whole wait for the response head (the body then streams).
+    pub fn new(connect_timeout: Duration, timeout: Duration) -> Result<ProviderClient, rustls::Error> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(https);
+        Ok(ProviderClient { client, timeout })
+    }
+
+    /// Sends `req` and waits for the head of the answer.
+    pub async fn send(&self, req: http::Request<Vec<u8>>) -> Result<http::Response<Incoming>, ProviderError> {
+        let req = req.map(|body| Full::new(Bytes::from(body)));
+        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => Err(ProviderError::Timeout),
+            Ok(Err(_)) => Err(ProviderError::Unreachable),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+}
 
 /// An agent's request on its way to the provider, before signing.
 #[derive(Debug)]
@@ -51,38 +106,26 @@ impl Forward {
         apply(&mut req, &answer.strategy, &answer.credentials)?;
         Ok(req)
     }
-
-    /// Sends a request made by [`Forward::signed`] with `client`.
-    pub async fn send(
-        &self,
-        client: &reqwest::Client,
-        req: http::Request<Vec<u8>>,
-    ) -> Result<reqwest::Response, reqwest::Error> {
-        let (parts, body) = req.into_parts();
-        // Most strategies leave the URL alone: reuse the parsed one.
-        let builder = if parts.uri == *self.url.as_str() {
-            client.request(parts.method, self.url.clone())
-        } else {
-            client.request(parts.method, parts.uri.to_string())
-        };
-        builder.headers(parts.headers).body(body).send().await
-    }
 }
 
-/// The parts of a provider's answer a proxy relays: its status and headers
-/// minus hop-by-hop ones and `Set-Cookie` (cookies of the provider must not
-/// reach agents through a shared origin). The body is streamed by the caller.
-pub fn relay_head(resp: &reqwest::Response) -> http::response::Builder {
-    let mut out = http::Response::builder().status(resp.status().as_u16());
-    if let Some(headers) = out.headers_mut() {
-        headers.reserve(resp.headers().len());
-        for (name, value) in resp.headers() {
-            if forwardable_header(name.as_str()) && name != http::header::SET_COOKIE {
-                headers.append(name.clone(), value.clone());
-            }
+/// A provider's answer as a proxy relays it: its status and headers minus
+/// hop-by-hop ones and `Set-Cookie` (cookies of the provider must not reach
+/// agents through a shared origin), and its body as it streams.
+pub fn relay(resp: http::Response<Incoming>) -> http::Response<Incoming> {
+    let (mut parts, body) = resp.into_parts();
+    let headers = std::mem::take(&mut parts.headers);
+    parts.headers.reserve(headers.len());
+    let mut name = None;
+    for (next, value) in headers {
+        // `HeaderMap::into_iter` names a header once, then `None` for its further values.
+        if next.is_some() {
+            name = next;
+        }
+        if let Some(name) = name.as_ref().filter(|n| forwardable_header(n.as_str()) && *n != http::header::SET_COOKIE) {
+            parts.headers.append(name.clone(), value);
         }
     }
-    out
+    http::Response::from_parts(parts, body)
 }
 
 #[cfg(test)]

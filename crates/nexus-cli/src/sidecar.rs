@@ -50,9 +50,7 @@ async fn forward(
         Err(m) => return error(StatusCode::BAD_REQUEST, "invalid_input", format!("path: {m}")),
     };
     match bridge.forward(&id, &fwd, answer).await {
-        Ok(resp) => nexus_bridge::forward::relay_head(&resp)
-            .body(Body::from_stream(resp.bytes_stream()))
-            .unwrap_or_else(|_| error(StatusCode::BAD_GATEWAY, "provider_error", "bad provider response")),
+        Ok(resp) => nexus_bridge::forward::relay(resp).map(Body::new),
         Err(SendError::Gateway(e)) => gateway_error(&e),
         Err(SendError::Sign(e)) => error(StatusCode::CONFLICT, "cannot_sign", e.to_string()),
         Err(SendError::Provider(m)) => error(StatusCode::BAD_GATEWAY, "provider_unreachable", m),

@@ -19,6 +19,9 @@ pub struct Inner {
     /// For calls to providers. Redirects are not followed so an https endpoint
     /// cannot bounce us to a plain-http one.
     pub http: reqwest::Client,
+    /// For the Gateway proxy: hyper with pooled connections, no redirects,
+    /// bodies streamed both ways.
+    pub providers: nexus_bridge::forward::ProviderClient,
     /// Answers of `GET /v1/token`, invalidated on every change.
     pub token_cache: TokenCache,
     /// Per-connection locks for single-flight refresh.
@@ -39,6 +42,11 @@ impl std::ops::Deref for AppState {
     }
 }
 
+/// The Gateway proxy's limits: making a connection to the provider, and the
+/// wait for its response head (the body then streams, however long it takes).
+const PROXY_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const PROXY_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Most rows written per audit transaction by the batched writer.
 const AUDIT_BATCH: usize = 512;
 /// How long the writer gathers rows after the first of a batch, so that a hot
@@ -56,6 +64,8 @@ impl AppState {
             .user_agent(concat!("nexus/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("the HTTP client configuration is static and valid");
+        let providers = nexus_bridge::forward::ProviderClient::new(PROXY_CONNECT_TIMEOUT, PROXY_RESPONSE_TIMEOUT)
+            .expect("ring supports rustls' default protocol versions");
         let (audit_tx, audit_rx) = mpsc::channel(16 * 1024);
         tokio::spawn(audit_writer(store.clone(), audit_rx));
         let invalidations = store.subscribe_invalidations();
@@ -63,6 +73,7 @@ impl AppState {
             config,
             store,
             http,
+            providers,
             token_cache: TokenCache::new(Duration::from_secs(30)),
             refresh_locks: Default::default(),
             audit_tx,

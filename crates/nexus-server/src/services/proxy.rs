@@ -11,6 +11,7 @@ use crate::state::AppState;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
+use nexus_bridge::forward::ProviderError;
 use nexus_bridge::{Forward, TokenAnswer};
 
 /// The agent's request, as received.
@@ -41,25 +42,30 @@ pub async fn forward(
     let sign = |answer: &TokenAnswer| {
         fwd.signed(answer).map_err(|e| ApiError::new(StatusCode::CONFLICT, "cannot_sign", e.to_string()))
     };
-    let mut resp = send(state, &fwd, sign(&answer)?).await?;
-    if resp.status() == reqwest::StatusCode::UNAUTHORIZED && answer.auth_type == "oauth2" {
+    let mut resp = send(state, sign(&answer)?).await?;
+    if resp.status() == StatusCode::UNAUTHORIZED && answer.auth_type == "oauth2" {
         let renewed = parse(&tokens::refresh_rejected(state, caller, id, answer.expires_at).await?)?;
-        resp = send(state, &fwd, sign(&renewed)?).await?;
+        resp = send(state, sign(&renewed)?).await?;
     }
+    let mut out = nexus_bridge::forward::relay(resp).map(Body::new);
     // The upstream's own error bodies reach the caller as they are.
-    let head = nexus_bridge::forward::relay_head(&resp).extension(crate::middleware::error_json::KeepBody);
-    head.body(Body::from_stream(resp.bytes_stream())).map_err(|_| ApiError::internal())
+    out.extensions_mut().insert(crate::middleware::error_json::KeepBody);
+    Ok(out)
 }
 
 fn parse(bytes: &Bytes) -> Result<TokenAnswer, ApiError> {
     serde_json::from_slice(bytes).map_err(|_| ApiError::internal())
 }
 
-async fn send(state: &AppState, fwd: &Forward, req: http::Request<Vec<u8>>) -> Result<reqwest::Response, ApiError> {
-    fwd.send(&state.http, req).await.map_err(|e| {
-        if e.is_timeout() {
+async fn send(
+    state: &AppState,
+    req: http::Request<Vec<u8>>,
+) -> Result<http::Response<nexus_bridge::forward::Incoming>, ApiError> {
+    state.providers.send(req).await.map_err(|e| match e {
+        ProviderError::Timeout => {
             ApiError::new(StatusCode::GATEWAY_TIMEOUT, "provider_timeout", "the provider did not answer in time")
-        } else {
+        }
+        ProviderError::Unreachable => {
             ApiError::new(StatusCode::BAD_GATEWAY, "provider_unreachable", "the provider could not be reached")
         }
     })
