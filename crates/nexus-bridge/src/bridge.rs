@@ -16,6 +16,8 @@ pub enum SendError {
     Sign(#[from] BridgeError),
     #[error("the provider could not be reached: {0}")]
     Provider(String),
+    #[error("the provider did not answer in time")]
+    ProviderTimeout,
     #[error("the request body is a stream; the bridge needs it in memory to sign it")]
     StreamingBody,
 }
@@ -41,7 +43,7 @@ impl Bridge {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("static client configuration");
-        let providers = ProviderClient::new(std::time::Duration::from_secs(10), std::time::Duration::from_secs(120))
+        let providers = ProviderClient::new(std::time::Duration::from_secs(10), std::time::Duration::from_secs(60))
             .expect("ring supports rustls' default protocol versions");
         Bridge { cache: Arc::new(cache), http, providers }
     }
@@ -89,7 +91,10 @@ impl Bridge {
         fwd: &Forward,
         answer: Arc<TokenAnswer>,
     ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
-        let to_send = |e: ProviderError| SendError::Provider(e.to_string());
+        let to_send = |e: ProviderError| match e {
+            ProviderError::Timeout => SendError::ProviderTimeout,
+            ProviderError::Unreachable => SendError::Provider("connection failed".into()),
+        };
         let resp = self.providers.send(fwd.signed(&answer)?).await.map_err(to_send)?;
         if resp.status() != http::StatusCode::UNAUTHORIZED {
             return Ok(resp);
@@ -133,7 +138,11 @@ impl Bridge {
 }
 
 fn provider_error(e: reqwest::Error) -> SendError {
-    SendError::Provider(if e.is_timeout() { "timed out".into() } else { "connection failed".into() })
+    if e.is_timeout() {
+        SendError::ProviderTimeout
+    } else {
+        SendError::Provider("connection failed".into())
+    }
 }
 
 /// Builds requests with `reqwest` and sends them signed for one connection.

@@ -54,6 +54,7 @@ async fn forward(
         Err(SendError::Gateway(e)) => gateway_error(&e),
         Err(SendError::Sign(e)) => error(StatusCode::CONFLICT, "cannot_sign", e.to_string()),
         Err(SendError::Provider(m)) => error(StatusCode::BAD_GATEWAY, "provider_unreachable", m),
+        Err(e @ SendError::ProviderTimeout) => error(StatusCode::GATEWAY_TIMEOUT, "provider_timeout", e.to_string()),
         Err(SendError::StreamingBody) => {
             error(StatusCode::BAD_REQUEST, "invalid_input", "streaming bodies are not supported")
         }

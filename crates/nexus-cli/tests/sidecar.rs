@@ -78,6 +78,13 @@ async fn sidecar_signs_each_strategy() {
         let missing = client().get(format!("{proxy}/nope/x")).send().await.unwrap();
         assert_eq!(missing.status(), 404);
         assert_eq!(missing.json::<Value>().await.unwrap()["code"], "not_found");
+
+        // A provider nobody listens for: a JSON 502 that says so.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let gone = static_connection(&app, "gone", json!({"auth_type": "api_key", "api_base_url": format!("http://{closed}"), "params": {"credential_schema": schema(&["api_key"])}}), json!({"api_key": "k"})).await;
+        let unreachable = client().get(format!("{proxy}/{gone}/x")).send().await.unwrap();
+        assert_eq!(unreachable.status(), 502);
+        assert_eq!(unreachable.json::<Value>().await.unwrap()["code"], "provider_unreachable");
     })
     .await;
 }
