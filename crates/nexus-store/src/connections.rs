@@ -9,6 +9,14 @@ use crate::invalidation::{notify_in_tx, Invalidation};
 use crate::{get, now_micros, Store, StoreError};
 use sqlx::any::AnyRow;
 
+/// The assignments that forget a handshake: its state, expiry, PKCE verifier
+/// and OIDC nonce (a finished, failed or expired handshake keeps none).
+macro_rules! clear_handshake {
+    () => {
+        "state_nonce = NULL, handshake_expires_at = NULL, pkce_verifier_enc = NULL, oidc_nonce = NULL"
+    };
+}
+
 /// One stored connection. `*_enc` fields are vault envelopes.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionRow {
@@ -225,13 +233,13 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let mut w = self.begin_write().await?;
         let now = now_micros();
-        let mut sql = String::from(
-            "UPDATE connections SET status = 'active', credentials_enc = $1, refresh_token_enc = $2, expires_at = $3,
-                    scopes = COALESCE($4, scopes), state_nonce = NULL, handshake_expires_at = NULL,
-                    pkce_verifier_enc = NULL, oidc_nonce = NULL, last_error = NULL, updated_at = $5,
-                    next_refresh_at = $8, refresh_failures = 0, lease_until = NULL
-             WHERE id = $6 AND status <> 'revoked'",
-        );
+        let mut sql = String::from(concat!(
+            "UPDATE connections SET status = 'active', credentials_enc = $1, refresh_token_enc = $2,
+                    expires_at = $3, scopes = COALESCE($4, scopes), last_error = NULL, updated_at = $5,
+                    next_refresh_at = $8, refresh_failures = 0, lease_until = NULL, ",
+            clear_handshake!(),
+            " WHERE id = $6 AND status <> 'revoked'"
+        ));
         if state_nonce.is_some() {
             sql.push_str(" AND state_nonce = $7 AND handshake_expires_at >= $5");
         } else {
@@ -260,12 +268,12 @@ impl Store {
     /// keeps its status and credentials; anything else becomes `failed`.
     pub async fn fail_connection(&self, id: &str, error: &str, audit: NewAudit) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
-        sqlx::query(
+        sqlx::query(concat!(
             "UPDATE connections SET status = CASE WHEN status = 'active' THEN 'active' ELSE 'failed' END,
-                    last_error = $1, state_nonce = NULL, handshake_expires_at = NULL, pkce_verifier_enc = NULL,
-                    oidc_nonce = NULL, updated_at = $2
-             WHERE id = $3 AND status <> 'revoked'",
-        )
+                    last_error = $1, updated_at = $2, ",
+            clear_handshake!(),
+            " WHERE id = $3 AND status <> 'revoked'"
+        ))
         .bind(error)
         .bind(now_micros())
         .bind(id)
@@ -280,11 +288,11 @@ impl Store {
     pub async fn expire_pending(&self, id: &str, audit: NewAudit) -> Result<bool, StoreError> {
         let mut w = self.begin_write().await?;
         let now = now_micros();
-        let done = sqlx::query(
-            "UPDATE connections SET status = 'failed', last_error = 'expired', state_nonce = NULL,
-                    pkce_verifier_enc = NULL, oidc_nonce = NULL, updated_at = $1
-             WHERE id = $2 AND status = 'pending' AND handshake_expires_at < $1",
-        )
+        let done = sqlx::query(concat!(
+            "UPDATE connections SET status = 'failed', last_error = 'expired', updated_at = $1, ",
+            clear_handshake!(),
+            " WHERE id = $2 AND status = 'pending' AND handshake_expires_at < $1"
+        ))
         .bind(now)
         .bind(id)
         .execute(&mut *w.tx)
@@ -312,12 +320,12 @@ impl Store {
         if row.status == "revoked" {
             return Ok(None);
         }
-        sqlx::query(
+        sqlx::query(concat!(
             "UPDATE connections SET status = 'revoked', credentials_enc = NULL, refresh_token_enc = NULL,
-                    expires_at = NULL, next_refresh_at = NULL, state_nonce = NULL, handshake_expires_at = NULL, pkce_verifier_enc = NULL,
-                    oidc_nonce = NULL, updated_at = $1
-             WHERE id = $2",
-        )
+                    expires_at = NULL, next_refresh_at = NULL, updated_at = $1, ",
+            clear_handshake!(),
+            " WHERE id = $2"
+        ))
         .bind(now_micros())
         .bind(id)
         .execute(&mut *w.tx)
