@@ -140,3 +140,44 @@ async fn grpc_oauth2_token_is_the_providers_and_refreshes_after_unauthenticated(
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_auth_renews_credentials_in_the_background_before_they_expire() {
+    nexus_testkit::run_bounded(async {
+        // Tokens live 65 s; the Gateway renews them in their last 62 s and the
+        // interceptor asks for new ones in their last 60 s (EXPIRY_SKEW_SECS).
+        let options = nexus_testkit::oidc::OidcOptions { access_token_ttl: 65, ..Default::default() };
+        let (app, idp) = nexus_testkit::flows::setup_with(
+            Backend::Sqlite,
+            "client_secret_post",
+            |c| c.refresh_window = Some("62".into()),
+            options,
+        )
+        .await;
+        register(&app, &idp, "idp", true, "client_secret_post").await;
+        let id = connect(&app, "idp", json!(["openid", "offline_access"])).await;
+        let (channel, seen, server) = grpc_server().await;
+        let bridge = Bridge::new(app.base_url.clone(), app.api_key.clone());
+        let auth = bridge.grpc_auth(&id).await.unwrap();
+        check(&channel, auth.clone()).await.unwrap();
+        let first = last(&seen, "authorization").unwrap();
+
+        // Calls keep succeeding with the current token while it is still valid;
+        // a later one carries a new token, without anyone calling `refresh`.
+        let started = std::time::Instant::now();
+        let renewed = loop {
+            check(&channel, auth.clone()).await.unwrap();
+            let now = last(&seen, "authorization").unwrap();
+            if now != first {
+                break now;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "no renewal within 30 s");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+        let status = http.get(idp.url("/me")).header("authorization", renewed).send().await.unwrap().status();
+        assert_eq!(status, 200, "the renewed token is valid at the provider");
+        server.abort();
+    })
+    .await;
+}
