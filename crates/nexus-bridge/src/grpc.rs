@@ -21,11 +21,12 @@
 //!
 //! ```no_run
 //! # async fn demo(channel: tonic::transport::Channel) -> Result<(), Box<dyn std::error::Error>> {
-//! # mod pb { pub struct GreeterClient<T>(T); impl<T> GreeterClient<T> { pub fn with_interceptor<I>(_: T, _: I) -> Self { todo!() } } }
+//! use tonic_health::pb::health_client::HealthClient;
+//!
 //! let bridge = nexus_bridge::Bridge::new("http://127.0.0.1:8080", std::env::var("API_KEY")?);
 //! let auth = bridge.grpc_auth("3f1c…connection-id").await?;
 //! // Any generated client: `with_interceptor` adds the credentials to every call.
-//! let client = pb::GreeterClient::with_interceptor(channel, auth.clone());
+//! let mut client = HealthClient::with_interceptor(channel, auth.clone());
 //! # Ok(()) }
 //! ```
 

@@ -112,38 +112,37 @@ async fn odd_upstream() -> std::net::SocketAddr {
     addr
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateway_proxy_relays_answers_as_they_are_and_explains_an_unreachable_provider() {
-    nexus_testkit::run_bounded(async {
-        let app = TestApp::spawn(Backend::Sqlite).await;
-        let addr = odd_upstream().await;
-        let provider = |base: String| json!({"auth_type": "api_key", "api_base_url": base, "params": {"credential_schema": schema(&["api_key"])}});
-        let id = static_connection(&app, "odd", provider(format!("http://{addr}/api")), json!({"api_key": "k"})).await;
-        let get = |path: String| app.client.get(app.url(&path)).header("x-api-key", &app.api_key).send();
+async fn gateway_proxy_relays_answers_as_they_are_and_explains_an_unreachable_provider(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let addr = odd_upstream().await;
+    let provider = |base: String| json!({"auth_type": "api_key", "api_base_url": base, "params": {"credential_schema": schema(&["api_key"])}});
+    let id = static_connection(&app, "odd", provider(format!("http://{addr}/api")), json!({"api_key": "k"})).await;
+    let get = |path: String| app.client.get(app.url(&path)).header("x-api-key", &app.api_key).send();
 
-        // The provider's error, status, type and body unchanged; its cookie dropped.
-        let teapot = get(format!("/v1/proxy/{id}/teapot")).await.unwrap();
-        assert_eq!(teapot.status(), 418);
-        assert_eq!(teapot.headers()["content-type"], "text/plain");
-        assert_eq!(teapot.headers()["etag"], "\"v1\"");
-        assert!(teapot.headers().get("set-cookie").is_none());
-        assert_eq!(teapot.text().await.unwrap(), "short and stout");
+    // The provider's error, status, type and body unchanged; its cookie dropped.
+    let teapot = get(format!("/v1/proxy/{id}/teapot")).await.unwrap();
+    assert_eq!(teapot.status(), 418);
+    assert_eq!(teapot.headers()["content-type"], "text/plain");
+    assert_eq!(teapot.headers()["etag"], "\"v1\"");
+    assert!(teapot.headers().get("set-cookie").is_none());
+    assert_eq!(teapot.text().await.unwrap(), "short and stout");
 
-        // A large body arrives whole.
-        let big = get(format!("/v1/proxy/{id}/big")).await.unwrap();
-        assert_eq!(big.status(), 200);
-        let body = big.bytes().await.unwrap();
-        assert_eq!((body.len(), body.iter().all(|b| *b == b'n')), (3 << 20, true));
+    // A large body arrives whole.
+    let big = get(format!("/v1/proxy/{id}/big")).await.unwrap();
+    assert_eq!(big.status(), 200);
+    let body = big.bytes().await.unwrap();
+    assert_eq!((body.len(), body.iter().all(|b| *b == b'n')), (3 << 20, true));
 
-        // An encoded `?` or `#` in the path stays in the path; the query is the agent's.
-        let echoed = get(format!("/v1/proxy/{id}/files/a%3Fb%23c?x=1")).await.unwrap();
-        assert_eq!(echoed.text().await.unwrap(), "/api/files/a%3Fb%23c?x=1");
+    // An encoded `?` or `#` in the path stays in the path; the query is the agent's.
+    let echoed = get(format!("/v1/proxy/{id}/files/a%3Fb%23c?x=1")).await.unwrap();
+    assert_eq!(echoed.text().await.unwrap(), "/api/files/a%3Fb%23c?x=1");
 
-        // A provider nobody listens for: a JSON 502 that says so.
-        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
-        let gone = static_connection(&app, "gone", provider(format!("http://{closed}")), json!({"api_key": "k"})).await;
-        let resp = app.send(app.client.get(app.url(&format!("/v1/proxy/{gone}/x"))).header("x-api-key", &app.api_key)).await;
-        assert_eq!((resp.status, resp.code()), (502, "provider_unreachable"), "{}", resp.text);
-    })
-    .await;
+    // A provider nobody listens for: a JSON 502 that says so.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let gone = static_connection(&app, "gone", provider(format!("http://{closed}")), json!({"api_key": "k"})).await;
+    let resp =
+        app.send(app.client.get(app.url(&format!("/v1/proxy/{gone}/x"))).header("x-api-key", &app.api_key)).await;
+    assert_eq!((resp.status, resp.code()), (502, "provider_unreachable"), "{}", resp.text);
 }
+
+both_backends!(gateway_proxy_relays_answers_as_they_are_and_explains_an_unreachable_provider);
