@@ -4,8 +4,9 @@
 //! process.
 
 use nexus_core::strategy::{Strategy, StrategyType};
+use nexus_testkit::json_object;
 use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::json;
 
 const PYTHON_HMAC: &str = r#"
 import base64, hashlib, hmac, json, sys
@@ -59,19 +60,12 @@ fn sign_with_bridge(case: &Case) -> String {
     if !case.prefix.is_empty() {
         config["value_prefix"] = case.prefix.into();
     }
-    let strategy = Strategy { kind: StrategyType::HmacPayload, config: object(config) };
+    let strategy = Strategy { kind: StrategyType::HmacPayload, config: json_object(config) };
     let mut req =
         http::Request::post("https://hooks.example.com/in").body(hex::decode(&case.body_hex).unwrap()).unwrap();
-    let creds = object(json!({"api_secret": case.secret}));
+    let creds = json_object(json!({"api_secret": case.secret}));
     nexus_bridge::apply(&mut req, &strategy, &creds).unwrap_or_else(|e| panic!("{case:?}: {e}"));
     req.headers()["x-hub-signature"].to_str().unwrap().to_owned()
-}
-
-fn object(v: Value) -> Map<String, Value> {
-    match v {
-        Value::Object(m) => m,
-        _ => unreachable!("a JSON object literal"),
-    }
 }
 
 #[test]

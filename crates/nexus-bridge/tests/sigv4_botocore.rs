@@ -9,8 +9,9 @@
 //! comparison covers the header set as well as the `Authorization` value.
 
 use nexus_core::strategy::{Strategy, StrategyType};
+use nexus_testkit::json_object;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -156,9 +157,9 @@ fn sign_with_bridge(case: &Case) -> BTreeMap<String, Vec<String>> {
     let mut req = builder.body(hex::decode(&case.body_hex).unwrap()).unwrap();
     let strategy = Strategy {
         kind: StrategyType::AwsSigv4,
-        config: object(json!({"service": case.service, "region": case.region})),
+        config: json_object(json!({"service": case.service, "region": case.region})),
     };
-    let mut creds = object(json!({"access_key": case.access_key, "secret_key": case.secret_key}));
+    let mut creds = json_object(json!({"access_key": case.access_key, "secret_key": case.secret_key}));
     if let Some(token) = case.session_token {
         creds.insert("session_token".into(), token.into());
     }
@@ -170,13 +171,6 @@ fn sign_with_bridge(case: &Case) -> BTreeMap<String, Vec<String>> {
         headers.entry(name.as_str().to_owned()).or_default().push(value.to_str().unwrap().to_owned());
     }
     headers
-}
-
-fn object(v: Value) -> Map<String, Value> {
-    match v {
-        Value::Object(m) => m,
-        _ => unreachable!("a JSON object literal"),
-    }
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! boto3, before moto starts checking); every call here is signed by the Bridge.
 
 use nexus_core::strategy::{Strategy, StrategyType};
+use nexus_testkit::json_object;
 use nexus_testkit::moto::{xml, Moto, ACCOUNT};
 use serde_json::{json, Map, Value};
 use std::time::Duration;
@@ -36,7 +37,7 @@ impl BridgeCalls for Moto {
     async fn send(&self, mut req: http::Request<Vec<u8>>, service: &str, creds: &Map<String, Value>) -> (u16, String) {
         let strategy = Strategy {
             kind: StrategyType::AwsSigv4,
-            config: object(json!({"service": service, "region": "us-east-1"})),
+            config: json_object(json!({"service": service, "region": "us-east-1"})),
         };
         nexus_bridge::strategies::apply(&mut req, &strategy, creds).expect("the bridge signs");
         let (parts, body) = req.into_parts();
@@ -52,15 +53,8 @@ impl BridgeCalls for Moto {
     }
 }
 
-fn object(v: Value) -> Map<String, Value> {
-    match v {
-        Value::Object(m) => m,
-        _ => unreachable!("a JSON object literal"),
-    }
-}
-
 fn creds(access_key: &str, secret_key: &str, session_token: Option<&str>) -> Map<String, Value> {
-    let mut c = object(json!({"access_key": access_key, "secret_key": secret_key}));
+    let mut c = json_object(json!({"access_key": access_key, "secret_key": secret_key}));
     if let Some(token) = session_token {
         c.insert("session_token".into(), token.into());
     }

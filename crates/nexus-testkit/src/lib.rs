@@ -21,3 +21,11 @@ pub const TEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(12
 pub async fn run_bounded<F: std::future::Future<Output = ()>>(body: F) {
     tokio::time::timeout(TEST_DEADLINE, body).await.expect("test exceeded its deadline");
 }
+
+/// The map of a JSON object literal (credentials, strategy configs).
+pub fn json_object(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    match v {
+        serde_json::Value::Object(m) => m,
+        other => panic!("expected a JSON object, got {other}"),
+    }
+}
