@@ -3,8 +3,10 @@
 
 use crate::cache::CredentialCache;
 use crate::client::{GatewayClient, GatewayError, TokenAnswer};
-use crate::forward::{Forward, ProviderClient, ProviderError};
+use crate::forward::{Forward, Incoming, ProviderClient, ProviderError};
+use crate::link::{Link, Links};
 use crate::strategies::{apply, BridgeError};
+use hyper::body::Bytes;
 use std::sync::Arc;
 
 /// Why a bridged request failed.
@@ -28,6 +30,7 @@ pub struct Bridge {
     cache: Arc<CredentialCache>,
     http: reqwest::Client,
     providers: ProviderClient,
+    links: Links,
 }
 
 impl Bridge {
@@ -43,9 +46,10 @@ impl Bridge {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("static client configuration");
-        let providers = ProviderClient::new(std::time::Duration::from_secs(10), std::time::Duration::from_secs(60))
-            .expect("ring supports rustls' default protocol versions");
-        Bridge { cache: Arc::new(cache), http, providers }
+        let (connect, head) = (std::time::Duration::from_secs(10), std::time::Duration::from_secs(60));
+        let providers = ProviderClient::new(connect, head).expect("ring supports rustls' default protocol versions");
+        let links = Links::new(connect, head).expect("ring supports rustls' default protocol versions");
+        Bridge { cache: Arc::new(cache), http, providers, links }
     }
 
     pub fn cache(&self) -> &CredentialCache {
@@ -90,17 +94,44 @@ impl Bridge {
         connection_id: &str,
         fwd: &Forward,
         answer: Arc<TokenAnswer>,
-    ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
+    ) -> Result<http::Response<Incoming>, SendError> {
+        self.forward_with(connection_id, fwd, answer, &mut &self.providers).await
+    }
+
+    /// A provider connection for one agent connection (see [`Link`]).
+    pub fn link(&self) -> Link {
+        self.links.link()
+    }
+
+    /// [`Bridge::forward`] on `link`, the connection that stays with one
+    /// agent connection (`nexus proxy`).
+    pub async fn forward_on(
+        &self,
+        link: &mut Link,
+        connection_id: &str,
+        fwd: &Forward,
+        answer: Arc<TokenAnswer>,
+    ) -> Result<http::Response<Incoming>, SendError> {
+        self.forward_with(connection_id, fwd, answer, &mut &mut *link).await
+    }
+
+    async fn forward_with(
+        &self,
+        connection_id: &str,
+        fwd: &Forward,
+        answer: Arc<TokenAnswer>,
+        to: &mut impl SendToProvider,
+    ) -> Result<http::Response<Incoming>, SendError> {
         let to_send = |e: ProviderError| match e {
             ProviderError::Timeout => SendError::ProviderTimeout,
             ProviderError::Unreachable => SendError::Provider("connection failed".into()),
         };
-        let resp = self.providers.send(fwd.signed(&answer)?).await.map_err(to_send)?;
+        let resp = to.send_to_provider(fwd.signed(&answer)?).await.map_err(to_send)?;
         if resp.status() != http::StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
         let renewed = self.cache.refresh(connection_id, &answer).await?;
-        self.providers.send(fwd.signed(&renewed)?).await.map_err(to_send)
+        to.send_to_provider(fwd.signed(&renewed)?).await.map_err(to_send)
     }
 
     /// Sends a `reqwest::Request` (its body must be in memory) for `connection_id`.
@@ -134,6 +165,32 @@ impl Bridge {
             out = out.header(k, v);
         }
         out.send().await.map_err(provider_error)
+    }
+}
+
+/// What [`Bridge::forward_with`] sends through: the shared client or one link.
+trait SendToProvider {
+    fn send_to_provider(
+        &mut self,
+        req: http::Request<Bytes>,
+    ) -> impl std::future::Future<Output = Result<http::Response<Incoming>, ProviderError>> + Send;
+}
+
+impl SendToProvider for &ProviderClient {
+    fn send_to_provider(
+        &mut self,
+        req: http::Request<Bytes>,
+    ) -> impl std::future::Future<Output = Result<http::Response<Incoming>, ProviderError>> + Send {
+        self.send(req)
+    }
+}
+
+impl SendToProvider for &mut Link {
+    fn send_to_provider(
+        &mut self,
+        req: http::Request<Bytes>,
+    ) -> impl std::future::Future<Output = Result<http::Response<Incoming>, ProviderError>> + Send {
+        self.send(req)
     }
 }
 

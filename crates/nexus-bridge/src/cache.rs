@@ -89,6 +89,9 @@ impl CredentialCache {
 
     fn slot(&self, id: &str) -> Arc<Slot> {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = slots.get(id) {
+            return slot.clone();
+        }
         slots.entry(id.to_owned()).or_default().clone()
     }
 

@@ -5,7 +5,7 @@
 
 use crate::client::TokenAnswer;
 use crate::strategies::{apply, BridgeError};
-use crate::target::{forwardable_header, target_url};
+use crate::target::{forwardable_header, host_header, target_uri};
 use http::{HeaderMap, Method};
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -52,8 +52,8 @@ impl ProviderClient {
     }
 
     /// Sends `req` and waits for the head of the answer.
-    pub async fn send(&self, req: http::Request<Vec<u8>>) -> Result<http::Response<Incoming>, ProviderError> {
-        let req = req.map(|body| Full::new(Bytes::from(body)));
+    pub async fn send(&self, req: http::Request<Bytes>) -> Result<http::Response<Incoming>, ProviderError> {
+        let req = req.map(Full::new);
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Err(_) => Err(ProviderError::Timeout),
             Ok(Err(_)) => Err(ProviderError::Unreachable),
@@ -66,42 +66,46 @@ impl ProviderClient {
 #[derive(Debug)]
 pub struct Forward {
     method: Method,
-    url: url::Url,
+    uri: http::Uri,
     headers: HeaderMap,
-    body: Vec<u8>,
+    body: Bytes,
 }
 
 impl Forward {
-    /// The request for `path` (and `query`) under `base`, with the agent's
-    /// headers minus hop-by-hop ones and its own credentials. Refuses, with a
-    /// message for the agent, a path that would leave `base`.
+    /// The request for `raw_path` (as the agent sent it, still
+    /// percent-encoded) and `query` under `base`, with the agent's headers
+    /// minus hop-by-hop ones and its own credentials, and `Host` set to the
+    /// provider's. Refuses, with a message for the agent, a path that would
+    /// leave `base`.
     pub fn new(
         base: &str,
-        path: &str,
+        raw_path: &str,
         query: Option<&str>,
         method: Method,
         headers: &HeaderMap,
-        body: Vec<u8>,
+        body: Bytes,
     ) -> Result<Forward, String> {
-        let url = target_url(base, path, query)?;
-        let mut passed = HeaderMap::with_capacity(headers.len());
+        let uri = target_uri(base, raw_path, query)?;
+        let mut passed = HeaderMap::with_capacity(headers.len() + 2);
         for (name, value) in headers.iter().filter(|(name, _)| forwardable_header(name.as_str())) {
             passed.append(name.clone(), value.clone());
         }
-        Ok(Forward { method, url, headers: passed, body })
+        if let Some(host) = host_header(&uri) {
+            passed.insert(http::header::HOST, host);
+        }
+        Ok(Forward { method, uri, headers: passed, body })
     }
 
     /// Where the request goes.
-    pub fn url(&self) -> &url::Url {
-        &self.url
+    pub fn uri(&self) -> &http::Uri {
+        &self.uri
     }
 
     /// The request signed with `answer`'s strategy and credentials.
-    pub fn signed(&self, answer: &TokenAnswer) -> Result<http::Request<Vec<u8>>, BridgeError> {
+    pub fn signed(&self, answer: &TokenAnswer) -> Result<http::Request<Bytes>, BridgeError> {
         let mut req = http::Request::new(self.body.clone());
         *req.method_mut() = self.method.clone();
-        *req.uri_mut() =
-            self.url.as_str().parse().map_err(|_| BridgeError::Request("the target is not a valid URI".into()))?;
+        *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = self.headers.clone();
         apply(&mut req, &answer.strategy, &answer.credentials)?;
         Ok(req)
@@ -109,7 +113,7 @@ impl Forward {
 }
 
 /// A provider's answer as a proxy relays it: its status and headers minus
-/// hop-by-hop ones and `Set-Cookie` (cookies of the provider must not reach
+/// hop-by-hop ones (`Content-Length` is kept) and `Set-Cookie` (cookies of the provider must not reach
 /// agents through a shared origin), and its body as it streams.
 pub fn relay(resp: http::Response<Incoming>) -> http::Response<Incoming> {
     let (mut parts, body) = resp.into_parts();
@@ -121,7 +125,12 @@ pub fn relay(resp: http::Response<Incoming>) -> http::Response<Incoming> {
         if next.is_some() {
             name = next;
         }
-        if let Some(name) = name.as_ref().filter(|n| forwardable_header(n.as_str()) && *n != http::header::SET_COOKIE) {
+        // `Content-Length` stays: the body keeps its length, and the answer
+        // to a `HEAD` has no body to measure.
+        let keep = |n: &&http::HeaderName| {
+            *n == http::header::CONTENT_LENGTH || forwardable_header(n.as_str()) && *n != http::header::SET_COOKIE
+        };
+        if let Some(name) = name.as_ref().filter(keep) {
             parts.headers.append(name.clone(), value);
         }
     }
@@ -152,26 +161,28 @@ mod tests {
             headers.append(k, v.parse().unwrap());
         }
         let fwd =
-            Forward::new("https://api.x.com/v2", "me", Some("a=1"), Method::POST, &headers, b"hi".to_vec()).unwrap();
+            Forward::new("https://api.x.com/v2", "me", Some("a=1"), Method::POST, &headers, Bytes::from_static(b"hi"))
+                .unwrap();
         let req = fwd.signed(&answer(StrategyType::Oauth2, json!({}), json!({"access_token": "at"}))).unwrap();
         assert_eq!(req.uri(), "https://api.x.com/v2/me?a=1");
         assert_eq!(req.method(), Method::POST);
-        assert_eq!(req.body(), b"hi");
+        assert_eq!(req.body().as_ref(), b"hi");
         let names: Vec<&str> = req.headers().keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["x-trace", "accept", "authorization"]);
+        assert_eq!(names, ["x-trace", "accept", "host", "authorization"]);
+        assert_eq!(req.headers()["host"], "api.x.com");
         assert_eq!(req.headers()["authorization"], "Bearer at");
     }
 
     #[test]
     fn a_query_param_strategy_changes_the_url_that_is_sent() {
-        let fwd = Forward::new("https://api.x.com", "w", None, Method::GET, &HeaderMap::new(), Vec::new()).unwrap();
+        let fwd = Forward::new("https://api.x.com", "w", None, Method::GET, &HeaderMap::new(), Bytes::new()).unwrap();
         let strategy = answer(StrategyType::QueryParam, json!({"param_name": "k"}), json!({"api_key": "v"}));
         assert_eq!(fwd.signed(&strategy).unwrap().uri(), "https://api.x.com/w?k=v");
     }
 
     #[test]
     fn paths_that_leave_the_base_are_refused() {
-        let err = Forward::new("https://api.x.com/v2", "../admin", None, Method::GET, &HeaderMap::new(), Vec::new());
+        let err = Forward::new("https://api.x.com/v2", "../admin", None, Method::GET, &HeaderMap::new(), Bytes::new());
         assert!(err.is_err());
     }
 }

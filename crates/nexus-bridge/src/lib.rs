@@ -27,6 +27,7 @@ pub mod client;
 pub mod forward;
 #[cfg(feature = "tonic")]
 pub mod grpc;
+pub mod link;
 pub mod strategies;
 pub mod target;
 
@@ -36,5 +37,6 @@ pub use client::{GatewayClient, GatewayError, TokenAnswer};
 pub use forward::Forward;
 #[cfg(feature = "tonic")]
 pub use grpc::{GrpcAuth, GrpcAuthError};
+pub use link::{Link, Links};
 pub use strategies::{apply, BridgeError};
-pub use target::{forwardable_header, target_url};
+pub use target::{forwardable_header, host_header, split_connection_path, target_uri};

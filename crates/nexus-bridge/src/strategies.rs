@@ -29,7 +29,7 @@ fn credential<'a>(creds: &'a Map<String, Value>, field: &str) -> Result<&'a str,
         .ok_or_else(|| BridgeError::MissingCredential(field.to_owned()))
 }
 
-fn set_header(req: &mut http::Request<Vec<u8>>, name: &str, value: &str) -> Result<(), BridgeError> {
+fn set_header<B>(req: &mut http::Request<B>, name: &str, value: &str) -> Result<(), BridgeError> {
     let name = HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| BridgeError::Config(format!("'{name}' is not a header name")))?;
     let mut value = HeaderValue::from_str(value)
@@ -40,8 +40,8 @@ fn set_header(req: &mut http::Request<Vec<u8>>, name: &str, value: &str) -> Resu
 }
 
 /// Signs `req` (whose body is already final) according to `strategy`.
-pub fn apply(
-    req: &mut http::Request<Vec<u8>>,
+pub fn apply<B: AsRef<[u8]>>(
+    req: &mut http::Request<B>,
     strategy: &Strategy,
     creds: &Map<String, Value>,
 ) -> Result<(), BridgeError> {
@@ -49,8 +49,8 @@ pub fn apply(
 }
 
 /// [`apply`] at a given time (for SigV4 test vectors).
-pub fn apply_at(
-    req: &mut http::Request<Vec<u8>>,
+pub fn apply_at<B: AsRef<[u8]>>(
+    req: &mut http::Request<B>,
     strategy: &Strategy,
     creds: &Map<String, Value>,
     now: SystemTime,
@@ -69,10 +69,17 @@ pub fn apply_at(
             let value = credential(creds, strategy.get("credential_field").unwrap_or("api_key"))?;
             let name =
                 strategy.get("param_name").ok_or_else(|| BridgeError::Config("param_name is required".into()))?;
-            let mut url = url::Url::parse(&req.uri().to_string()).map_err(|e| BridgeError::Request(e.to_string()))?;
-            url.query_pairs_mut().append_pair(name, value);
+            // Appended to the query as sent, form-encoded, the rest of the URL untouched.
+            let mut parts = req.uri().clone().into_parts();
+            let (path, query) =
+                parts.path_and_query.as_ref().map_or(("/", ""), |pq| (pq.path(), pq.query().unwrap_or("")));
+            let mut query = url::form_urlencoded::Serializer::for_suffix(query.to_owned(), 0);
+            query.append_pair(name, value);
+            let path_and_query = format!("{path}?{}", query.finish());
+            parts.path_and_query =
+                Some(path_and_query.parse().map_err(|_| BridgeError::Request("could not rebuild the URL".into()))?);
             *req.uri_mut() =
-                url.as_str().parse().map_err(|_| BridgeError::Request("could not rebuild the URL".into()))?;
+                http::Uri::from_parts(parts).map_err(|_| BridgeError::Request("could not rebuild the URL".into()))?;
             Ok(())
         }
         StrategyType::BasicAuth => {
@@ -82,7 +89,7 @@ pub fn apply_at(
         }
         StrategyType::HmacPayload => {
             let secret = credential(creds, strategy.get("secret_field").unwrap_or("api_secret"))?;
-            let mac = hmac_bytes(strategy.get("algo").unwrap_or("sha256"), secret.as_bytes(), req.body())?;
+            let mac = hmac_bytes(strategy.get("algo").unwrap_or("sha256"), secret.as_bytes(), req.body().as_ref())?;
             let encoded = match strategy.get("encoding").unwrap_or("hex") {
                 "hex" => hex::encode(mac),
                 "base64" => STANDARD.encode(mac),
@@ -129,8 +136,8 @@ fn signing_settings(service: &str) -> aws_sigv4::http_request::SigningSettings {
     settings
 }
 
-fn sigv4(
-    req: &mut http::Request<Vec<u8>>,
+fn sigv4<B: AsRef<[u8]>>(
+    req: &mut http::Request<B>,
     strategy: &Strategy,
     creds: &Map<String, Value>,
     now: SystemTime,
@@ -155,9 +162,13 @@ fn sigv4(
     let uri = req.uri().to_string();
     let headers: Vec<(&str, &str)> =
         req.headers().iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v))).collect();
-    let signable =
-        SignableRequest::new(req.method().as_str(), &uri, headers.into_iter(), SignableBody::Bytes(req.body()))
-            .map_err(|e| BridgeError::Request(e.to_string()))?;
+    let signable = SignableRequest::new(
+        req.method().as_str(),
+        &uri,
+        headers.into_iter(),
+        SignableBody::Bytes(req.body().as_ref()),
+    )
+    .map_err(|e| BridgeError::Request(e.to_string()))?;
     let (instructions, _signature) =
         sign(signable, &params).map_err(|e| BridgeError::Request(e.to_string()))?.into_parts();
     instructions.apply_to_request_http1x(req);
@@ -239,6 +250,9 @@ mod tests {
         let s = strategy(StrategyType::QueryParam, json!({"param_name": "key"}));
         apply(&mut req, &s, &obj(json!({"api_key": "k1"}))).unwrap();
         assert_eq!(req.uri().to_string(), "https://api.example.com/v1/weather?key=k1");
+        let mut relative = http::Request::get("/no/host?").body(Vec::new()).unwrap();
+        apply(&mut relative, &s, &obj(json!({"api_key": "k 2"}))).unwrap();
+        assert_eq!(relative.uri(), "/no/host?key=k+2", "only the query changes, whatever the URI's form");
     }
 
     #[test]
@@ -347,10 +361,6 @@ mod tests {
         let sigv4 = obj(json!({"access_key": "AKID", "secret_key": "s"}));
         let err = apply(&mut get("https://api.example.com/"), &strategy(StrategyType::AwsSigv4, json!({})), &sigv4);
         assert!(matches!(err, Err(BridgeError::Config(m)) if m.contains("service")));
-
-        let mut relative = http::Request::get("/no/host").body(Vec::new()).unwrap();
-        let s = strategy(StrategyType::QueryParam, json!({"param_name": "k"}));
-        assert!(matches!(apply(&mut relative, &s, &obj(json!({"api_key": "k"}))), Err(BridgeError::Request(_))));
     }
 
     /// Cases of the AWS SigV4 test suite (the `aws-sig-v4-test-suite`, as

@@ -1,32 +1,60 @@
 //! Where a proxied request goes: the provider's `api_base_url` joined with the
 //! agent's path, never anywhere else.
 
-/// `base` + `/` + `path` (+ `?query`), refusing anything that would leave `base`.
+use http::uri::{Authority, Scheme};
+use http::Uri;
+
+/// `base` + `/` + `raw_path` (+ `?query`), refusing anything that would leave `base`.
 ///
-/// Only the path and query of `base` are replaced, so scheme, host and port
-/// are `base`'s by construction; characters of `path` that would end it (`?`,
-/// `#`) are percent-encoded rather than read as a query or fragment.
-pub fn target_url(base: &str, path: &str, query: Option<&str>) -> Result<url::Url, String> {
-    let base_url = url::Url::parse(base).map_err(|_| "the provider's api_base_url is not a URL".to_owned())?;
-    if base_url.cannot_be_a_base() {
-        return Err("the provider's api_base_url is not a URL".into());
+/// `raw_path` is the path as the agent sent it, still percent-encoded: it is
+/// passed on byte for byte (an encoded `?`, `#` or `/` stays encoded), so the
+/// provider sees exactly what the agent wrote. Scheme, host and port are
+/// `base`'s by construction, and a path whose decoded form has a `.` or `..`
+/// segment or a backslash is refused, so the request cannot climb out of
+/// `base`'s path either.
+pub fn target_uri(base: &str, raw_path: &str, query: Option<&str>) -> Result<Uri, String> {
+    let not_a_url = || "the provider's api_base_url is not an http(s) URL".to_owned();
+    let base: Uri = base.parse().map_err(|_| not_a_url())?;
+    let (Some(scheme), Some(authority)) = (base.scheme(), base.authority()) else {
+        return Err(not_a_url());
+    };
+    if *scheme != Scheme::HTTP && *scheme != Scheme::HTTPS {
+        return Err(not_a_url());
     }
-    if path.split('/').any(|seg| seg == ".." || seg == ".")
-        || path.contains('\\')
-        || path.contains("%2e")
-        || path.contains("%2E")
-    {
+    let decoded = percent_encoding::percent_decode_str(raw_path).decode_utf8_lossy();
+    if decoded.split('/').any(|seg| seg == ".." || seg == ".") || decoded.contains('\\') {
         return Err("the path must not contain dot segments".into());
     }
-    let prefix = base_url.path().trim_end_matches('/');
-    let mut url = base_url.clone();
-    url.set_path(&format!("{prefix}/{}", path.trim_start_matches('/')));
-    url.set_query(query.filter(|q| !q.is_empty()));
-    url.set_fragment(None);
-    if !url.path().starts_with(prefix) {
-        return Err("the request would leave the provider's api_base_url".into());
+    let prefix = base.path().trim_end_matches('/');
+    let path = raw_path.trim_start_matches('/');
+    let query = query.filter(|q| !q.is_empty());
+    let mut path_and_query = String::with_capacity(prefix.len() + path.len() + query.map_or(0, |q| q.len() + 1) + 1);
+    path_and_query.push_str(prefix);
+    path_and_query.push('/');
+    path_and_query.push_str(path);
+    if let Some(q) = query {
+        path_and_query.push('?');
+        path_and_query.push_str(q);
     }
-    Ok(url)
+    Uri::builder()
+        .scheme(scheme.clone())
+        .authority(authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| "the path or query is not valid in a URL".to_owned())
+}
+
+/// Splits a proxy request's raw path after the route's prefix
+/// (`{connection_id}/{path…}`) into the connection id and the raw path.
+pub fn split_connection_path(after_prefix: &str) -> (&str, &str) {
+    after_prefix.split_once('/').unwrap_or((after_prefix, ""))
+}
+
+/// The `Host` header for `uri`: its host and port, without any user info.
+pub fn host_header(uri: &Uri) -> Option<http::HeaderValue> {
+    let authority: &Authority = uri.authority()?;
+    let host = authority.as_str().rsplit('@').next()?;
+    http::HeaderValue::from_str(host).ok()
 }
 
 /// Headers a proxy must not pass on: those that describe one hop, and the
@@ -59,28 +87,48 @@ mod tests {
     #[test]
     fn targets_stay_under_the_base() {
         assert_eq!(
-            target_url("https://api.x.com/v2", "users/me", Some("a=1")).unwrap().as_str(),
+            target_uri("https://api.x.com/v2", "users/me", Some("a=1")).unwrap(),
             "https://api.x.com/v2/users/me?a=1"
         );
-        assert_eq!(target_url("https://api.x.com/", "/users", None).unwrap().as_str(), "https://api.x.com/users");
-        for bad in ["../admin", "a/../../b", "@evil.com/x", "%2e%2e/x"] {
-            let r = target_url("https://api.x.com/v2", bad, None);
-            assert!(
-                r.is_err()
-                    || r.as_ref().unwrap().host_str() == Some("api.x.com")
-                        && r.as_ref().unwrap().path().starts_with("/v2"),
-                "{bad}: {r:?}"
-            );
+        assert_eq!(target_uri("https://api.x.com/", "/users", None).unwrap(), "https://api.x.com/users");
+        for bad in ["../admin", "a/../../b", "%2e%2e/x", "a/%2E./b", "a%2F..%2F..%2Fadmin", "a\\..\\b", "./x"] {
+            assert!(target_uri("https://api.x.com/v2", bad, None).is_err(), "{bad}");
         }
-        assert!(target_url("https://api.x.com/v2", "/../v1", None).is_err());
+        let at = target_uri("https://api.x.com/v2", "@evil.com/x", None).unwrap();
+        assert_eq!((at.host(), at.path()), (Some("api.x.com"), "/v2/@evil.com/x"));
+        assert!(target_uri("https://api.x.com/v2", "/../v1", None).is_err());
+        assert!(target_uri("https://api.x.com/v2", "a b", None).is_err(), "not a valid path");
     }
 
     #[test]
-    fn a_decoded_question_mark_or_hash_stays_in_the_path() {
-        let url = target_url("https://api.x.com/v2", "files/a?b#c", Some("x=1")).unwrap();
-        assert_eq!(url.as_str(), "https://api.x.com/v2/files/a%3Fb%23c?x=1");
-        let url = target_url("http://127.0.0.1:8080", "", None).unwrap();
-        assert_eq!(url.as_str(), "http://127.0.0.1:8080/");
-        assert!(target_url("mailto:someone@x.com", "x", None).is_err());
+    fn the_agents_encoding_is_kept() {
+        let uri = target_uri("https://api.x.com/v2", "files/a%3Fb%23c%2Fd", Some("x=1&y=%26")).unwrap();
+        assert_eq!(uri, "https://api.x.com/v2/files/a%3Fb%23c%2Fd?x=1&y=%26");
+        assert_eq!(target_uri("http://127.0.0.1:8080", "", None).unwrap(), "http://127.0.0.1:8080/");
+        assert_eq!(
+            target_uri("http://127.0.0.1:8080/base?v=1", "x", Some("")).unwrap(),
+            "http://127.0.0.1:8080/base/x"
+        );
+    }
+
+    #[test]
+    fn bases_that_are_not_http_urls_are_refused() {
+        for base in ["mailto:someone@x.com", "/relative", "ftp://x.com/", "not a url"] {
+            assert!(target_uri(base, "x", None).is_err(), "{base}");
+        }
+    }
+
+    #[test]
+    fn the_connection_id_is_the_first_segment() {
+        assert_eq!(split_connection_path("c1/a/b%2Fc"), ("c1", "a/b%2Fc"));
+        assert_eq!(split_connection_path("c1/"), ("c1", ""));
+        assert_eq!(split_connection_path("c1"), ("c1", ""));
+    }
+
+    #[test]
+    fn the_host_header_names_host_and_port_only() {
+        let uri: Uri = "https://user:pw@api.x.com:8443/v1".parse().unwrap();
+        assert_eq!(host_header(&uri).unwrap(), "api.x.com:8443");
+        assert_eq!(host_header(&"http://127.0.0.1/".parse().unwrap()).unwrap(), "127.0.0.1");
     }
 }

@@ -51,9 +51,9 @@ fn routers(state: &AppState) -> (Router<AppState>, Router<AppState>, utoipa::ope
 
     let v1 = v1.merge(
         Router::new()
-            .route("/v1/proxy/{connection_id}", axum::routing::any(proxy::proxy_root))
-            .route("/v1/proxy/{connection_id}/", axum::routing::any(proxy::proxy_root))
-            .route("/v1/proxy/{connection_id}/{*path}", axum::routing::any(proxy::proxy_with_path))
+            .route("/v1/proxy/{connection_id}", axum::routing::any(proxy::proxy))
+            .route("/v1/proxy/{connection_id}/", axum::routing::any(proxy::proxy))
+            .route("/v1/proxy/{connection_id}/{*path}", axum::routing::any(proxy::proxy))
             .layer(DefaultBodyLimit::max(proxy::PROXY_BODY_LIMIT)),
     );
     let mut v1 = v1.layer(mw::from_fn_with_state(state.clone(), api_key::require_api_key));

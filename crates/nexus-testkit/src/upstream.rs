@@ -84,3 +84,27 @@ pub fn schema(fields: &[&str]) -> Value {
         fields.iter().map(|f| (f.to_string(), json!({"type": "string"}))).collect();
     json!({"type": "object", "required": fields, "properties": props})
 }
+
+/// An upstream under `/api` with an error answer that sets a cookie
+/// (`/api/teapot`), a 3 MiB body of `n` (`/api/big`), and otherwise the
+/// request target it received as its body.
+pub async fn odd_upstream() -> std::net::SocketAddr {
+    use axum::http::header;
+    let big = || async { vec![b'n'; 3 << 20] };
+    let teapot = || async {
+        (
+            axum::http::StatusCode::IM_A_TEAPOT,
+            [(header::CONTENT_TYPE, "text/plain"), (header::SET_COOKIE, "sid=upstream"), (header::ETAG, "\"v1\"")],
+            "short and stout",
+        )
+    };
+    let echo_path = |uri: axum::http::Uri| async move { uri.to_string() };
+    let app = axum::Router::new()
+        .route("/api/teapot", axum::routing::get(teapot))
+        .route("/api/big", axum::routing::get(big))
+        .fallback(echo_path);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}

@@ -5,36 +5,29 @@ use crate::middleware::Caller;
 use crate::services::proxy;
 use crate::state::AppState;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, Method};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, Uri};
 use axum::response::Response;
 use axum::Extension;
 
 /// The body of a proxied request is read whole (signing strategies hash it), up to this size.
 pub const PROXY_BODY_LIMIT: usize = 10 * 1024 * 1024;
 
-pub async fn proxy_with_path(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path((id, path)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    method: Method,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let incoming = proxy::Incoming { path: &path, method, query: query.as_deref(), headers: &headers, body };
-    proxy::forward(&state, &caller, &id, incoming).await
-}
+/// The route's prefix; what follows is `{connection_id}/{path…}`, passed on
+/// as the agent encoded it.
+const PREFIX: &str = "/v1/proxy/";
 
-pub async fn proxy_root(
+/// Serves `/v1/proxy/{connection_id}` with or without a path after it.
+pub async fn proxy(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-    RawQuery(query): RawQuery,
+    uri: Uri,
     method: Method,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let incoming = proxy::Incoming { path: "", method, query: query.as_deref(), headers: &headers, body };
-    proxy::forward(&state, &caller, &id, incoming).await
+    let after = uri.path().strip_prefix(PREFIX).unwrap_or_default();
+    let (id, path) = nexus_bridge::split_connection_path(after);
+    let incoming = proxy::Incoming { path, method, query: uri.query(), headers: &headers, body };
+    proxy::forward(&state, &caller, id, incoming).await
 }

@@ -14,7 +14,7 @@ use axum::response::Response;
 use nexus_bridge::forward::ProviderError;
 use nexus_bridge::{Forward, TokenAnswer};
 
-/// The agent's request, as received.
+/// The agent's request, as received (`path` still percent-encoded).
 #[derive(Debug)]
 pub struct Incoming<'a> {
     pub path: &'a str,
@@ -34,11 +34,12 @@ pub async fn forward(
     let base = answer.api_base_url.clone().ok_or_else(|| {
         ApiError::new(StatusCode::CONFLICT, "no_api_base_url", "the provider has no api_base_url to proxy to")
     })?;
-    let Incoming { path, method, query, headers, body } = incoming;
-    let fwd = Forward::new(&base, path, query, method, headers, body.into())
-        .map_err(|m| ApiError::bad_request(format!("path: {m}")))?;
-    nexus_core::url_policy::parse_outbound_url(fwd.url().as_str())
+    // The target's scheme, host and port are the base's, so the base is what the policy checks.
+    nexus_core::url_policy::parse_outbound_url(&base)
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, "provider_misconfigured", format!("api_base_url: {e}")))?;
+    let Incoming { path, method, query, headers, body } = incoming;
+    let fwd = Forward::new(&base, path, query, method, headers, body)
+        .map_err(|m| ApiError::bad_request(format!("path: {m}")))?;
     let sign = |answer: &TokenAnswer| {
         fwd.signed(answer).map_err(|e| ApiError::new(StatusCode::CONFLICT, "cannot_sign", e.to_string()))
     };
@@ -59,7 +60,7 @@ fn parse(bytes: &Bytes) -> Result<TokenAnswer, ApiError> {
 
 async fn send(
     state: &AppState,
-    req: http::Request<Vec<u8>>,
+    req: http::Request<Bytes>,
 ) -> Result<http::Response<nexus_bridge::forward::Incoming>, ApiError> {
     state.providers.send(req).await.map_err(|e| match e {
         ProviderError::Timeout => {

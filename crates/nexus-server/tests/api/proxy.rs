@@ -4,7 +4,7 @@
 //! that needs consent again gets a clear error.
 
 use nexus_testkit::flows::{connect, register, setup};
-use nexus_testkit::upstream::{recording_upstream, schema, seen_after, static_connection};
+use nexus_testkit::upstream::{odd_upstream, recording_upstream, schema, seen_after, static_connection};
 use nexus_testkit::{both_backends, Backend, TestApp};
 use serde_json::json;
 
@@ -90,28 +90,6 @@ both_backends!(
     gateway_proxy_reaches_userinfo_and_heals_after_revocation
 );
 
-/// An upstream with an error answer that sets a cookie and a large body.
-async fn odd_upstream() -> std::net::SocketAddr {
-    use axum::http::header;
-    let big = || async { vec![b'n'; 3 << 20] };
-    let teapot = || async {
-        (
-            axum::http::StatusCode::IM_A_TEAPOT,
-            [(header::CONTENT_TYPE, "text/plain"), (header::SET_COOKIE, "sid=upstream"), (header::ETAG, "\"v1\"")],
-            "short and stout",
-        )
-    };
-    let echo_path = |uri: axum::http::Uri| async move { uri.to_string() };
-    let app = axum::Router::new()
-        .route("/api/teapot", axum::routing::get(teapot))
-        .route("/api/big", axum::routing::get(big))
-        .fallback(echo_path);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
-}
-
 async fn gateway_proxy_relays_answers_as_they_are_and_explains_an_unreachable_provider(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let addr = odd_upstream().await;
@@ -132,6 +110,9 @@ async fn gateway_proxy_relays_answers_as_they_are_and_explains_an_unreachable_pr
     assert_eq!(big.status(), 200);
     let body = big.bytes().await.unwrap();
     assert_eq!((body.len(), body.iter().all(|b| *b == b'n')), (3 << 20, true));
+    let head = app.client.head(app.url(&format!("/v1/proxy/{id}/big"))).header("x-api-key", &app.api_key).send().await;
+    let head = head.unwrap();
+    assert_eq!((head.status().as_u16(), head.headers()["content-length"].to_str().unwrap()), (200, "3145728"));
 
     // An encoded `?` or `#` in the path stays in the path; the query is the agent's.
     let echoed = get(format!("/v1/proxy/{id}/files/a%3Fb%23c?x=1")).await.unwrap();

@@ -1,0 +1,192 @@
+//! `Link`, the provider connection that stays with one agent connection of
+//! `nexus proxy`, against a raw HTTP/1.1 upstream that counts the
+//! connections it accepts: requests share a connection, a dropped link hands
+//! it on, connections the provider closes are replaced, and timeouts hold.
+
+use http_body_util::BodyExt;
+use hyper::body::Bytes;
+use nexus_bridge::forward::ProviderError;
+use nexus_bridge::Links;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How the upstream behaves after each answer.
+#[derive(Clone, Copy, PartialEq)]
+enum After {
+    KeepAlive,
+    /// Answers with `Connection: close` and closes.
+    Close,
+    /// Keeps the connection, but closes it after this long without a request.
+    IdleClose(Duration),
+    /// Never answers.
+    Silent,
+}
+
+struct Upstream {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    async fn start(after: After) -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(stream, after));
+            }
+        });
+        Upstream { addr, accepted, task }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// Answers each request head (these requests have no body) with its path.
+async fn serve(mut stream: tokio::net::TcpStream, after: After) {
+    let mut buf = Vec::new();
+    loop {
+        let read = async {
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut chunk = [0u8; 1024];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            true
+        };
+        let got = match after {
+            After::IdleClose(idle) => tokio::time::timeout(idle, read).await.unwrap_or(false),
+            _ => read.await,
+        };
+        if !got {
+            return;
+        }
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end);
+        if after == After::Silent {
+            std::future::pending::<()>().await;
+        }
+        let path = head.split_whitespace().nth(1).unwrap_or("?").to_owned();
+        let close = if after == After::Close { "connection: close\r\n" } else { "" };
+        let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n{close}\r\n{path}", path.len());
+        if stream.write_all(answer.as_bytes()).await.is_err() || after == After::Close {
+            return;
+        }
+    }
+}
+
+fn links() -> Links {
+    Links::new(Duration::from_secs(5), Duration::from_secs(5)).unwrap()
+}
+
+fn get(url: &str) -> http::Request<Bytes> {
+    let uri: http::Uri = url.parse().unwrap();
+    let host = nexus_bridge::host_header(&uri).unwrap();
+    http::Request::get(uri).header(http::header::HOST, host).body(Bytes::new()).unwrap()
+}
+
+/// Sends a GET on `link` and returns the body (the path the upstream saw).
+async fn fetch(link: &mut nexus_bridge::Link, url: &str) -> String {
+    let resp = link.send(get(url)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn requests_on_one_link_share_one_provider_connection() {
+    let up = Upstream::start(After::KeepAlive).await;
+    let links = links();
+    let mut link = links.link();
+    for n in 0..5 {
+        assert_eq!(fetch(&mut link, &up.url(&format!("/r{n}?q=1"))).await, format!("/r{n}?q=1"), "origin-form target");
+    }
+    assert_eq!(up.accepted(), 1);
+}
+
+#[tokio::test]
+async fn a_dropped_link_hands_its_connection_to_the_next_one() {
+    let up = Upstream::start(After::KeepAlive).await;
+    let links = links();
+    let mut first = links.link();
+    fetch(&mut first, &up.url("/a")).await;
+    assert_eq!(links.idle_count(), 0);
+    drop(first);
+    assert_eq!(links.idle_count(), 1);
+    let mut second = links.link();
+    fetch(&mut second, &up.url("/b")).await;
+    assert_eq!(links.idle_count(), 0);
+    assert_eq!(up.accepted(), 1, "the second agent connection reused the first one's provider connection");
+}
+
+#[tokio::test]
+async fn a_link_follows_the_origin_and_keeps_each_connection() {
+    let (a, b) = (Upstream::start(After::KeepAlive).await, Upstream::start(After::KeepAlive).await);
+    let links = links();
+    let mut link = links.link();
+    for _ in 0..3 {
+        assert_eq!(fetch(&mut link, &a.url("/a")).await, "/a");
+        assert_eq!(fetch(&mut link, &b.url("/b")).await, "/b");
+    }
+    assert_eq!((a.accepted(), b.accepted()), (1, 1), "switching origins parks the other connection, not closes it");
+}
+
+#[tokio::test]
+async fn connections_the_provider_closes_are_replaced() {
+    let up = Upstream::start(After::Close).await;
+    let links = links();
+    let mut link = links.link();
+    for n in 0..3 {
+        assert_eq!(fetch(&mut link, &up.url(&format!("/c{n}"))).await, format!("/c{n}"));
+        // Let the closed connection be noticed before the next request.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(up.accepted(), 3);
+
+    let idle = Upstream::start(After::IdleClose(Duration::from_millis(100))).await;
+    fetch(&mut link, &idle.url("/1")).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(fetch(&mut link, &idle.url("/2")).await, "/2", "a connection closed while idle is replaced");
+    assert_eq!(idle.accepted(), 2);
+}
+
+#[tokio::test]
+async fn unreachable_and_silent_providers_are_typed_errors() {
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let links = Links::new(Duration::from_secs(2), Duration::from_millis(300)).unwrap();
+    let mut link = links.link();
+    let err = link.send(get(&format!("http://127.0.0.1:{port}/x"))).await.unwrap_err();
+    assert_eq!(err, ProviderError::Unreachable);
+
+    let silent = Upstream::start(After::Silent).await;
+    let started = std::time::Instant::now();
+    let err = link.send(get(&silent.url("/x"))).await.unwrap_err();
+    assert_eq!(err, ProviderError::Timeout);
+    assert!(started.elapsed() < Duration::from_secs(5), "the response-head timeout bounds the wait");
+
+    let err = link.send(get("ftp://127.0.0.1/x")).await.unwrap_err();
+    assert_eq!(err, ProviderError::Unreachable, "only http and https are spoken");
+}
