@@ -4,14 +4,16 @@
 #   nginx       wrk → nginx proxy_pass → upstream            (the baseline)
 #   gateway     wrk → nexus serve /v1/proxy/{id}/… → upstream (signs: api_key header)
 #   sidecar     wrk → nexus proxy /{id}/… → upstream          (bridge cache, signs locally)
-# Reports requests/s, p50, p99 and the p50 added over direct for each, once with
-# one connection (the latency a hop adds) and once with many (under load).
+# Reports requests/s, p50, p99, the p50 added over direct and that as a
+# multiple of nginx's, once with one connection (the latency a hop adds) and
+# once with many (under load); every figure is the median of interleaved rounds.
 #
-#   bench/proxy.sh                 # 10 s per target, 32 connections
-#   DURATION=30s bench/proxy.sh
+#   bench/proxy.sh                 # 3 rounds of 5 s per target, 32 connections
+#   ROUNDS=5 DURATION=10s bench/proxy.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DURATION=${DURATION:-10s}
+DURATION=${DURATION:-5s}
+ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-32}
 RESULTS=bench/results
 mkdir -p "$RESULTS"
@@ -72,7 +74,7 @@ for url in "$g/v1/proxy/$conn/x" "http://127.0.0.1:$sp/$conn/x"; do
   [ "$code" = 200 ] || { echo "$url answered $code" >&2; exit 1; }
 done
 
-measure() { # connections, wrk args…
+measure() { # connections, wrk args… → "req/s p50 p99"
   local c=$1; shift
   wrk -t1 -c"$c" -d"$DURATION" --latency "$@" > "$work/wrk.txt"
   python3 - "$work/wrk.txt" <<'PY'
@@ -86,26 +88,47 @@ if bad: print("warning: %s non-2xx responses" % bad.group(1), file=sys.stderr)
 print("%.0f %.3f %.3f" % (float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1)), ms(re.search(r"\s50%\s+(\S+)", t).group(1)), ms(re.search(r"\s99%\s+(\S+)", t).group(1))))
 PY
 }
-# One pass: direct first, then each proxy; "added" is the proxy's p50 minus direct's.
+TARGETS="direct nginx gateway sidecar"
+url_of() {
+  case $1 in
+    direct) echo "http://127.0.0.1:$up/x" ;;
+    nginx) echo "http://127.0.0.1:$np/x" ;;
+    gateway) echo "$g/v1/proxy/$conn/x" ;;
+    sidecar) echo "http://127.0.0.1:$sp/$conn/x" ;;
+  esac
+}
+# One pass: ROUNDS rounds, each measuring every target once in turn (so a
+# slow spell of the machine hits all of them alike); each target's row is
+# the median of its rounds. "added" is a proxy's p50 minus direct's, and
+# "vs nginx" is that divided by nginx's added p50.
 pass() { # connections
-  local c=$1 d_rps d_p50 d_p99 rps p50 p99 added
-  read -r d_rps d_p50 d_p99 < <(measure "$c" "http://127.0.0.1:$up/x")
-  printf '%-8s %5s %10s %9s %9s %14s\n' direct "$c" "$d_rps" "$d_p50" "$d_p99" "-"
-  for target in nginx gateway sidecar; do
-    case $target in
-      nginx) read -r rps p50 p99 < <(measure "$c" "http://127.0.0.1:$np/x") ;;
-      gateway) read -r rps p50 p99 < <(measure "$c" "$g/v1/proxy/$conn/x" -H "X-API-Key: $key") ;;
-      sidecar) read -r rps p50 p99 < <(measure "$c" "http://127.0.0.1:$sp/$conn/x") ;;
-    esac
-    added=$(python3 -c "print('%.3f' % ($p50 - $d_p50))")
-    printf '%-8s %5s %10s %9s %9s %14s\n' "$target" "$c" "$rps" "$p50" "$p99" "$added"
+  local c=$1 round target
+  : > "$work/pass.txt"
+  for round in $(seq 1 "$ROUNDS"); do
+    for target in $TARGETS; do
+      echo "$target $(measure "$c" "$(url_of "$target")" -H "X-API-Key: $key")" >> "$work/pass.txt"
+    done
   done
+  python3 - "$work/pass.txt" "$c" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    target, *vals = line.split()
+    rows.setdefault(target, []).append([float(v) for v in vals])
+med = {t: [statistics.median(col) for col in zip(*v)] for t, v in rows.items()}
+direct_p50 = med["direct"][1]
+nginx_added = med["nginx"][1] - direct_p50
+for t, (rps, p50, p99) in med.items():
+    added = "-" if t == "direct" else "%.3f" % (p50 - direct_p50)
+    ratio = "-" if t in ("direct", "nginx") or nginx_added <= 0 else "%.2f" % ((p50 - direct_p50) / nginx_added)
+    print("%-8s %5s %10.0f %9.3f %9.3f %14s %9s" % (t, sys.argv[2], rps, p50, p99, added, ratio))
+PY
 }
 report=$RESULTS/proxy-$(date -u +%Y%m%dT%H%M%SZ).txt
 {
-  echo "nexus bench: proxies vs direct and nginx proxy_pass ($DURATION per row, wrk -t1, $(nproc) cores)"
+  echo "nexus bench: proxies vs direct and nginx proxy_pass (median of $ROUNDS rounds of $DURATION per target, wrk -t1, $(nproc) cores)"
   echo "conns 1: unloaded latency; conns $CONNECTIONS: under load"
-  printf '%-8s %5s %10s %9s %9s %14s\n' target conns "req/s" "p50 ms" "p99 ms" "p50 added ms"
+  printf '%-8s %5s %10s %9s %9s %14s %9s\n' target conns "req/s" "p50 ms" "p99 ms" "p50 added ms" "vs nginx"
   pass 1
   pass "$CONNECTIONS"
 } | tee "$report"
