@@ -6,7 +6,7 @@
 use crate::client::TokenAnswer;
 use crate::strategies::{apply, BridgeError};
 use crate::target::{forwardable_header, host_header, target_uri};
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderName, Method};
 use http_body_util::Full;
 use hyper::body::Bytes;
 /// The body of a provider's answer, as it streams.
@@ -82,18 +82,16 @@ impl Forward {
         raw_path: &str,
         query: Option<&str>,
         method: Method,
-        headers: &HeaderMap,
+        mut headers: HeaderMap,
         body: Bytes,
     ) -> Result<Forward, String> {
         let uri = target_uri(base, raw_path, query)?;
-        let mut passed = HeaderMap::with_capacity(headers.len() + 2);
-        for (name, value) in headers.iter().filter(|(name, _)| forwardable_header(name.as_str())) {
-            passed.append(name.clone(), value.clone());
-        }
-        if let Some(host) = host_header(&uri) {
-            passed.insert(http::header::HOST, host);
-        }
-        Ok(Forward { method, uri, headers: passed, body })
+        match host_header(&uri) {
+            Some(host) => headers.insert(http::header::HOST, host),
+            None => headers.remove(http::header::HOST),
+        };
+        strip(&mut headers, |name| *name == http::header::HOST || forwardable_header(name.as_str()));
+        Ok(Forward { method, uri, headers, body })
     }
 
     /// Where the request goes.
@@ -117,24 +115,28 @@ impl Forward {
 /// agents through a shared origin), and its body as it streams.
 pub fn relay(resp: http::Response<Incoming>) -> http::Response<Incoming> {
     let (mut parts, body) = resp.into_parts();
-    let headers = std::mem::take(&mut parts.headers);
-    parts.headers.reserve(headers.len());
-    let mut name = None;
-    for (next, value) in headers {
-        // `HeaderMap::into_iter` names a header once, then `None` for its further values.
-        if next.is_some() {
-            name = next;
-        }
-        // `Content-Length` stays: the body keeps its length, and the answer
-        // to a `HEAD` has no body to measure.
-        let keep = |n: &&http::HeaderName| {
-            *n == http::header::CONTENT_LENGTH || forwardable_header(n.as_str()) && *n != http::header::SET_COOKIE
-        };
-        if let Some(name) = name.as_ref().filter(keep) {
-            parts.headers.append(name.clone(), value);
-        }
-    }
+    // `Content-Length` stays: the body keeps its length, and the answer to a
+    // `HEAD` has no body to measure.
+    strip(&mut parts.headers, |name| {
+        *name == http::header::CONTENT_LENGTH || forwardable_header(name.as_str()) && *name != http::header::SET_COOKIE
+    });
     http::Response::from_parts(parts, body)
+}
+
+/// Removes, in place, the headers `keep` refuses and those that the
+/// `Connection` header names (they describe the hop, RFC 9110 §7.6.1).
+fn strip(headers: &mut HeaderMap, keep: impl Fn(&HeaderName) -> bool) {
+    let mut named: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    named.extend(headers.keys().filter(|n| !keep(n)).cloned());
+    for name in named {
+        headers.remove(name);
+    }
 }
 
 #[cfg(test)]
@@ -155,34 +157,41 @@ mod tests {
     #[test]
     fn headers_of_the_hop_and_the_callers_credentials_stay_behind() {
         let mut headers = HeaderMap::new();
-        for (k, v) in
-            [("x-api-key", "gw"), ("connection", "close"), ("cookie", "a=1"), ("x-trace", "t"), ("accept", "*/*")]
-        {
+        for (k, v) in [
+            ("x-api-key", "gw"),
+            ("connection", "close, x-hop"),
+            ("x-hop", "1"),
+            ("cookie", "a=1"),
+            ("x-trace", "t"),
+            ("accept", "*/*"),
+            ("host", "127.0.0.1:9"),
+        ] {
             headers.append(k, v.parse().unwrap());
         }
         let fwd =
-            Forward::new("https://api.x.com/v2", "me", Some("a=1"), Method::POST, &headers, Bytes::from_static(b"hi"))
+            Forward::new("https://api.x.com/v2", "me", Some("a=1"), Method::POST, headers, Bytes::from_static(b"hi"))
                 .unwrap();
         let req = fwd.signed(&answer(StrategyType::Oauth2, json!({}), json!({"access_token": "at"}))).unwrap();
         assert_eq!(req.uri(), "https://api.x.com/v2/me?a=1");
         assert_eq!(req.method(), Method::POST);
         assert_eq!(req.body().as_ref(), b"hi");
-        let names: Vec<&str> = req.headers().keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["x-trace", "accept", "host", "authorization"]);
+        let mut names: Vec<&str> = req.headers().keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["accept", "authorization", "host", "x-trace"], "x-hop was named by Connection");
         assert_eq!(req.headers()["host"], "api.x.com");
         assert_eq!(req.headers()["authorization"], "Bearer at");
     }
 
     #[test]
     fn a_query_param_strategy_changes_the_url_that_is_sent() {
-        let fwd = Forward::new("https://api.x.com", "w", None, Method::GET, &HeaderMap::new(), Bytes::new()).unwrap();
+        let fwd = Forward::new("https://api.x.com", "w", None, Method::GET, HeaderMap::new(), Bytes::new()).unwrap();
         let strategy = answer(StrategyType::QueryParam, json!({"param_name": "k"}), json!({"api_key": "v"}));
         assert_eq!(fwd.signed(&strategy).unwrap().uri(), "https://api.x.com/w?k=v");
     }
 
     #[test]
     fn paths_that_leave_the_base_are_refused() {
-        let err = Forward::new("https://api.x.com/v2", "../admin", None, Method::GET, &HeaderMap::new(), Bytes::new());
+        let err = Forward::new("https://api.x.com/v2", "../admin", None, Method::GET, HeaderMap::new(), Bytes::new());
         assert!(err.is_err());
     }
 }

@@ -28,6 +28,6 @@ pub async fn proxy(
 ) -> Result<Response, ApiError> {
     let after = uri.path().strip_prefix(PREFIX).unwrap_or_default();
     let (id, path) = nexus_bridge::split_connection_path(after);
-    let incoming = proxy::Incoming { path, method, query: uri.query(), headers: &headers, body };
+    let incoming = proxy::Incoming { path, method, query: uri.query(), headers, body };
     proxy::forward(&state, &caller, id, incoming).await
 }

@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use nexus_bridge::forward::ProviderError;
 use nexus_bridge::{Forward, TokenAnswer};
+use std::sync::Arc;
 
 /// The agent's request, as received (`path` still percent-encoded).
 #[derive(Debug)]
@@ -20,7 +21,7 @@ pub struct Incoming<'a> {
     pub path: &'a str,
     pub method: Method,
     pub query: Option<&'a str>,
-    pub headers: &'a HeaderMap,
+    pub headers: HeaderMap,
     pub body: Bytes,
 }
 
@@ -30,15 +31,15 @@ pub async fn forward(
     id: &str,
     incoming: Incoming<'_>,
 ) -> Result<Response, ApiError> {
-    let answer = parse(&tokens::token(state, caller, id).await?)?;
-    let base = answer.api_base_url.clone().ok_or_else(|| {
+    let answer = tokens::answer(state, caller, id).await?.answer().ok_or_else(ApiError::internal)?;
+    let base = answer.api_base_url.as_deref().ok_or_else(|| {
         ApiError::new(StatusCode::CONFLICT, "no_api_base_url", "the provider has no api_base_url to proxy to")
     })?;
     // The target's scheme, host and port are the base's, so the base is what the policy checks.
-    nexus_core::url_policy::parse_outbound_url(&base)
+    nexus_core::url_policy::parse_outbound_url(base)
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, "provider_misconfigured", format!("api_base_url: {e}")))?;
     let Incoming { path, method, query, headers, body } = incoming;
-    let fwd = Forward::new(&base, path, query, method, headers, body)
+    let fwd = Forward::new(base, path, query, method, headers, body)
         .map_err(|m| ApiError::bad_request(format!("path: {m}")))?;
     let sign = |answer: &TokenAnswer| {
         fwd.signed(answer).map_err(|e| ApiError::new(StatusCode::CONFLICT, "cannot_sign", e.to_string()))
@@ -54,8 +55,8 @@ pub async fn forward(
     Ok(out)
 }
 
-fn parse(bytes: &Bytes) -> Result<TokenAnswer, ApiError> {
-    serde_json::from_slice(bytes).map_err(|_| ApiError::internal())
+fn parse(bytes: &Bytes) -> Result<Arc<TokenAnswer>, ApiError> {
+    serde_json::from_slice(bytes).map(Arc::new).map_err(|_| ApiError::internal())
 }
 
 async fn send(

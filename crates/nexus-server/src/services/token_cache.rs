@@ -8,25 +8,46 @@
 //! answer is never served from cache inside its refresh window.
 
 use axum::body::Bytes;
+use nexus_bridge::TokenAnswer;
 use nexus_store::Invalidation;
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 /// The most entries kept; beyond it the cache starts over.
 const MAX_ENTRIES: usize = 100_000;
 
-#[derive(Debug, Clone)]
+/// One answer: its JSON as served, and (for the proxy) parsed once.
+#[derive(Debug)]
 pub struct Cached {
     pub body: Bytes,
     pub provider_id: String,
     pub workspace_id: String,
     valid_until: Instant,
+    parsed: OnceLock<Option<Arc<TokenAnswer>>>,
+}
+
+impl Cached {
+    /// An answer that is not (or no longer) in the cache.
+    pub fn uncached(body: Bytes, provider_id: &str, workspace_id: &str) -> Arc<Cached> {
+        Arc::new(Cached {
+            body,
+            provider_id: provider_id.to_owned(),
+            workspace_id: workspace_id.to_owned(),
+            valid_until: Instant::now(),
+            parsed: OnceLock::new(),
+        })
+    }
+
+    /// The answer as the bridge reads it, parsed on first use.
+    pub fn answer(&self) -> Option<Arc<TokenAnswer>> {
+        self.parsed.get_or_init(|| serde_json::from_slice(&self.body).ok().map(Arc::new)).clone()
+    }
 }
 
 #[derive(Debug)]
 pub struct TokenCache {
-    entries: RwLock<HashMap<String, Cached>>,
+    entries: RwLock<HashMap<String, Arc<Cached>>>,
     ttl: Duration,
 }
 
@@ -35,12 +56,12 @@ impl TokenCache {
         TokenCache { entries: RwLock::new(HashMap::new()), ttl }
     }
 
-    pub fn get(&self, connection_id: &str) -> Option<Cached> {
+    pub fn get(&self, connection_id: &str) -> Option<Arc<Cached>> {
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
         entries.get(connection_id).filter(|c| c.valid_until > Instant::now()).cloned()
     }
 
-    /// Caches an answer for at most the TTL and at most `max_age`.
+    /// Caches an answer for at most the TTL and at most `max_age`, and returns it.
     pub fn put(
         &self,
         connection_id: &str,
@@ -48,24 +69,24 @@ impl TokenCache {
         provider_id: &str,
         workspace_id: &str,
         max_age: Option<Duration>,
-    ) {
+    ) -> Arc<Cached> {
         let age = max_age.map_or(self.ttl, |m| m.min(self.ttl));
         if age.is_zero() {
-            return;
+            return Cached::uncached(body, provider_id, workspace_id);
         }
+        let cached = Arc::new(Cached {
+            body,
+            provider_id: provider_id.to_owned(),
+            workspace_id: workspace_id.to_owned(),
+            valid_until: Instant::now() + age,
+            parsed: OnceLock::new(),
+        });
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= MAX_ENTRIES {
             entries.clear();
         }
-        entries.insert(
-            connection_id.to_owned(),
-            Cached {
-                body,
-                provider_id: provider_id.to_owned(),
-                workspace_id: workspace_id.to_owned(),
-                valid_until: Instant::now() + age,
-            },
-        );
+        entries.insert(connection_id.to_owned(), cached.clone());
+        cached
     }
 
     pub fn invalidate(&self, what: &Invalidation) {
@@ -97,6 +118,17 @@ mod tests {
         c.put("c4", Bytes::from_static(b"4"), "p3", "w", None);
         c.invalidate(&Invalidation::All);
         assert!(c.get("c4").is_none());
+    }
+
+    #[test]
+    fn the_parsed_answer_is_the_body() {
+        let c = TokenCache::new(Duration::from_secs(60));
+        let body = r#"{"connection_id":"c1","provider":"p","auth_type":"api_key","strategy":{"type":"header","config":{}},"credentials":{"api_key":"k"},"expires_at":null}"#;
+        let hit = c.put("c1", Bytes::from_static(body.as_bytes()), "p", "w", None);
+        let answer = hit.answer().unwrap();
+        assert_eq!((answer.connection_id.as_str(), answer.credentials["api_key"].as_str()), ("c1", Some("k")));
+        assert!(Arc::ptr_eq(&answer, &c.get("c1").unwrap().answer().unwrap()), "parsed once, shared");
+        assert!(Cached::uncached(Bytes::from_static(b"{}"), "p", "w").answer().is_none());
     }
 
     #[test]

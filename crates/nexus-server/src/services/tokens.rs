@@ -6,6 +6,7 @@ use crate::middleware::Caller;
 use crate::services::connections::{audit, context, expire_if_stale};
 use crate::services::refresh::{refresh, Reason, Refresh};
 use crate::services::strategy;
+use crate::services::token_cache::Cached;
 use crate::state::AppState;
 use axum::body::Bytes;
 use axum::http::StatusCode;
@@ -14,6 +15,7 @@ use nexus_core::AuditEvent;
 use nexus_store::NewAudit;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
+use std::sync::Arc;
 use std::time::Duration;
 use utoipa::ToSchema;
 
@@ -72,18 +74,23 @@ async fn refresh_then_answer(state: &AppState, caller: &Caller, id: &str, reason
 
 /// The JSON answer (served from the cache when possible).
 pub async fn token(state: &AppState, caller: &Caller, id: &str) -> Result<Bytes, ApiError> {
+    Ok(answer(state, caller, id).await?.body.clone())
+}
+
+/// [`token`], as the cache keeps it (with the answer parsed once, for the proxy).
+pub async fn answer(state: &AppState, caller: &Caller, id: &str) -> Result<Arc<Cached>, ApiError> {
     if let Some(hit) = state.token_cache.get(id) {
         state.audit_async(NewAudit {
             event_type: AuditEvent::TokenRetrieved.as_str(),
             ip: Some(caller.ip_string()),
             user_agent: caller.user_agent.clone(),
-            provider_id: Some(hit.provider_id),
+            provider_id: Some(hit.provider_id.clone()),
             connection_id: Some(id.to_owned()),
-            workspace_id: Some(hit.workspace_id),
+            workspace_id: Some(hit.workspace_id.clone()),
             data: json!({}),
             at: Some(chrono::Utc::now().timestamp_micros()),
         });
-        return Ok(hit.body);
+        return Ok(hit);
     }
     let view = load(state, caller, id).await?;
     let body = Bytes::from(serde_json::to_vec(&view.0).map_err(|_| ApiError::internal())?);
@@ -91,8 +98,7 @@ pub async fn token(state: &AppState, caller: &Caller, id: &str) -> Result<Bytes,
         let left = exp - REFRESH_WINDOW_SECS - chrono::Utc::now().timestamp();
         Duration::from_secs(left.max(0) as u64)
     });
-    state.token_cache.put(id, body.clone(), &view.1, &view.2, max_age);
-    Ok(body)
+    Ok(state.token_cache.put(id, body, &view.1, &view.2, max_age))
 }
 
 /// Reads, checks and decrypts; returns the view with its provider and workspace ids.
