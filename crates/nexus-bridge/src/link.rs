@@ -85,8 +85,18 @@ impl std::fmt::Debug for Links {
 impl Links {
     /// `connect_timeout` bounds making a connection (TCP and TLS);
     /// `timeout` bounds the whole wait for the response head.
+    /// Providers' certificates are checked against Mozilla's roots.
     pub fn new(connect_timeout: Duration, timeout: Duration) -> Result<Links, rustls::Error> {
         let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        Links::with_roots(connect_timeout, timeout, roots)
+    }
+
+    /// [`Links::new`] trusting `roots` instead (a private CA, or a test's).
+    pub fn with_roots(
+        connect_timeout: Duration,
+        timeout: Duration,
+        roots: rustls::RootCertStore,
+    ) -> Result<Links, rustls::Error> {
         let mut config =
             rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()?

@@ -1,7 +1,8 @@
 //! `Link`, the provider connection that stays with one agent connection of
 //! `nexus proxy`, against a raw HTTP/1.1 upstream that counts the
 //! connections it accepts: requests share a connection, a dropped link hands
-//! it on, connections the provider closes are replaced, and timeouts hold.
+//! it on, connections the provider closes are replaced, timeouts hold, and
+//! over TLS the provider's certificate is verified.
 
 use http_body_util::BodyExt;
 use hyper::body::Bytes;
@@ -39,6 +40,11 @@ impl Drop for Upstream {
 
 impl Upstream {
     async fn start(after: After) -> Upstream {
+        Upstream::start_with(after, None).await
+    }
+
+    /// With `tls`, every connection is TLS first (and must negotiate `http/1.1`).
+    async fn start_with(after: After, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -46,7 +52,16 @@ impl Upstream {
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(stream, after));
+                let Some(tls) = tls.clone() else {
+                    tokio::spawn(serve(stream, after));
+                    continue;
+                };
+                tokio::spawn(async move {
+                    if let Ok(stream) = tls.accept(stream).await {
+                        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+                        serve(stream, after).await;
+                    }
+                });
             }
         });
         Upstream { addr, accepted, task }
@@ -62,7 +77,7 @@ impl Upstream {
 }
 
 /// Answers each request head (these requests have no body) with its path.
-async fn serve(mut stream: tokio::net::TcpStream, after: After) {
+async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut stream: S, after: After) {
     let mut buf = Vec::new();
     loop {
         let read = async {
@@ -189,4 +204,56 @@ async fn unreachable_and_silent_providers_are_typed_errors() {
 
     let err = link.send(get("ftp://127.0.0.1/x")).await.unwrap_err();
     assert_eq!(err, ProviderError::Unreachable, "only http and https are spoken");
+}
+
+/// A CA of the test's own and a certificate it issued for `localhost`.
+fn test_pki() -> (rustls::RootCertStore, tokio_rustls::TlsAcceptor) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&key, &issuer).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(ca_cert.der().to_vec())).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(cert.der().to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    (roots, tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+#[tokio::test]
+async fn https_providers_are_verified_and_their_connections_kept() {
+    let (roots, acceptor) = test_pki();
+    let up = Upstream::start_with(After::KeepAlive, Some(acceptor)).await;
+    let port = up.addr.port();
+    let links = Links::with_roots(Duration::from_secs(5), Duration::from_secs(5), roots).unwrap();
+    let mut link = links.link();
+    for n in 0..3 {
+        let url = format!("https://localhost:{port}/tls{n}");
+        assert_eq!(fetch(&mut link, &url).await, format!("/tls{n}"));
+    }
+    assert_eq!(up.accepted(), 1, "one TLS connection for all three requests");
+
+    // The certificate names localhost, not 127.0.0.1: refused.
+    let err = links.link().send(get(&format!("https://127.0.0.1:{port}/x"))).await.unwrap_err();
+    assert_eq!(err, ProviderError::Unreachable);
+    // Mozilla's roots do not know the test's CA: refused.
+    let err = Links::new(Duration::from_secs(5), Duration::from_secs(5))
+        .unwrap()
+        .link()
+        .send(get(&format!("https://localhost:{port}/x")))
+        .await
+        .unwrap_err();
+    assert_eq!(err, ProviderError::Unreachable);
 }
