@@ -37,13 +37,25 @@ pub struct ProviderClient {
 impl ProviderClient {
     /// `connect_timeout` bounds making a connection; `timeout` bounds the
     /// whole wait for the response head (the body then streams).
+    /// Providers' certificates are checked against Mozilla's roots.
     pub fn new(connect_timeout: Duration, timeout: Duration) -> Result<ProviderClient, rustls::Error> {
+        ProviderClient::with_roots(connect_timeout, timeout, crate::link::mozilla_roots())
+    }
+
+    /// [`ProviderClient::new`] trusting `roots` instead (a private CA, or a test's).
+    pub fn with_roots(
+        connect_timeout: Duration,
+        timeout: Duration,
+        roots: rustls::RootCertStore,
+    ) -> Result<ProviderClient, rustls::Error> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(connect_timeout));
         http.set_nodelay(true);
+        let mut tls = crate::link::tls_config(roots)?;
+        tls.alpn_protocols.clear(); // `enable_http1` below sets it (and insists on doing so)
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);

@@ -66,6 +66,22 @@ struct Shared {
     idle: Mutex<HashMap<Origin, Vec<Idle>>>,
 }
 
+/// TLS to providers: rustls with ring, verifying against `roots`, speaking
+/// HTTP/1.1 (ALPN).
+pub(crate) fn tls_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, rustls::Error> {
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Mozilla's roots, as browsers trust them.
+pub(crate) fn mozilla_roots() -> rustls::RootCertStore {
+    rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() }
+}
+
 /// The provider connections of one proxy process: TLS settings, timeouts and
 /// the idle connections that agent connections hand back.
 #[derive(Clone)]
@@ -87,8 +103,7 @@ impl Links {
     /// `timeout` bounds the whole wait for the response head.
     /// Providers' certificates are checked against Mozilla's roots.
     pub fn new(connect_timeout: Duration, timeout: Duration) -> Result<Links, rustls::Error> {
-        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-        Links::with_roots(connect_timeout, timeout, roots)
+        Links::with_roots(connect_timeout, timeout, mozilla_roots())
     }
 
     /// [`Links::new`] trusting `roots` instead (a private CA, or a test's).
@@ -97,13 +112,7 @@ impl Links {
         timeout: Duration,
         roots: rustls::RootCertStore,
     ) -> Result<Links, rustls::Error> {
-        let mut config =
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_config(roots)?));
         Ok(Links { shared: Arc::new(Shared { tls, connect_timeout, timeout, idle: Mutex::new(HashMap::new()) }) })
     }
 

@@ -6,7 +6,7 @@
 
 use http_body_util::BodyExt;
 use hyper::body::Bytes;
-use nexus_bridge::forward::ProviderError;
+use nexus_bridge::forward::{ProviderClient, ProviderError};
 use nexus_bridge::Links;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,6 +29,8 @@ enum After {
 struct Upstream {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
+    /// The ALPN protocol of each TLS connection.
+    alpn: Arc<std::sync::Mutex<Vec<Option<Vec<u8>>>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -49,6 +51,8 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
+        let alpn: Arc<std::sync::Mutex<Vec<Option<Vec<u8>>>>> = Arc::default();
+        let alpns = alpn.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
@@ -56,15 +60,16 @@ impl Upstream {
                     tokio::spawn(serve(stream, after));
                     continue;
                 };
+                let alpns = alpns.clone();
                 tokio::spawn(async move {
                     if let Ok(stream) = tls.accept(stream).await {
-                        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+                        alpns.lock().unwrap().push(stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec));
                         serve(stream, after).await;
                     }
                 });
             }
         });
-        Upstream { addr, accepted, task }
+        Upstream { addr, accepted, alpn, task }
     }
 
     fn url(&self, path: &str) -> String {
@@ -244,6 +249,7 @@ async fn https_providers_are_verified_and_their_connections_kept() {
         assert_eq!(fetch(&mut link, &url).await, format!("/tls{n}"));
     }
     assert_eq!(up.accepted(), 1, "one TLS connection for all three requests");
+    assert_eq!(*up.alpn.lock().unwrap(), [Some(b"http/1.1".to_vec())]);
 
     // The certificate names localhost, not 127.0.0.1: refused.
     let err = links.link().send(get(&format!("https://127.0.0.1:{port}/x"))).await.unwrap_err();
@@ -256,4 +262,22 @@ async fn https_providers_are_verified_and_their_connections_kept() {
         .await
         .unwrap_err();
     assert_eq!(err, ProviderError::Unreachable);
+}
+
+/// The Gateway's client (`ProviderClient`, pooled) speaks the same TLS.
+#[tokio::test]
+async fn the_gateways_provider_client_verifies_https_the_same_way() {
+    let (roots, acceptor) = test_pki();
+    let up = Upstream::start_with(After::KeepAlive, Some(acceptor)).await;
+    let port = up.addr.port();
+    let client = ProviderClient::with_roots(Duration::from_secs(5), Duration::from_secs(5), roots).unwrap();
+    for n in 0..3 {
+        let resp = client.send(get(&format!("https://localhost:{port}/pooled{n}"))).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, format!("/pooled{n}"));
+    }
+    assert_eq!(up.accepted(), 1, "the pool kept the TLS connection");
+    assert_eq!(*up.alpn.lock().unwrap(), [None], "hyper-rustls offers no ALPN for HTTP/1.1 alone");
+    let err = client.send(get(&format!("https://127.0.0.1:{port}/x"))).await.unwrap_err();
+    assert_eq!(err, ProviderError::Unreachable, "the certificate names localhost only");
 }
