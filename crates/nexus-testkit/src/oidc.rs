@@ -29,7 +29,8 @@ pub const DEFAULT_CLIENT_SECRET: &str = "nexus-test-secret";
 /// Redirect URI of [`OidcOptions::default`]; nothing listens there.
 pub const DEFAULT_REDIRECT_URI: &str = "http://127.0.0.1:1/auth/callback";
 
-const READY_DEADLINE: Duration = Duration::from_secs(30);
+const READY_DEADLINE: Duration = Duration::from_secs(45);
+const NOT_READY: &str = "OIDC provider not ready";
 const NPM_DEADLINE: Duration = Duration::from_secs(300);
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 const BROWSER_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -139,11 +140,23 @@ impl OidcProvider {
         }
         let dir = fixture_dir();
         ensure_node_modules(&dir).await?;
+        // A node that has not said READY in time (seen once in CI, on a
+        // loaded machine) is killed and started once more; any other failure
+        // is reported at once.
+        match OidcProvider::start_once(&opts, &dir).await {
+            Err(e) if e.to_string().contains(NOT_READY) => {
+                eprintln!("[oidc-provider] {e:#}; starting it once more");
+                OidcProvider::start_once(&opts, &dir).await
+            }
+            other => other,
+        }
+    }
 
+    async fn start_once(opts: &OidcOptions, dir: &std::path::Path) -> anyhow::Result<OidcProvider> {
         let node = std::env::var("NEXUS_TEST_NODE").unwrap_or_else(|_| "node".to_owned());
         let mut child = Command::new(&node)
             .arg("server.mjs")
-            .current_dir(&dir)
+            .current_dir(dir)
             .env("CLIENTS", opts.clients.to_string())
             .env("ACCESS_TOKEN_TTL", opts.access_token_ttl.to_string())
             .env("ROTATE_REFRESH_TOKEN", if opts.rotate_refresh_token { "1" } else { "0" })
@@ -204,7 +217,7 @@ impl OidcProvider {
                 let _ = child.start_kill();
                 let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
                 let tail = stderr_tail.lock().unwrap().clone();
-                bail!("OIDC provider not ready within {}s; stderr:\n{tail}", READY_DEADLINE.as_secs());
+                bail!("{NOT_READY} within {}s; stderr:\n{tail}", READY_DEADLINE.as_secs());
             }
         };
 
