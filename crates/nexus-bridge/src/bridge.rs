@@ -47,8 +47,11 @@ impl Bridge {
             .build()
             .expect("static client configuration");
         let (connect, head) = (std::time::Duration::from_secs(10), std::time::Duration::from_secs(60));
-        let providers = ProviderClient::new(connect, head).expect("ring supports rustls' default protocol versions");
-        let links = Links::new(connect, head).expect("ring supports rustls' default protocol versions");
+        // One TLS configuration (Mozilla's roots) for both provider clients.
+        let tls = crate::link::tls_config(crate::link::mozilla_roots())
+            .expect("ring supports rustls' default protocol versions");
+        let providers = ProviderClient::with_tls(connect, head, tls.clone());
+        let links = Links::with_tls(connect, head, Arc::new(tls));
         Bridge { cache: Arc::new(cache), http, providers, links }
     }
 

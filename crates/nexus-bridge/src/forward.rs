@@ -48,11 +48,19 @@ impl ProviderClient {
         timeout: Duration,
         roots: rustls::RootCertStore,
     ) -> Result<ProviderClient, rustls::Error> {
+        Ok(ProviderClient::with_tls(connect_timeout, timeout, crate::link::tls_config(roots)?))
+    }
+
+    /// [`ProviderClient::new`] with a TLS configuration made by `link::tls_config`.
+    pub(crate) fn with_tls(
+        connect_timeout: Duration,
+        timeout: Duration,
+        mut tls: rustls::ClientConfig,
+    ) -> ProviderClient {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(connect_timeout));
         http.set_nodelay(true);
-        let mut tls = crate::link::tls_config(roots)?;
         tls.alpn_protocols.clear(); // `enable_http1` below sets it (and insists on doing so)
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
@@ -60,7 +68,7 @@ impl ProviderClient {
             .enable_http1()
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(https);
-        Ok(ProviderClient { client, timeout })
+        ProviderClient { client, timeout }
     }
 
     /// Sends `req` and waits for the head of the answer.

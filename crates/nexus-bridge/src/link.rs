@@ -112,8 +112,13 @@ impl Links {
         timeout: Duration,
         roots: rustls::RootCertStore,
     ) -> Result<Links, rustls::Error> {
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_config(roots)?));
-        Ok(Links { shared: Arc::new(Shared { tls, connect_timeout, timeout, idle: Mutex::new(HashMap::new()) }) })
+        Ok(Links::with_tls(connect_timeout, timeout, Arc::new(tls_config(roots)?)))
+    }
+
+    /// [`Links::new`] with a TLS configuration made by [`tls_config`].
+    pub(crate) fn with_tls(connect_timeout: Duration, timeout: Duration, tls: Arc<rustls::ClientConfig>) -> Links {
+        let tls = tokio_rustls::TlsConnector::from(tls);
+        Links { shared: Arc::new(Shared { tls, connect_timeout, timeout, idle: Mutex::new(HashMap::new()) }) }
     }
 
     /// A link for one agent connection.

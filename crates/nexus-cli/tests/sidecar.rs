@@ -102,64 +102,62 @@ async fn sidecar_signs_each_strategy() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sidecar_relays_answers_as_they_are_and_refuses_what_it_cannot_send() {
-    nexus_testkit::run_bounded(async {
-        let app = TestApp::spawn(Backend::Sqlite).await;
-        let addr = odd_upstream().await;
-        let provider = json!({"auth_type": "api_key", "api_base_url": format!("http://{addr}/api"), "params": {"credential_schema": schema(&["api_key"])}});
-        let id = static_connection(&app, "odd", provider, json!({"api_key": "k"})).await;
-        let (_child, proxy) = sidecar(&app).await;
-        let http = client();
+async fn sidecar_relays_answers_as_they_are_and_refuses_what_it_cannot_send(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let addr = odd_upstream().await;
+    let provider = json!({"auth_type": "api_key", "api_base_url": format!("http://{addr}/api"), "params": {"credential_schema": schema(&["api_key"])}});
+    let id = static_connection(&app, "odd", provider, json!({"api_key": "k"})).await;
+    let (_child, proxy) = sidecar(&app).await;
+    let http = client();
 
-        // The provider's error, status, type and body unchanged; its cookie dropped.
-        let teapot = http.get(format!("{proxy}/{id}/teapot")).send().await.unwrap();
-        assert_eq!(teapot.status(), 418);
-        assert_eq!(teapot.headers()["content-type"], "text/plain");
-        assert_eq!(teapot.headers()["etag"], "\"v1\"");
-        assert!(teapot.headers().get("set-cookie").is_none());
-        assert_eq!(teapot.text().await.unwrap(), "short and stout");
+    // The provider's error, status, type and body unchanged; its cookie dropped.
+    let teapot = http.get(format!("{proxy}/{id}/teapot")).send().await.unwrap();
+    assert_eq!(teapot.status(), 418);
+    assert_eq!(teapot.headers()["content-type"], "text/plain");
+    assert_eq!(teapot.headers()["etag"], "\"v1\"");
+    assert!(teapot.headers().get("set-cookie").is_none());
+    assert_eq!(teapot.text().await.unwrap(), "short and stout");
 
-        // A large body arrives whole; HEAD gets the head alone.
-        let body = http.get(format!("{proxy}/{id}/big")).send().await.unwrap().bytes().await.unwrap();
-        assert_eq!((body.len(), body.iter().all(|b| *b == b'n')), (3 << 20, true));
-        let head = http.head(format!("{proxy}/{id}/big")).send().await.unwrap();
-        assert_eq!((head.status().as_u16(), head.headers()["content-length"].to_str().unwrap()), (200, "3145728"));
-        assert!(head.bytes().await.unwrap().is_empty());
+    // A large body arrives whole; HEAD gets the head alone.
+    let body = http.get(format!("{proxy}/{id}/big")).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!((body.len(), body.iter().all(|b| *b == b'n')), (3 << 20, true));
+    let head = http.head(format!("{proxy}/{id}/big")).send().await.unwrap();
+    assert_eq!((head.status().as_u16(), head.headers()["content-length"].to_str().unwrap()), (200, "3145728"));
+    assert!(head.bytes().await.unwrap().is_empty());
 
-        // The agent's encoding reaches the provider as written: an encoded
-        // `?`, `#` or `/` stays in the path; the query is the agent's.
-        let echoed = http.get(format!("{proxy}/{id}/files/a%3Fb%23c%2Fd?x=1&y=%26")).send().await.unwrap();
-        assert_eq!(echoed.text().await.unwrap(), "/api/files/a%3Fb%23c%2Fd?x=1&y=%26");
+    // The agent's encoding reaches the provider as written: an encoded
+    // `?`, `#` or `/` stays in the path; the query is the agent's.
+    let echoed = http.get(format!("{proxy}/{id}/files/a%3Fb%23c%2Fd?x=1&y=%26")).send().await.unwrap();
+    assert_eq!(echoed.text().await.unwrap(), "/api/files/a%3Fb%23c%2Fd?x=1&y=%26");
 
-        // Many requests on one kept-alive agent connection, and some that close theirs.
-        for n in 0..20 {
-            let mut req = http.get(format!("{proxy}/{id}/n{n}"));
-            if n % 5 == 0 {
-                req = req.header("connection", "close");
-            }
-            assert_eq!(req.send().await.unwrap().text().await.unwrap(), format!("/api/n{n}"));
+    // Many requests on one kept-alive agent connection, and some that close theirs.
+    for n in 0..20 {
+        let mut req = http.get(format!("{proxy}/{id}/n{n}"));
+        if n % 5 == 0 {
+            req = req.header("connection", "close");
         }
+        assert_eq!(req.send().await.unwrap().text().await.unwrap(), format!("/api/n{n}"));
+    }
 
-        // What the sidecar refuses, it explains in JSON and sends nothing.
-        let refusals = [
-            (http.get(format!("{proxy}/")), 404, "not_found"),
-            (http.get(format!("{proxy}/{id}/a%2F..%2F..%2Fadmin")), 400, "invalid_input"),
-            (http.post(format!("{proxy}/{id}/upload")).body(vec![0u8; 10 * 1024 * 1024 + 1]), 413, "payload_too_large"),
-        ];
-        for (req, status, code) in refusals {
-            let resp = req.send().await.unwrap();
-            assert_eq!(resp.status(), status);
-            assert_eq!(resp.headers()["content-type"], "application/json");
-            assert_eq!(resp.json::<Value>().await.unwrap()["code"], code);
-        }
-        // HTTP clients resolve `%2e%2e` before sending; a raw request does not.
-        let (status, body) = raw_get(&proxy, &format!("/{id}/a/%2e%2e/%2E%2E/admin")).await;
-        assert_eq!(status, 400, "{body}");
-        assert!(body.contains("\"invalid_input\"") && body.contains("dot segments"), "{body}");
-    })
-    .await;
+    // What the sidecar refuses, it explains in JSON and sends nothing.
+    let refusals = [
+        (http.get(format!("{proxy}/")), 404, "not_found"),
+        (http.get(format!("{proxy}/{id}/a%2F..%2F..%2Fadmin")), 400, "invalid_input"),
+        (http.post(format!("{proxy}/{id}/upload")).body(vec![0u8; 10 * 1024 * 1024 + 1]), 413, "payload_too_large"),
+    ];
+    for (req, status, code) in refusals {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), status);
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        assert_eq!(resp.json::<Value>().await.unwrap()["code"], code);
+    }
+    // HTTP clients resolve `%2e%2e` before sending; a raw request does not.
+    let (status, body) = raw_get(&proxy, &format!("/{id}/a/%2e%2e/%2E%2E/admin")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("\"invalid_input\"") && body.contains("dot segments"), "{body}");
 }
+
+nexus_testkit::both_backends!(sidecar_relays_answers_as_they_are_and_refuses_what_it_cannot_send);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_reaches_userinfo_heals_and_reports_attention_required() {

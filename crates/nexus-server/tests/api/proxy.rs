@@ -50,6 +50,16 @@ async fn gateway_proxy_signs_each_strategy_and_preserves_the_request(backend: Ba
             .await;
         assert!(r.status == 400 || r.status == 404 || r.status == 200, "{path}: {}", r.text);
     }
+    // The path is passed on as encoded, so a climb hidden behind `%2F` is judged decoded.
+    let hidden = app
+        .send(
+            app.client
+                .get(app.url(&format!("/v1/proxy/{header}/a%2F..%2F..%2Fadmin")))
+                .header("x-api-key", &app.api_key),
+        )
+        .await;
+    assert_eq!((hidden.status, hidden.code()), (400, "invalid_input"), "{}", hidden.text);
+    assert!(hidden.text.contains("dot segments"), "{}", hidden.text);
     for s in seen_after(&seen) {
         assert!(s.uri.starts_with("/api/"), "left the base: {}", s.uri);
     }
