@@ -1,10 +1,14 @@
 //! A typed client for the Nexus Gateway API (`/v1/*`), with the error codes of
 //! the API as typed errors.
 
+use crate::strategies::{static_header, BridgeError};
+use crate::target::Base;
+use http::{HeaderName, HeaderValue};
 use nexus_core::strategy::Strategy;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// What `GET /v1/token/{id}` answers. `Debug` names the credential fields,
@@ -20,6 +24,58 @@ pub struct TokenAnswer {
     pub expires_at: Option<i64>,
     #[serde(default)]
     pub api_base_url: Option<String>,
+    /// Worked out on first use, once per answer (answers are not changed
+    /// once received): what a proxy would otherwise redo on every request.
+    #[serde(skip)]
+    prepared: OnceLock<Prepared>,
+}
+
+/// The parts of an answer that a proxy needs on every request, parsed once.
+#[derive(Clone)]
+struct Prepared {
+    base: Option<Result<Base, String>>,
+    signature: Result<Option<(HeaderName, HeaderValue)>, BridgeError>,
+}
+
+impl TokenAnswer {
+    /// An answer, as the Gateway would give it.
+    pub fn new(
+        connection_id: impl Into<String>,
+        provider: impl Into<String>,
+        auth_type: impl Into<String>,
+        strategy: Strategy,
+        credentials: Map<String, Value>,
+    ) -> TokenAnswer {
+        TokenAnswer {
+            connection_id: connection_id.into(),
+            provider: provider.into(),
+            auth_type: auth_type.into(),
+            strategy,
+            credentials,
+            expires_at: None,
+            api_base_url: None,
+            prepared: OnceLock::new(),
+        }
+    }
+
+    fn prepared(&self) -> &Prepared {
+        self.prepared.get_or_init(|| Prepared {
+            base: self.api_base_url.as_deref().map(Base::parse),
+            signature: static_header(&self.strategy, &self.credentials),
+        })
+    }
+
+    /// The provider's `api_base_url`, parsed (once per answer); `None` when
+    /// the provider has none.
+    pub fn base(&self) -> Option<Result<&Base, &str>> {
+        self.prepared().base.as_ref().map(|b| b.as_ref().map_err(String::as_str))
+    }
+
+    /// [`static_header`] for this answer's strategy and credentials, worked
+    /// out once per answer.
+    pub fn static_header(&self) -> Result<Option<&(HeaderName, HeaderValue)>, &BridgeError> {
+        self.prepared().signature.as_ref().map(Option::as_ref)
+    }
 }
 
 impl fmt::Debug for TokenAnswer {

@@ -5,7 +5,7 @@
 
 use crate::client::TokenAnswer;
 use crate::strategies::{apply, BridgeError};
-use crate::target::{forwardable_header, host_header, target_uri};
+use crate::target::{forwardable_header, Base};
 use http::{HeaderMap, HeaderName, Method};
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -102,12 +102,24 @@ impl Forward {
         raw_path: &str,
         query: Option<&str>,
         method: Method,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Forward, String> {
+        Forward::to(&Base::parse(base)?, raw_path, query, method, headers, body)
+    }
+
+    /// [`Forward::new`] under a base already parsed (see [`TokenAnswer::base`]).
+    pub fn to(
+        base: &Base,
+        raw_path: &str,
+        query: Option<&str>,
+        method: Method,
         mut headers: HeaderMap,
         body: Bytes,
     ) -> Result<Forward, String> {
-        let uri = target_uri(base, raw_path, query)?;
-        match host_header(&uri) {
-            Some(host) => headers.insert(http::header::HOST, host),
+        let uri = base.join(raw_path, query)?;
+        match base.host_header() {
+            Some(host) => headers.insert(http::header::HOST, host.clone()),
             None => headers.remove(http::header::HOST),
         };
         strip(&mut headers, |name| *name == http::header::HOST || forwardable_header(name.as_str()));
@@ -125,7 +137,13 @@ impl Forward {
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = self.headers.clone();
-        apply(&mut req, &answer.strategy, &answer.credentials)?;
+        match answer.static_header() {
+            Ok(Some((name, value))) => {
+                req.headers_mut().insert(name.clone(), value.clone());
+            }
+            Ok(None) => apply(&mut req, &answer.strategy, &answer.credentials)?,
+            Err(e) => return Err(e.clone()),
+        }
         Ok(req)
     }
 }
@@ -145,16 +163,21 @@ pub fn relay(resp: http::Response<Incoming>) -> http::Response<Incoming> {
 
 /// Removes, in place, the headers `keep` refuses and those that the
 /// `Connection` header names (they describe the hop, RFC 9110 §7.6.1).
+/// Allocates nothing in the usual case (`Connection: keep-alive` or `close`
+/// naming no header that is present).
 fn strip(headers: &mut HeaderMap, keep: impl Fn(&HeaderName) -> bool) {
-    let mut named: Vec<HeaderName> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    named.extend(headers.keys().filter(|n| !keep(n)).cloned());
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(http::header::CONNECTION) {
+        for token in value.to_str().unwrap_or_default().split(',').map(str::trim) {
+            if headers.contains_key(token) {
+                named.extend(HeaderName::from_bytes(token.as_bytes()));
+            }
+        }
+    }
     for name in named {
+        headers.remove(name);
+    }
+    while let Some(name) = headers.keys().find(|n| !keep(n)).cloned() {
         headers.remove(name);
     }
 }
@@ -200,6 +223,50 @@ mod tests {
         assert_eq!(names, ["accept", "authorization", "host", "x-trace"], "x-hop was named by Connection");
         assert_eq!(req.headers()["host"], "api.x.com");
         assert_eq!(req.headers()["authorization"], "Bearer at");
+    }
+
+    #[test]
+    fn strip_drops_what_connection_names_and_what_keep_refuses() {
+        let mut headers = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "Keep-Alive, X-Hop"),
+            ("connection", "close"),
+            ("keep-alive", "timeout=5"),
+            ("x-hop", "1"),
+            ("content-length", "2"),
+            ("set-cookie", "a=1"),
+            ("etag", "\"e\""),
+        ] {
+            headers.append(k, v.parse().unwrap());
+        }
+        strip(&mut headers, |n| {
+            *n == http::header::CONTENT_LENGTH || forwardable_header(n.as_str()) && *n != http::header::SET_COOKIE
+        });
+        let mut names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-length", "etag"]);
+    }
+
+    #[test]
+    fn a_static_signature_and_the_base_are_worked_out_once_per_answer() {
+        let fwd = Forward::new("https://api.x.com", "w", None, Method::GET, HeaderMap::new(), Bytes::new()).unwrap();
+        let mut keyed = answer(StrategyType::Header, json!({"header_name": "X-Key"}), json!({"api_key": "k1"}));
+        keyed.api_base_url = Some("https://api.x.com/v1/".into());
+        assert_eq!(fwd.signed(&keyed).unwrap().headers()["x-key"], "k1");
+        let (name, value) = keyed.static_header().unwrap().unwrap();
+        assert!(std::ptr::eq(name, &keyed.static_header().unwrap().unwrap().0), "the same one each time");
+        assert!(value.is_sensitive());
+        assert_eq!(fwd.signed(&keyed).unwrap().headers()["x-key"], "k1");
+        let base = keyed.base().unwrap().unwrap();
+        assert!(std::ptr::eq(base, keyed.base().unwrap().unwrap()));
+        assert_eq!(base.join("me", None).unwrap(), "https://api.x.com/v1/me");
+
+        let mut broken = answer(StrategyType::Oauth2, json!({}), json!({}));
+        assert!(matches!(fwd.signed(&broken), Err(BridgeError::MissingCredential(_))));
+        assert!(broken.base().is_none(), "no api_base_url");
+        broken = answer(StrategyType::Oauth2, json!({}), json!({}));
+        broken.api_base_url = Some("ftp://x.com/".into());
+        assert!(broken.base().unwrap().is_err());
     }
 
     #[test]

@@ -222,15 +222,9 @@ mod tests {
 
     fn answer(kind: StrategyType, config: Value, credentials: Value, expires_at: Option<i64>) -> Arc<TokenAnswer> {
         let (Value::Object(config), Value::Object(credentials)) = (config, credentials) else { unreachable!() };
-        Arc::new(TokenAnswer {
-            connection_id: "c1".into(),
-            provider: "p".into(),
-            auth_type: "x".into(),
-            strategy: Strategy { kind, config },
-            credentials,
-            expires_at,
-            api_base_url: None,
-        })
+        let mut answer = TokenAnswer::new("c1", "p", "x", Strategy { kind, config }, credentials);
+        answer.expires_at = expires_at;
+        Arc::new(answer)
     }
 
     fn auth(answer: Arc<TokenAnswer>) -> Result<GrpcAuth, GrpcAuthError> {

@@ -39,4 +39,4 @@ pub use forward::Forward;
 pub use grpc::{GrpcAuth, GrpcAuthError};
 pub use link::{Link, Links};
 pub use strategies::{apply, BridgeError};
-pub use target::{forwardable_header, host_header, split_connection_path, target_uri};
+pub use target::{forwardable_header, host_header, split_connection_path, target_uri, Base};

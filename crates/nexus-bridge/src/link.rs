@@ -27,10 +27,26 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 type Sender = SendRequest<Full<Bytes>>;
 
 /// Where a connection goes: scheme and authority.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Eq)]
 struct Origin {
     https: bool,
     authority: Authority,
+}
+
+impl PartialEq for Origin {
+    fn eq(&self, other: &Origin) -> bool {
+        // The same bytes (the usual case: both come from one parsed base),
+        // else `Authority`'s own comparison, which ignores case.
+        self.https == other.https
+            && (self.authority.as_str() == other.authority.as_str() || self.authority == other.authority)
+    }
+}
+
+impl std::hash::Hash for Origin {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.https.hash(state);
+        self.authority.hash(state); // ignores case, as `eq` does
+    }
 }
 
 impl Origin {
@@ -211,10 +227,13 @@ impl Link {
     pub async fn send(&mut self, req: http::Request<Bytes>) -> Result<http::Response<Incoming>, ProviderError> {
         let origin = Origin::of(req.uri())?;
         let timeout = self.links.shared.timeout;
-        let mut req = req.map(Full::new);
+        let (mut parts, body) = req.into_parts();
         // HTTP/1.1 to a provider names the path, not the absolute URI.
-        let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        *req.uri_mut() = http::Uri::try_from(path).map_err(|_| ProviderError::Unreachable)?;
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        (uri.scheme, uri.authority) = (None, None);
+        uri.path_and_query.get_or_insert_with(|| http::uri::PathAndQuery::from_static("/"));
+        parts.uri = http::Uri::from_parts(uri).map_err(|_| ProviderError::Unreachable)?;
+        let req = http::Request::from_parts(parts, Full::new(body));
         tokio::time::timeout(timeout, self.send_on(origin, req)).await.unwrap_or(Err(ProviderError::Timeout))
     }
 

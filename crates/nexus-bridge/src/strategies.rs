@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use std::time::SystemTime;
 
 /// Why a strategy could not be applied. Messages name fields, never values.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum BridgeError {
     #[error("credential field '{0}' is missing or empty")]
     MissingCredential(String),
@@ -29,14 +29,44 @@ fn credential<'a>(creds: &'a Map<String, Value>, field: &str) -> Result<&'a str,
         .ok_or_else(|| BridgeError::MissingCredential(field.to_owned()))
 }
 
-fn set_header<B>(req: &mut http::Request<B>, name: &str, value: &str) -> Result<(), BridgeError> {
+fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), BridgeError> {
     let name = HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| BridgeError::Config(format!("'{name}' is not a header name")))?;
     let mut value = HeaderValue::from_str(value)
         .map_err(|_| BridgeError::Request("credential is not a valid header value".into()))?;
     value.set_sensitive(true);
+    Ok((name, value))
+}
+
+fn set_header<B>(req: &mut http::Request<B>, name: &str, value: &str) -> Result<(), BridgeError> {
+    let (name, value) = header(name, value)?;
     req.headers_mut().insert(name, value);
     Ok(())
+}
+
+/// The header that signs every request alike, for the strategies whose
+/// signature does not depend on the request (`oauth2`, `header`,
+/// `basic_auth`); `None` for the others. A proxy computes it once per set of
+/// credentials rather than once per request.
+pub fn static_header(
+    strategy: &Strategy,
+    creds: &Map<String, Value>,
+) -> Result<Option<(HeaderName, HeaderValue)>, BridgeError> {
+    let (name, value) = match strategy.kind {
+        StrategyType::Oauth2 => ("authorization", format!("Bearer {}", credential(creds, "access_token")?)),
+        StrategyType::Header => {
+            let value = credential(creds, strategy.get("credential_field").unwrap_or("api_key"))?;
+            let prefix = strategy.config.get("value_prefix").and_then(Value::as_str).unwrap_or("");
+            (strategy.get("header_name").unwrap_or("Authorization"), format!("{prefix}{value}"))
+        }
+        StrategyType::BasicAuth => {
+            let user = credential(creds, strategy.get("username_field").unwrap_or("username"))?;
+            let pass = credential(creds, strategy.get("password_field").unwrap_or("password"))?;
+            ("authorization", format!("Basic {}", STANDARD.encode(format!("{user}:{pass}"))))
+        }
+        StrategyType::QueryParam | StrategyType::HmacPayload | StrategyType::AwsSigv4 => return Ok(None),
+    };
+    header(name, &value).map(Some)
 }
 
 /// Signs `req` (whose body is already final) according to `strategy`.
@@ -55,16 +85,11 @@ pub fn apply_at<B: AsRef<[u8]>>(
     creds: &Map<String, Value>,
     now: SystemTime,
 ) -> Result<(), BridgeError> {
+    if let Some((name, value)) = static_header(strategy, creds)? {
+        req.headers_mut().insert(name, value);
+        return Ok(());
+    }
     match strategy.kind {
-        StrategyType::Oauth2 => {
-            let token = credential(creds, "access_token")?;
-            set_header(req, "authorization", &format!("Bearer {token}"))
-        }
-        StrategyType::Header => {
-            let value = credential(creds, strategy.get("credential_field").unwrap_or("api_key"))?;
-            let prefix = strategy.config.get("value_prefix").and_then(Value::as_str).unwrap_or("");
-            set_header(req, strategy.get("header_name").unwrap_or("Authorization"), &format!("{prefix}{value}"))
-        }
         StrategyType::QueryParam => {
             let value = credential(creds, strategy.get("credential_field").unwrap_or("api_key"))?;
             let name =
@@ -82,11 +107,6 @@ pub fn apply_at<B: AsRef<[u8]>>(
                 http::Uri::from_parts(parts).map_err(|_| BridgeError::Request("could not rebuild the URL".into()))?;
             Ok(())
         }
-        StrategyType::BasicAuth => {
-            let user = credential(creds, strategy.get("username_field").unwrap_or("username"))?;
-            let pass = credential(creds, strategy.get("password_field").unwrap_or("password"))?;
-            set_header(req, "authorization", &format!("Basic {}", STANDARD.encode(format!("{user}:{pass}"))))
-        }
         StrategyType::HmacPayload => {
             let secret = credential(creds, strategy.get("secret_field").unwrap_or("api_secret"))?;
             let mac = hmac_bytes(strategy.get("algo").unwrap_or("sha256"), secret.as_bytes(), req.body().as_ref())?;
@@ -101,6 +121,7 @@ pub fn apply_at<B: AsRef<[u8]>>(
             set_header(req, header, &format!("{prefix}{encoded}"))
         }
         StrategyType::AwsSigv4 => sigv4(req, strategy, creds, now),
+        StrategyType::Oauth2 | StrategyType::Header | StrategyType::BasicAuth => Ok(()), // signed above
     }
 }
 
@@ -198,6 +219,40 @@ mod tests {
 
     fn header(req: &http::Request<Vec<u8>>, name: &str) -> String {
         req.headers()[name].to_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn static_headers_are_what_apply_sets_and_only_for_request_independent_strategies() {
+        let cases = [
+            (StrategyType::Oauth2, json!({}), json!({"access_token": "at"}), Some(("authorization", "Bearer at"))),
+            (
+                StrategyType::Header,
+                json!({"header_name": "X-Key", "value_prefix": "Key "}),
+                json!({"api_key": "k"}),
+                Some(("x-key", "Key k")),
+            ),
+            (
+                StrategyType::BasicAuth,
+                json!({}),
+                json!({"username": "u", "password": "p"}),
+                Some(("authorization", "Basic dTpw")),
+            ),
+            (StrategyType::QueryParam, json!({"param_name": "k"}), json!({"api_key": "k"}), None),
+            (StrategyType::HmacPayload, json!({"header_name": "X-Sig"}), json!({"api_secret": "s"}), None),
+        ];
+        for (kind, config, creds, want) in cases {
+            let (strategy, creds) = (strategy(kind, config), obj(creds));
+            let got = static_header(&strategy, &creds).unwrap();
+            assert_eq!(got.as_ref().map(|(n, v)| (n.as_str(), v.to_str().unwrap())), want, "{kind:?}");
+            if let Some((name, value)) = got {
+                assert!(value.is_sensitive(), "{kind:?}: kept out of logs");
+                let mut req = get("https://api.example.com/");
+                apply(&mut req, &strategy, &creds).unwrap();
+                assert_eq!(req.headers()[&name], value, "{kind:?}: apply sets the same header");
+            }
+        }
+        let missing = static_header(&strategy(StrategyType::Oauth2, json!({})), &obj(json!({})));
+        assert_eq!(missing, Err(BridgeError::MissingCredential("access_token".into())));
     }
 
     #[test]

@@ -92,10 +92,14 @@ async fn forward(bridge: &Bridge, link: &mut Link, req: Request<Incoming>) -> Re
         Ok(a) => a,
         Err(e) => return gateway_error(&e),
     };
-    let Some(base) = answer.api_base_url.as_deref() else {
-        return error(StatusCode::CONFLICT, "no_api_base_url", "the provider has no api_base_url to proxy to");
+    let base = match answer.base() {
+        Some(Ok(base)) => base,
+        Some(Err(m)) => return error(StatusCode::CONFLICT, "provider_misconfigured", format!("api_base_url: {m}")),
+        None => {
+            return error(StatusCode::CONFLICT, "no_api_base_url", "the provider has no api_base_url to proxy to");
+        }
     };
-    let fwd = match Forward::new(base, path, parts.uri.query(), parts.method, parts.headers, body) {
+    let fwd = match Forward::to(base, path, parts.uri.query(), parts.method, parts.headers, body) {
         Ok(f) => f,
         Err(m) => return error(StatusCode::BAD_REQUEST, "invalid_input", format!("path: {m}")),
     };

@@ -39,7 +39,17 @@ pub async fn forward(
     nexus_core::url_policy::parse_outbound_url(base)
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, "provider_misconfigured", format!("api_base_url: {e}")))?;
     let Incoming { path, method, query, headers, body } = incoming;
-    let fwd = Forward::new(base, path, query, method, headers, body)
+    let base = match answer.base() {
+        Some(Ok(base)) => base,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "provider_misconfigured",
+                "api_base_url is not an http(s) URL",
+            ))
+        }
+    };
+    let fwd = Forward::to(base, path, query, method, headers, body)
         .map_err(|m| ApiError::bad_request(format!("path: {m}")))?;
     let sign = |answer: &TokenAnswer| {
         fwd.signed(answer).map_err(|e| ApiError::new(StatusCode::CONFLICT, "cannot_sign", e.to_string()))
