@@ -10,6 +10,10 @@
 #
 #   bench/proxy.sh                 # 3 rounds of 5 s per target, 32 connections
 #   ROUNDS=5 DURATION=10s bench/proxy.sh
+#   INSTRUCTIONS=1 bench/proxy.sh  # instead: CPU instructions per request of
+#                                  # nginx and nexus proxy, counted by callgrind
+#                                  # (the same figure on every run, however busy
+#                                  # the machine)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5s}
@@ -19,24 +23,34 @@ RESULTS=bench/results
 mkdir -p "$RESULTS"
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 command -v wrk >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null
+[ -z "${INSTRUCTIONS:-}" ] || command -v valgrind >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind >/dev/null
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx >/dev/null
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ -n "${NO_BUILD:-}" ] || cargo build --release --locked -q -p nexus-cli
-BIN=target/release/nexus
+BIN=${BIN:-$PWD/target/release/nexus}
 
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 1 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; return 1; }
+wait_http() { for _ in $(seq 1 300); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; return 1; }
 
 up=$(free_port); np=$(free_port); gp=$(free_port); sp=$(free_port)
 # Two nginx processes: the upstream, and the nginx proxy in front of it. (One
 # process serving both would let nginx reach the upstream without waking
 # another process, a shortcut no real proxy has; every proxy here is one
 # process between wrk and the upstream.)
-nginx_conf() { # name, server block
+# With INSTRUCTIONS set, the two proxies run under callgrind, counting nothing
+# until told to (see `instructions` below).
+counted() { # name, command… (always started with `&`: it execs, so $! is its pid)
+  if [ -n "${INSTRUCTIONS:-}" ]; then
+    cd "$work" # where callgrind_control finds it
+    exec valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/$1.cg" "${@:2}" 2> "$work/$1.valgrind"
+  fi
+  exec "${@:2}"
+}
+nginx_conf() { # name, server block, [counted]
   mkdir -p "$work/$1"
   cat > "$work/$1/nginx.conf" <<CONF
 daemon off; master_process off; worker_processes 1; pid $work/$1/pid; error_log $work/$1/error.log;
@@ -48,10 +62,14 @@ http {
   $2
 }
 CONF
-  "$NGINX" -c "$work/$1/nginx.conf" -p "$work/$1" & pids+=($!)
+  if [ -n "${3:-}" ]; then
+    counted nginx "$NGINX" -c "$work/$1/nginx.conf" -p "$work/$1" & pids+=($!)
+  else
+    "$NGINX" -c "$work/$1/nginx.conf" -p "$work/$1" & pids+=($!)
+  fi
 }
 nginx_conf upstream "server { listen 127.0.0.1:$up; location / { default_type text/plain; return 200 \"ok\"; } }"
-nginx_conf proxy "server { listen 127.0.0.1:$np; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+nginx_conf proxy "server { listen 127.0.0.1:$np; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }" counted
 wait_http "http://127.0.0.1:$up/"
 wait_http "http://127.0.0.1:$np/"
 
@@ -67,7 +85,7 @@ state=$(curl -sf -X POST "$g/v1/request-connection" -H "X-API-Key: $key" -H 'Con
   -d '{"workspace_id": "bench", "provider_name": "bench", "return_url": "https://example.com/done"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')
 conn=$(curl -sf -X POST "$g/v1/capture-credential" -H "X-API-Key: $key" -H 'Content-Type: application/json' -H 'Accept: application/json' \
   -d "{\"state\": \"$state\", \"credentials\": {\"api_key\": \"bench-key\"}}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["connection_id"])')
-API_KEY=$key RUST_LOG=warn "$BIN" proxy --listen 127.0.0.1:$sp --gateway "$g" > "$work/proxy.log" 2>&1 & pids+=($!)
+API_KEY=$key RUST_LOG=warn counted sidecar "$BIN" proxy --listen 127.0.0.1:$sp --gateway "$g" > "$work/proxy.log" 2>&1 & pids+=($!)
 wait_http "http://127.0.0.1:$sp/$conn/x"
 for url in "$g/v1/proxy/$conn/x" "http://127.0.0.1:$sp/$conn/x"; do
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "X-API-Key: $key" "$url")
@@ -124,6 +142,44 @@ for t, (rps, p50, p99) in med.items():
     print("%-8s %5s %10.0f %9.3f %9.3f %14s %9s" % (t, sys.argv[2], rps, p50, p99, added, ratio))
 PY
 }
+# Instructions per request: after a warm-up, callgrind counts while one
+# keep-alive connection sends $REQUESTS requests through the proxy.
+instructions() { # name, pid, url
+  local file="$work/$1.cg.1" total
+  drive "$3" 200
+  callgrind_control -i on "$2" >/dev/null 2>&1
+  drive "$3" "$REQUESTS"
+  callgrind_control -i off "$2" >/dev/null 2>&1
+  callgrind_control -d "$2" >/dev/null 2>&1
+  for _ in $(seq 1 100); do [ -s "$file" ] && break; sleep 0.1; done
+  sleep 0.5
+  total=$(callgrind_annotate "$file" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+  echo "$1 $((total / REQUESTS))"
+}
+drive() { # url, requests
+  python3 - "$1" "$2" "$key" <<'PY'
+import http.client, sys, urllib.parse
+url = urllib.parse.urlsplit(sys.argv[1])
+conn = http.client.HTTPConnection(url.hostname, url.port)
+for _ in range(int(sys.argv[2])):
+    conn.request("GET", url.path, headers={"X-API-Key": sys.argv[3]})
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 200, resp.status
+PY
+}
+if [ -n "${INSTRUCTIONS:-}" ]; then
+  REQUESTS=${REQUESTS:-2000}
+  report=$RESULTS/proxy-instructions-$(date -u +%Y%m%dT%H%M%SZ).txt
+  {
+    echo "nexus bench: CPU instructions per proxied request (callgrind, $REQUESTS requests on one keep-alive connection)"
+    { instructions nginx "${pids[1]}" "$(url_of nginx)"; instructions sidecar "${pids[-1]}" "$(url_of sidecar)"; } |
+      awk '{ n[NR] = $1; v[NR] = $2 } END { printf "%-8s %14s %9s\n", "target", "instructions", "vs nginx";
+        for (i = 1; i <= NR; i++) printf "%-8s %14d %9.2f\n", n[i], v[i], v[i] / v[1] }'
+  } | tee "$report"
+  echo "saved to $report"
+  exit 0
+fi
 report=$RESULTS/proxy-$(date -u +%Y%m%dT%H%M%SZ).txt
 {
   echo "nexus bench: proxies vs direct and nginx proxy_pass (median of $ROUNDS rounds of $DURATION per target, wrk -t1, $(nproc) cores)"
