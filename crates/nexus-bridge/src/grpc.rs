@@ -33,7 +33,7 @@
 use crate::bridge::Bridge;
 use crate::cache::EXPIRY_SKEW_SECS;
 use crate::client::{GatewayError, TokenAnswer};
-use crate::strategies::{apply, BridgeError};
+use crate::strategies::BridgeError;
 use nexus_core::strategy::StrategyType;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -101,25 +101,22 @@ impl Bridge {
 
 impl Signed {
     fn new(answer: Arc<TokenAnswer>) -> Result<Signed, GrpcAuthError> {
-        if !matches!(answer.strategy.kind, StrategyType::Oauth2 | StrategyType::Header | StrategyType::BasicAuth) {
-            return Err(GrpcAuthError::Unsupported(answer.strategy.kind));
-        }
-        // The same interpreter as for HTTP, on an empty request: these
-        // strategies only ever add headers.
-        let mut req = http::Request::new(Vec::new());
-        apply(&mut req, &answer.strategy, &answer.credentials)?;
-        let mut metadata = Vec::new();
-        for (name, value) in req.headers() {
-            let key = MetadataKey::from_bytes(name.as_str().as_bytes())
-                .map_err(|_| BridgeError::Config(format!("'{name}' is not a gRPC metadata key")))?;
-            let mut value = value
-                .to_str()
-                .ok()
-                .and_then(|v| AsciiMetadataValue::try_from(v).ok())
-                .ok_or_else(|| BridgeError::Request("credential is not valid gRPC metadata".into()))?;
-            value.set_sensitive(true);
-            metadata.push((key, value));
-        }
+        // gRPC metadata can carry what signs every request alike: the
+        // strategies that add one header, worked out once per answer.
+        let (name, value) = match answer.static_header() {
+            Ok(Some(header)) => header,
+            Ok(None) => return Err(GrpcAuthError::Unsupported(answer.strategy.kind)),
+            Err(e) => return Err(e.clone().into()),
+        };
+        let key = MetadataKey::from_bytes(name.as_str().as_bytes())
+            .map_err(|_| BridgeError::Config(format!("'{name}' is not a gRPC metadata key")))?;
+        let mut value = value
+            .to_str()
+            .ok()
+            .and_then(|v| AsciiMetadataValue::try_from(v).ok())
+            .ok_or_else(|| BridgeError::Request("credential is not valid gRPC metadata".into()))?;
+        value.set_sensitive(true);
+        let metadata = vec![(key, value)];
         Ok(Signed { answer, metadata })
     }
 }
