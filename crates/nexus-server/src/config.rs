@@ -50,6 +50,8 @@ impl std::fmt::Debug for RawConfig {
 #[derive(Clone)]
 pub struct Config {
     pub api_key: SecretString,
+    /// What `X-API-Key` is checked against (the key's digest, computed once).
+    pub api_key_check: nexus_vault::SecretCheck,
     pub keyring: Arc<KeyRing>,
     pub state_signer: Arc<StateSigner>,
     pub base_url: Url,
@@ -192,6 +194,7 @@ impl RawConfig {
             parse_secs("REFRESH_INTERVAL", self.refresh_interval.as_deref(), 15, 1, 3_600)? as u64;
 
         Ok(Config {
+            api_key_check: nexus_vault::SecretCheck::new(api_key.expose().as_bytes()),
             api_key,
             keyring: Arc::new(keyring),
             state_signer: Arc::new(state_signer),

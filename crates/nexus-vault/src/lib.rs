@@ -201,9 +201,31 @@ impl StateSigner {
 /// Compares two secrets in time independent of where they differ (and, by
 /// comparing digests, of their lengths).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let da = Sha256::digest(a);
-    let db = Sha256::digest(b);
-    da.ct_eq(&db).into()
+    SecretCheck::new(a).matches(b)
+}
+
+/// An expected secret (an API key) kept as its SHA-256 digest, so that a
+/// presented value is checked by [`constant_time_eq`]'s rule while hashing
+/// only the presented value.
+#[derive(Clone)]
+pub struct SecretCheck([u8; 32]);
+
+impl SecretCheck {
+    pub fn new(expected: &[u8]) -> SecretCheck {
+        SecretCheck(Sha256::digest(expected).into())
+    }
+
+    /// Whether `presented` is the expected secret, in time independent of
+    /// where it differs and of its length.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        Sha256::digest(presented).as_slice().ct_eq(&self.0).into()
+    }
+}
+
+impl fmt::Debug for SecretCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretCheck(<redacted>)")
+    }
 }
 
 #[cfg(test)]
@@ -309,5 +331,9 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"abcd"));
+        let check = SecretCheck::new(b"the-key");
+        assert!(check.matches(b"the-key"));
+        assert!(!check.matches(b"the-kez") && !check.matches(b"the-key ") && !check.matches(b""));
+        assert_eq!(format!("{check:?}"), "SecretCheck(<redacted>)");
     }
 }

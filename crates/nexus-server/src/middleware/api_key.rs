@@ -26,9 +26,7 @@ pub async fn require_api_key(State(state): State<AppState>, req: Request, next: 
     let presented = req.headers().get("x-api-key").map(|v| v.as_bytes());
     let reason = match presented {
         None => Some("missing_api_key"),
-        Some(key) if !nexus_vault::constant_time_eq(key, state.config.api_key.expose().as_bytes()) => {
-            Some("invalid_api_key")
-        }
+        Some(key) if !state.config.api_key_check.matches(key) => Some("invalid_api_key"),
         Some(_) => None,
     };
     if let Some(reason) = reason {

@@ -31,24 +31,24 @@ pub async fn forward(
     id: &str,
     incoming: Incoming<'_>,
 ) -> Result<Response, ApiError> {
-    let answer = tokens::answer(state, caller, id).await?.answer().ok_or_else(ApiError::internal)?;
-    let base = answer.api_base_url.as_deref().ok_or_else(|| {
-        ApiError::new(StatusCode::CONFLICT, "no_api_base_url", "the provider has no api_base_url to proxy to")
-    })?;
-    // The target's scheme, host and port are the base's, so the base is what the policy checks.
-    nexus_core::url_policy::parse_outbound_url(base)
-        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "provider_misconfigured", format!("api_base_url: {e}")))?;
-    let Incoming { path, method, query, headers, body } = incoming;
+    let cached = tokens::answer(state, caller, id).await?;
+    let answer = cached.answer().ok_or_else(ApiError::internal)?;
+    let misconfigured =
+        |m: &str| ApiError::new(StatusCode::CONFLICT, "provider_misconfigured", format!("api_base_url: {m}"));
     let base = match answer.base() {
         Some(Ok(base)) => base,
-        _ => {
+        Some(Err(m)) => return Err(misconfigured(m)),
+        None => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
-                "provider_misconfigured",
-                "api_base_url is not an http(s) URL",
+                "no_api_base_url",
+                "the provider has no api_base_url to proxy to",
             ))
         }
     };
+    // The target's scheme, host and port are the base's, so the base is what the policy checks.
+    cached.base_allowed().map_err(misconfigured)?;
+    let Incoming { path, method, query, headers, body } = incoming;
     let fwd = Forward::to(base, path, query, method, headers, body)
         .map_err(|m| ApiError::bad_request(format!("path: {m}")))?;
     let sign = |answer: &TokenAnswer| {

@@ -25,6 +25,7 @@ pub struct Cached {
     pub workspace_id: String,
     valid_until: Instant,
     parsed: OnceLock<Option<Arc<TokenAnswer>>>,
+    base_allowed: OnceLock<Result<(), String>>,
 }
 
 impl Cached {
@@ -36,12 +37,25 @@ impl Cached {
             workspace_id: workspace_id.to_owned(),
             valid_until: Instant::now(),
             parsed: OnceLock::new(),
+            base_allowed: OnceLock::new(),
         })
     }
 
     /// The answer as the bridge reads it, parsed on first use.
     pub fn answer(&self) -> Option<Arc<TokenAnswer>> {
         self.parsed.get_or_init(|| serde_json::from_slice(&self.body).ok().map(Arc::new)).clone()
+    }
+
+    /// Whether the answer's `api_base_url` passes the outbound URL policy
+    /// (`nexus_core::url_policy`), checked on first use; `Ok` when there is
+    /// none to check.
+    pub fn base_allowed(&self) -> Result<(), &str> {
+        let checked =
+            self.base_allowed.get_or_init(|| match self.answer().as_deref().and_then(|a| a.api_base_url.as_deref()) {
+                Some(base) => nexus_core::url_policy::parse_outbound_url(base).map(drop),
+                None => Ok(()),
+            });
+        checked.as_ref().map(|_| ()).map_err(String::as_str)
     }
 }
 
@@ -80,6 +94,7 @@ impl TokenCache {
             workspace_id: workspace_id.to_owned(),
             valid_until: Instant::now() + age,
             parsed: OnceLock::new(),
+            base_allowed: OnceLock::new(),
         });
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= MAX_ENTRIES {
@@ -104,6 +119,24 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_base_url_policy_is_checked_once_per_entry() {
+        let entry = |base: Option<&str>| {
+            let body = serde_json::json!({
+                "connection_id": "c", "provider": "p", "auth_type": "api_key",
+                "strategy": {"type": "header", "config": {}}, "credentials": {}, "expires_at": null,
+                "api_base_url": base,
+            });
+            Cached::uncached(Bytes::from(body.to_string()), "p", "w")
+        };
+        assert_eq!(entry(Some("https://api.x.com/v1")).base_allowed(), Ok(()));
+        assert_eq!(entry(Some("http://127.0.0.1:9/")).base_allowed(), Ok(()), "loopback may be plain http");
+        let plain = entry(Some("http://api.x.com/"));
+        assert!(plain.base_allowed().unwrap_err().contains("https"));
+        assert!(std::ptr::eq(plain.base_allowed().unwrap_err(), plain.base_allowed().unwrap_err()), "kept");
+        assert_eq!(entry(None).base_allowed(), Ok(()));
+    }
 
     #[test]
     fn invalidation_by_connection_provider_and_all() {
