@@ -11,7 +11,7 @@
 #   bench/proxy.sh                 # 3 rounds of 5 s per target, 32 connections
 #   ROUNDS=5 DURATION=10s bench/proxy.sh
 #   INSTRUCTIONS=1 bench/proxy.sh  # instead: CPU instructions per request of
-#                                  # nginx and nexus proxy, counted by callgrind
+#                                  # each proxy, counted by callgrind
 #                                  # (the same figure on every run, however busy
 #                                  # the machine)
 set -euo pipefail
@@ -41,7 +41,7 @@ up=$(free_port); np=$(free_port); gp=$(free_port); sp=$(free_port)
 # process serving both would let nginx reach the upstream without waking
 # another process, a shortcut no real proxy has; every proxy here is one
 # process between wrk and the upstream.)
-# With INSTRUCTIONS set, the two proxies run under callgrind, counting nothing
+# With INSTRUCTIONS set, the three proxies run under callgrind, counting nothing
 # until told to (see `instructions` below).
 counted() { # name, command… (always started with `&`: it execs, so $! is its pid)
   if [ -n "${INSTRUCTIONS:-}" ]; then
@@ -75,7 +75,7 @@ wait_http "http://127.0.0.1:$np/"
 
 key=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
 API_KEY=$key ENCRYPTION_KEY=$($BIN keygen | sed -n 's/^ENCRYPTION_KEY=//p') STATE_KEY=$($BIN keygen | sed -n 's/^STATE_KEY=//p') \
-  DATABASE_URL="sqlite://$work/nexus.db" BIND=127.0.0.1:$gp RUST_LOG=warn "$BIN" serve > "$work/serve.log" 2>&1 & pids+=($!)
+  DATABASE_URL="sqlite://$work/nexus.db" BIND=127.0.0.1:$gp RUST_LOG=warn counted gateway "$BIN" serve > "$work/serve.log" 2>&1 & pids+=($!)
 wait_http "http://127.0.0.1:$gp/health"
 g=http://127.0.0.1:$gp
 curl -sf -X POST "$g/v1/providers" -H "X-API-Key: $key" -H 'Content-Type: application/json' -d "{
@@ -173,7 +173,11 @@ if [ -n "${INSTRUCTIONS:-}" ]; then
   report=$RESULTS/proxy-instructions-$(date -u +%Y%m%dT%H%M%SZ).txt
   {
     echo "nexus bench: CPU instructions per proxied request (callgrind, $REQUESTS requests on one keep-alive connection)"
-    { instructions nginx "${pids[1]}" "$(url_of nginx)"; instructions sidecar "${pids[-1]}" "$(url_of sidecar)"; } |
+    {
+      instructions nginx "${pids[1]}" "$(url_of nginx)"
+      instructions gateway "${pids[2]}" "$(url_of gateway)"
+      instructions sidecar "${pids[3]}" "$(url_of sidecar)"
+    } |
       awk '{ n[NR] = $1; v[NR] = $2 } END { printf "%-8s %14s %9s\n", "target", "instructions", "vs nginx";
         for (i = 1; i <= NR; i++) printf "%-8s %14d %9.2f\n", n[i], v[i], v[i] / v[1] }'
   } | tee "$report"
