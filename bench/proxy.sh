@@ -26,8 +26,8 @@ command -v wrk >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get 
 [ -z "${INSTRUCTIONS:-}" ] || command -v valgrind >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind >/dev/null
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx >/dev/null
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-[ -n "${NO_BUILD:-}" ] || cargo build --release --locked -q -p nexus-cli
-BIN=${BIN:-$PWD/target/release/nexus}
+[ -n "${NO_BUILD:-}" ] || cargo build --profile dist --locked -q -p nexus-cli
+BIN=${BIN:-$PWD/target/dist/nexus}
 
 work=$(mktemp -d)
 pids=()
