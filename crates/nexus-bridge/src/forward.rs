@@ -155,10 +155,13 @@ pub fn relay(resp: http::Response<Incoming>) -> http::Response<Incoming> {
     let (mut parts, body) = resp.into_parts();
     // `Content-Length` stays: the body keeps its length, and the answer to a
     // `HEAD` has no body to measure.
-    strip(&mut parts.headers, |name| {
-        *name == http::header::CONTENT_LENGTH || forwardable_header(name.as_str()) && *name != http::header::SET_COOKIE
-    });
+    strip(&mut parts.headers, relayed_header);
     http::Response::from_parts(parts, body)
+}
+
+/// Whether a proxy passes this header of a provider's answer on to the agent.
+fn relayed_header(name: &HeaderName) -> bool {
+    *name == http::header::CONTENT_LENGTH || forwardable_header(name.as_str()) && *name != http::header::SET_COOKIE
 }
 
 /// Removes, in place, the headers `keep` refuses and those that the
@@ -169,8 +172,13 @@ fn strip(headers: &mut HeaderMap, keep: impl Fn(&HeaderName) -> bool) {
     let mut named: Vec<HeaderName> = Vec::new();
     for value in headers.get_all(http::header::CONNECTION) {
         for token in value.to_str().unwrap_or_default().split(',').map(str::trim) {
-            if headers.contains_key(token) {
-                named.extend(HeaderName::from_bytes(token.as_bytes()));
+            // Looked up by `&str` first: no `HeaderName` is made for a
+            // name that is not there.
+            if !headers.contains_key(token) {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(name);
             }
         }
     }
@@ -197,10 +205,23 @@ mod tests {
         .unwrap()
     }
 
+    fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (k, v) in pairs {
+            headers.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        headers
+    }
+
+    fn names(headers: &HeaderMap) -> Vec<&str> {
+        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
     #[test]
     fn headers_of_the_hop_and_the_callers_credentials_stay_behind() {
-        let mut headers = HeaderMap::new();
-        for (k, v) in [
+        let headers = header_map(&[
             ("x-api-key", "gw"),
             ("connection", "close, x-hop"),
             ("x-hop", "1"),
@@ -208,9 +229,7 @@ mod tests {
             ("x-trace", "t"),
             ("accept", "*/*"),
             ("host", "127.0.0.1:9"),
-        ] {
-            headers.append(k, v.parse().unwrap());
-        }
+        ]);
         let fwd =
             Forward::new("https://api.x.com/v2", "me", Some("a=1"), Method::POST, headers, Bytes::from_static(b"hi"))
                 .unwrap();
@@ -218,17 +237,18 @@ mod tests {
         assert_eq!(req.uri(), "https://api.x.com/v2/me?a=1");
         assert_eq!(req.method(), Method::POST);
         assert_eq!(req.body().as_ref(), b"hi");
-        let mut names: Vec<&str> = req.headers().keys().map(|k| k.as_str()).collect();
-        names.sort_unstable();
-        assert_eq!(names, ["accept", "authorization", "host", "x-trace"], "x-hop was named by Connection");
+        assert_eq!(
+            names(req.headers()),
+            ["accept", "authorization", "host", "x-trace"],
+            "x-hop was named by Connection"
+        );
         assert_eq!(req.headers()["host"], "api.x.com");
         assert_eq!(req.headers()["authorization"], "Bearer at");
     }
 
     #[test]
     fn strip_drops_what_connection_names_and_what_keep_refuses() {
-        let mut headers = HeaderMap::new();
-        for (k, v) in [
+        let mut headers = header_map(&[
             ("connection", "Keep-Alive, X-Hop"),
             ("connection", "close"),
             ("keep-alive", "timeout=5"),
@@ -236,15 +256,9 @@ mod tests {
             ("content-length", "2"),
             ("set-cookie", "a=1"),
             ("etag", "\"e\""),
-        ] {
-            headers.append(k, v.parse().unwrap());
-        }
-        strip(&mut headers, |n| {
-            *n == http::header::CONTENT_LENGTH || forwardable_header(n.as_str()) && *n != http::header::SET_COOKIE
-        });
-        let mut names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
-        names.sort_unstable();
-        assert_eq!(names, ["content-length", "etag"]);
+        ]);
+        strip(&mut headers, relayed_header);
+        assert_eq!(names(&headers), ["content-length", "etag"]);
     }
 
     #[test]

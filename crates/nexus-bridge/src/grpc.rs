@@ -71,7 +71,8 @@ struct Shared {
 
 struct Signed {
     answer: Arc<TokenAnswer>,
-    metadata: Vec<(MetadataKey<tonic::metadata::Ascii>, AsciiMetadataValue)>,
+    /// The one entry they sign with.
+    metadata: (MetadataKey<tonic::metadata::Ascii>, AsciiMetadataValue),
 }
 
 impl std::fmt::Debug for GrpcAuth {
@@ -116,8 +117,7 @@ impl Signed {
             .and_then(|v| AsciiMetadataValue::try_from(v).ok())
             .ok_or_else(|| BridgeError::Request("credential is not valid gRPC metadata".into()))?;
         value.set_sensitive(true);
-        let metadata = vec![(key, value)];
-        Ok(Signed { answer, metadata })
+        Ok(Signed { answer, metadata: (key, value) })
     }
 }
 
@@ -203,9 +203,8 @@ impl tonic::service::Interceptor for GrpcAuth {
                 )));
             }
         }
-        for (key, value) in signed.metadata {
-            request.metadata_mut().insert(key, value);
-        }
+        let (key, value) = signed.metadata;
+        request.metadata_mut().insert(key, value);
         Ok(request)
     }
 }

@@ -107,6 +107,9 @@ async fn sidecar_relays_answers_as_they_are_and_refuses_what_it_cannot_send(back
     let addr = odd_upstream().await;
     let provider = json!({"auth_type": "api_key", "api_base_url": format!("http://{addr}/api"), "params": {"credential_schema": schema(&["api_key"])}});
     let id = static_connection(&app, "odd", provider, json!({"api_key": "k"})).await;
+    // A base URL the policy accepts but no HTTP request can name (a host not in ASCII).
+    let idn_provider = json!({"auth_type": "api_key", "api_base_url": "https://bücher.example/api", "params": {"credential_schema": schema(&["api_key"])}});
+    let idn = static_connection(&app, "idn", idn_provider, json!({"api_key": "k"})).await;
     let (_child, proxy) = sidecar(&app).await;
     let http = client();
 
@@ -144,6 +147,7 @@ async fn sidecar_relays_answers_as_they_are_and_refuses_what_it_cannot_send(back
         (http.get(format!("{proxy}/")), 404, "not_found"),
         (http.get(format!("{proxy}/{id}/a%2F..%2F..%2Fadmin")), 400, "invalid_input"),
         (http.post(format!("{proxy}/{id}/upload")).body(vec![0u8; 10 * 1024 * 1024 + 1]), 413, "payload_too_large"),
+        (http.get(format!("{proxy}/{idn}/x")), 409, "provider_misconfigured"),
     ];
     for (req, status, code) in refusals {
         let resp = req.send().await.unwrap();

@@ -134,6 +134,13 @@ async fn gateway_proxy_relays_answers_as_they_are_and_explains_an_unreachable_pr
     let resp =
         app.send(app.client.get(app.url(&format!("/v1/proxy/{gone}/x"))).header("x-api-key", &app.api_key)).await;
     assert_eq!((resp.status, resp.code()), (502, "provider_unreachable"), "{}", resp.text);
+
+    // A base URL the policy accepts but no HTTP request can name (a host
+    // not in ASCII): the provider's configuration is at fault, not the path.
+    let idn =
+        static_connection(&app, "idn", provider("https://bücher.example/api".into()), json!({"api_key": "k"})).await;
+    let resp = app.send(app.client.get(app.url(&format!("/v1/proxy/{idn}/x"))).header("x-api-key", &app.api_key)).await;
+    assert_eq!((resp.status, resp.code()), (409, "provider_misconfigured"), "{}", resp.text);
 }
 
 both_backends!(gateway_proxy_relays_answers_as_they_are_and_explains_an_unreachable_provider);
