@@ -14,6 +14,8 @@
 #                                  # each proxy, counted by callgrind
 #                                  # (the same figure on every run, however busy
 #                                  # the machine)
+#   SYSCALLS=1 bench/proxy.sh      # instead: system calls per request of each
+#                                  # proxy, counted by strace
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5s}
@@ -23,6 +25,7 @@ RESULTS=bench/results
 mkdir -p "$RESULTS"
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 command -v wrk >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null
+[ -z "${SYSCALLS:-}" ] || command -v strace >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q strace >/dev/null
 [ -z "${INSTRUCTIONS:-}" ] || command -v valgrind >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind >/dev/null
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx >/dev/null
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
@@ -168,6 +171,42 @@ for _ in range(int(sys.argv[2])):
     assert resp.status == 200, resp.status
 PY
 }
+# System calls per request: after a warm-up, strace attaches to every thread
+# of the proxy while one keep-alive connection sends $REQUESTS requests.
+syscalls() { # name, pid, url
+  local out="$work/$1.strace" tracer
+  drive "$3" 200
+  strace -f -c -o "$out" -p "$2" 2> "$work/$1.strace-log" & tracer=$!
+  for _ in $(seq 1 100); do grep -q attached "$work/$1.strace-log" 2>/dev/null && break; sleep 0.05; done
+  sleep 0.2
+  drive "$3" "$REQUESTS"
+  kill -INT "$tracer"; wait "$tracer" 2>/dev/null || true
+  python3 - "$out" "$1" "$REQUESTS" <<'PY'
+import sys
+out, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+calls = {}
+for line in open(out):
+    f = line.split()
+    if len(f) >= 5 and f[0][0].isdigit() and f[-1] != "total":
+        calls[f[-1]] = int(f[3])
+per = {k: v / n for k, v in calls.items() if v / n >= 0.05}
+top = " ".join("%s=%.1f" % kv for kv in sorted(per.items(), key=lambda kv: -kv[1]))
+print("%-8s %9.1f   %s" % (name, sum(calls.values()) / n, top))
+PY
+}
+if [ -n "${SYSCALLS:-}" ]; then
+  REQUESTS=${REQUESTS:-5000}
+  report=$RESULTS/proxy-syscalls-$(date -u +%Y%m%dT%H%M%SZ).txt
+  {
+    echo "nexus bench: system calls per proxied request (strace, $REQUESTS requests on one keep-alive connection)"
+    printf '%-8s %9s   %s\n' target syscalls "per request (those made at least once per 20 requests)"
+    syscalls nginx "${pids[1]}" "$(url_of nginx)"
+    syscalls gateway "${pids[2]}" "$(url_of gateway)"
+    syscalls sidecar "${pids[3]}" "$(url_of sidecar)"
+  } | tee "$report"
+  echo "saved to $report"
+  exit 0
+fi
 if [ -n "${INSTRUCTIONS:-}" ]; then
   REQUESTS=${REQUESTS:-2000}
   report=$RESULTS/proxy-instructions-$(date -u +%Y%m%dT%H%M%SZ).txt
