@@ -71,7 +71,7 @@ impl Bridge {
         req: &mut http::Request<Vec<u8>>,
     ) -> Result<Arc<TokenAnswer>, SendError> {
         let answer = self.cache.get(connection_id).await?;
-        apply(req, &answer.strategy, &answer.credentials)?;
+        apply(req, answer.strategy(), answer.credentials())?;
         Ok(answer)
     }
 
@@ -85,7 +85,7 @@ impl Bridge {
         }
         let renewed = self.cache.refresh(connection_id, &answer).await?;
         let mut second = req;
-        apply(&mut second, &renewed.strategy, &renewed.credentials)?;
+        apply(&mut second, renewed.strategy(), renewed.credentials())?;
         self.execute(second).await
     }
 

@@ -67,7 +67,7 @@ pub struct CredentialCache {
 }
 
 fn fresh(answer: &TokenAnswer) -> bool {
-    answer.expires_at.is_none_or(|e| e - chrono_now() > EXPIRY_SKEW_SECS)
+    answer.expires_at().is_none_or(|e| e - chrono_now() > EXPIRY_SKEW_SECS)
 }
 
 fn chrono_now() -> i64 {
@@ -116,7 +116,7 @@ impl CredentialCache {
         let slot = self.slot(connection_id);
         let _fetching = slot.fetch.lock().await;
         if let Some(a) = slot.current() {
-            if a.credentials != stale.credentials {
+            if a.credentials() != stale.credentials() {
                 return Ok(a);
             }
         }

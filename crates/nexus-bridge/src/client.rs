@@ -13,19 +13,23 @@ use std::time::Duration;
 
 /// What `GET /v1/token/{id}` answers. `Debug` names the credential fields,
 /// never their values.
+///
+/// An answer does not change once made (its fields are read through
+/// methods; the `with_*` methods make a new one), so what a proxy works out
+/// from it once — the parsed base URL, a static signature header — always
+/// matches its strategy and credentials.
 #[derive(Clone, Deserialize, Serialize)]
 pub struct TokenAnswer {
-    pub connection_id: String,
-    pub provider: String,
-    pub auth_type: String,
-    pub strategy: Strategy,
-    pub credentials: Map<String, Value>,
-    /// Unix seconds, or `None` when the credentials do not expire.
-    pub expires_at: Option<i64>,
+    connection_id: String,
+    provider: String,
+    auth_type: String,
+    strategy: Strategy,
+    credentials: Map<String, Value>,
+    expires_at: Option<i64>,
     #[serde(default)]
-    pub api_base_url: Option<String>,
-    /// Worked out on first use, once per answer (answers are not changed
-    /// once received): what a proxy would otherwise redo on every request.
+    api_base_url: Option<String>,
+    /// Worked out on first use, once per answer: what a proxy would
+    /// otherwise redo on every request.
     #[serde(skip)]
     prepared: OnceLock<Prepared>,
 }
@@ -56,6 +60,52 @@ impl TokenAnswer {
             api_base_url: None,
             prepared: OnceLock::new(),
         }
+    }
+
+    /// This answer expiring at `expires_at` (Unix seconds; `None`: never).
+    pub fn with_expires_at(mut self, expires_at: Option<i64>) -> TokenAnswer {
+        self.expires_at = expires_at;
+        self
+    }
+
+    /// This answer for a provider whose API lives under `api_base_url`.
+    pub fn with_api_base_url(mut self, api_base_url: Option<String>) -> TokenAnswer {
+        self.api_base_url = api_base_url;
+        self.prepared = OnceLock::new();
+        self
+    }
+
+    pub fn connection_id(&self) -> &str {
+        &self.connection_id
+    }
+
+    /// The provider's name.
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    pub fn auth_type(&self) -> &str {
+        &self.auth_type
+    }
+
+    /// How requests are signed.
+    pub fn strategy(&self) -> &Strategy {
+        &self.strategy
+    }
+
+    /// The usage credentials the strategy reads (secret: never log them).
+    pub fn credentials(&self) -> &Map<String, Value> {
+        &self.credentials
+    }
+
+    /// Unix seconds, or `None` when the credentials do not expire.
+    pub fn expires_at(&self) -> Option<i64> {
+        self.expires_at
+    }
+
+    /// Where the provider's API lives, as the operator registered it.
+    pub fn api_base_url(&self) -> Option<&str> {
+        self.api_base_url.as_deref()
     }
 
     fn prepared(&self) -> &Prepared {

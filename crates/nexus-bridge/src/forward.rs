@@ -141,7 +141,7 @@ impl Forward {
             Ok(Some((name, value))) => {
                 req.headers_mut().insert(name.clone(), value.clone());
             }
-            Ok(None) => apply(&mut req, &answer.strategy, &answer.credentials)?,
+            Ok(None) => apply(&mut req, answer.strategy(), answer.credentials())?,
             Err(e) => return Err(e.clone()),
         }
         Ok(req)
@@ -264,8 +264,8 @@ mod tests {
     #[test]
     fn a_static_signature_and_the_base_are_worked_out_once_per_answer() {
         let fwd = Forward::new("https://api.x.com", "w", None, Method::GET, HeaderMap::new(), Bytes::new()).unwrap();
-        let mut keyed = answer(StrategyType::Header, json!({"header_name": "X-Key"}), json!({"api_key": "k1"}));
-        keyed.api_base_url = Some("https://api.x.com/v1/".into());
+        let keyed = answer(StrategyType::Header, json!({"header_name": "X-Key"}), json!({"api_key": "k1"}))
+            .with_api_base_url(Some("https://api.x.com/v1/".into()));
         assert_eq!(fwd.signed(&keyed).unwrap().headers()["x-key"], "k1");
         let (name, value) = keyed.static_header().unwrap().unwrap();
         assert!(std::ptr::eq(name, &keyed.static_header().unwrap().unwrap().0), "the same one each time");
@@ -275,12 +275,12 @@ mod tests {
         assert!(std::ptr::eq(base, keyed.base().unwrap().unwrap()));
         assert_eq!(base.join("me", None).unwrap(), "https://api.x.com/v1/me");
 
-        let mut broken = answer(StrategyType::Oauth2, json!({}), json!({}));
+        let broken = answer(StrategyType::Oauth2, json!({}), json!({}));
         assert!(matches!(fwd.signed(&broken), Err(BridgeError::MissingCredential(_))));
         assert!(broken.base().is_none(), "no api_base_url");
-        broken = answer(StrategyType::Oauth2, json!({}), json!({}));
-        broken.api_base_url = Some("ftp://x.com/".into());
-        assert!(broken.base().unwrap().is_err());
+        let moved = broken.clone().with_api_base_url(Some("ftp://x.com/".into()));
+        assert!(moved.base().unwrap().is_err(), "worked out again for the new base, not copied");
+        assert!(broken.base().is_none());
     }
 
     #[test]

@@ -106,7 +106,7 @@ impl Signed {
         // strategies that add one header, worked out once per answer.
         let (name, value) = match answer.static_header() {
             Ok(Some(header)) => header,
-            Ok(None) => return Err(GrpcAuthError::Unsupported(answer.strategy.kind)),
+            Ok(None) => return Err(GrpcAuthError::Unsupported(answer.strategy().kind)),
             Err(e) => return Err(e.clone().into()),
         };
         let key = MetadataKey::from_bytes(name.as_str().as_bytes())
@@ -191,7 +191,7 @@ impl tonic::service::Interceptor for GrpcAuth {
             )));
         }
         let signed = self.current();
-        if let Some(expires_at) = signed.answer.expires_at {
+        if let Some(expires_at) = signed.answer.expires_at() {
             let left = expires_at - now_secs();
             if left <= EXPIRY_SKEW_SECS {
                 self.renew_in_background();
@@ -218,9 +218,7 @@ mod tests {
 
     fn answer(kind: StrategyType, config: Value, credentials: Value, expires_at: Option<i64>) -> Arc<TokenAnswer> {
         let (Value::Object(config), Value::Object(credentials)) = (config, credentials) else { unreachable!() };
-        let mut answer = TokenAnswer::new("c1", "p", "x", Strategy { kind, config }, credentials);
-        answer.expires_at = expires_at;
-        Arc::new(answer)
+        Arc::new(TokenAnswer::new("c1", "p", "x", Strategy { kind, config }, credentials).with_expires_at(expires_at))
     }
 
     fn auth(answer: Arc<TokenAnswer>) -> Result<GrpcAuth, GrpcAuthError> {

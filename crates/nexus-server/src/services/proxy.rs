@@ -55,8 +55,8 @@ pub async fn forward(
         fwd.signed(answer).map_err(|e| ApiError::new(StatusCode::CONFLICT, "cannot_sign", e.to_string()))
     };
     let mut resp = send(state, sign(&answer)?).await?;
-    if resp.status() == StatusCode::UNAUTHORIZED && answer.auth_type == "oauth2" {
-        let renewed = parse(&tokens::refresh_rejected(state, caller, id, answer.expires_at).await?)?;
+    if resp.status() == StatusCode::UNAUTHORIZED && answer.auth_type() == "oauth2" {
+        let renewed = parse(&tokens::refresh_rejected(state, caller, id, answer.expires_at()).await?)?;
         resp = send(state, sign(&renewed)?).await?;
     }
     let mut out = nexus_bridge::forward::relay(resp).map(Body::new);

@@ -50,11 +50,10 @@ impl Cached {
     /// (`nexus_core::url_policy`), checked on first use; `Ok` when there is
     /// none to check.
     pub fn base_allowed(&self) -> Result<(), &str> {
-        let checked =
-            self.base_allowed.get_or_init(|| match self.answer().as_deref().and_then(|a| a.api_base_url.as_deref()) {
-                Some(base) => nexus_core::url_policy::parse_outbound_url(base).map(drop),
-                None => Ok(()),
-            });
+        let checked = self.base_allowed.get_or_init(|| match self.answer().as_deref().and_then(|a| a.api_base_url()) {
+            Some(base) => nexus_core::url_policy::parse_outbound_url(base).map(drop),
+            None => Ok(()),
+        });
         checked.as_ref().map(|_| ()).map_err(String::as_str)
     }
 }
@@ -159,7 +158,7 @@ mod tests {
         let body = r#"{"connection_id":"c1","provider":"p","auth_type":"api_key","strategy":{"type":"header","config":{}},"credentials":{"api_key":"k"},"expires_at":null}"#;
         let hit = c.put("c1", Bytes::from_static(body.as_bytes()), "p", "w", None);
         let answer = hit.answer().unwrap();
-        assert_eq!((answer.connection_id.as_str(), answer.credentials["api_key"].as_str()), ("c1", Some("k")));
+        assert_eq!((answer.connection_id(), answer.credentials()["api_key"].as_str()), ("c1", Some("k")));
         assert!(Arc::ptr_eq(&answer, &c.get("c1").unwrap().answer().unwrap()), "parsed once, shared");
         assert!(Cached::uncached(Bytes::from_static(b"{}"), "p", "w").answer().is_none());
     }
