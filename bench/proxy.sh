@@ -120,8 +120,9 @@ url_of() {
 }
 # One pass: ROUNDS rounds, each measuring every target once in turn (so a
 # slow spell of the machine hits all of them alike); each target's row is
-# the median of its rounds. "added" is a proxy's p50 minus direct's, and
-# "vs nginx" is that divided by nginx's added p50.
+# the median of its rounds. "added" is a proxy's p50 minus direct's;
+# "vs nginx" is, within each round, a proxy's added p50 divided by nginx's,
+# and "rounds" the lowest and highest of those ratios (the median is shown).
 pass() { # connections
   local c=$1 round target
   : > "$work/pass.txt"
@@ -138,11 +139,20 @@ for line in open(sys.argv[1]):
     rows.setdefault(target, []).append([float(v) for v in vals])
 med = {t: [statistics.median(col) for col in zip(*v)] for t, v in rows.items()}
 direct_p50 = med["direct"][1]
-nginx_added = med["nginx"][1] - direct_p50
+def round_ratios(t):
+    # The same ratio within each round (its own direct and nginx figures):
+    # how far apart the rounds are shows how much the machine moved.
+    out = []
+    for mine, direct, nginx in zip(rows[t], rows["direct"], rows["nginx"]):
+        if nginx[1] > direct[1]:
+            out.append((mine[1] - direct[1]) / (nginx[1] - direct[1]))
+    return out
 for t, (rps, p50, p99) in med.items():
     added = "-" if t == "direct" else "%.3f" % (p50 - direct_p50)
-    ratio = "-" if t in ("direct", "nginx") or nginx_added <= 0 else "%.2f" % ((p50 - direct_p50) / nginx_added)
-    print("%-8s %5s %10.0f %9.3f %9.3f %14s %9s" % (t, sys.argv[2], rps, p50, p99, added, ratio))
+    rounds = round_ratios(t) if t not in ("direct", "nginx") else []
+    ratio = "%.2f" % statistics.median(rounds) if rounds else "-"
+    spread = "%.2f-%.2f" % (min(rounds), max(rounds)) if rounds else "-"
+    print("%-8s %5s %10.0f %9.3f %9.3f %14s %9s %12s" % (t, sys.argv[2], rps, p50, p99, added, ratio, spread))
 PY
 }
 # Instructions per request: after a warm-up, callgrind counts while one
@@ -227,7 +237,7 @@ report=$RESULTS/proxy-$(date -u +%Y%m%dT%H%M%SZ).txt
 {
   echo "nexus bench: proxies vs direct and nginx proxy_pass (median of $ROUNDS rounds of $DURATION per target, wrk -t1, $(nproc) cores)"
   echo "conns 1: unloaded latency; conns $CONNECTIONS: under load"
-  printf '%-8s %5s %10s %9s %9s %14s %9s\n' target conns "req/s" "p50 ms" "p99 ms" "p50 added ms" "vs nginx"
+  printf '%-8s %5s %10s %9s %9s %14s %9s %12s\n' target conns "req/s" "p50 ms" "p99 ms" "p50 added ms" "vs nginx" "rounds"
   pass 1
   pass "$CONNECTIONS"
 } | tee "$report"
