@@ -110,6 +110,16 @@ impl AppState {
         }
     }
 
+    /// Queues a row for the batch writer like [`AppState::audit_async`], but
+    /// waits for room when the queue is full: for events a caller can cause
+    /// at will (`auth.rejected`), so a flood slows its sender instead of
+    /// piling up waiting tasks.
+    pub async fn audit_queued(&self, entry: NewAudit) {
+        if self.audit_tx.send(AuditMsg::Entry(entry)).await.is_err() {
+            tracing::error!("the audit writer has stopped; a row was not written");
+        }
+    }
+
     /// Waits until every row queued before this call is written.
     pub async fn flush_audit(&self) {
         let (tx, rx) = oneshot::channel();
@@ -156,20 +166,27 @@ async fn audit_writer(store: Store, mut rx: mpsc::Receiver<AuditMsg>) {
     }
 }
 
-/// Merges `token.retrieved` rows of one connection and caller within a batch
-/// into one row carrying `count`, so a hot agent does not write a row per call
-/// while every retrieval stays accounted for. Other events keep their order.
+/// Merges rows of events that callers repeat at will — `token.retrieved`
+/// of one connection, `auth.rejected` for one reason and target — from one
+/// caller (IP and user agent) within a batch into one row carrying `count`,
+/// so a hot agent (or a scan of wrong keys) does not write a row per call
+/// while every one stays accounted for. The merged row keeps the first
+/// one's time. Other events keep their order.
 fn coalesce(batch: Vec<NewAudit>) -> Vec<NewAudit> {
     let mut out: Vec<NewAudit> = Vec::with_capacity(batch.len());
-    /// Connection, caller IP and user agent of a retrieval.
-    type Key = (Option<String>, Option<String>, Option<String>);
+    /// Event, connection, caller IP, user agent, and the rejection's data.
+    type Key = (&'static str, Option<String>, Option<String>, Option<String>, String);
     let mut index: std::collections::HashMap<Key, usize> = std::collections::HashMap::new();
     for entry in batch {
-        if entry.event_type != nexus_core::AuditEvent::TokenRetrieved.as_str() {
+        let merged = if entry.event_type == nexus_core::AuditEvent::TokenRetrieved.as_str() {
+            String::new()
+        } else if entry.event_type == nexus_core::AuditEvent::AuthRejected.as_str() {
+            entry.data.to_string()
+        } else {
             out.push(entry);
             continue;
-        }
-        let key = (entry.connection_id.clone(), entry.ip.clone(), entry.user_agent.clone());
+        };
+        let key = (entry.event_type, entry.connection_id.clone(), entry.ip.clone(), entry.user_agent.clone(), merged);
         match index.get(&key) {
             Some(&i) => {
                 let n = out[i].data.get("count").and_then(serde_json::Value::as_u64).unwrap_or(1);
@@ -215,5 +232,43 @@ mod tests {
         assert_eq!(out[0].data["count"], 2);
         assert_eq!(out[1].data["count"], 1);
         assert_eq!(out[2].event_type, "provider.updated");
+    }
+
+    fn rejected(ip: &str, reason: &str) -> NewAudit {
+        NewAudit {
+            event_type: "auth.rejected",
+            ip: Some(ip.into()),
+            data: serde_json::json!({ "reason": reason, "method": "GET", "path": "/v1/providers" }),
+            ..NewAudit::default()
+        }
+    }
+
+    #[test]
+    fn rejections_merge_per_caller_and_reason_and_never_with_retrievals() {
+        let mut retrieval = retrieved("a");
+        retrieval.ip = Some("10.0.0.1".into());
+        let batch = vec![
+            rejected("10.0.0.1", "invalid_api_key"),
+            rejected("10.0.0.1", "invalid_api_key"),
+            rejected("10.0.0.1", "missing_api_key"),
+            rejected("10.0.0.2", "invalid_api_key"),
+            retrieval,
+            rejected("10.0.0.1", "invalid_api_key"),
+        ];
+        let out = coalesce(batch);
+        let summary: Vec<_> = out
+            .iter()
+            .map(|e| (e.event_type, e.ip.as_deref().unwrap(), e.data.get("reason").cloned(), e.data["count"].clone()))
+            .collect();
+        use serde_json::json;
+        assert_eq!(
+            summary,
+            [
+                ("auth.rejected", "10.0.0.1", Some(json!("invalid_api_key")), json!(3)),
+                ("auth.rejected", "10.0.0.1", Some(json!("missing_api_key")), json!(1)),
+                ("auth.rejected", "10.0.0.2", Some(json!("invalid_api_key")), json!(1)),
+                ("token.retrieved", "10.0.0.1", None, json!(1)),
+            ]
+        );
     }
 }

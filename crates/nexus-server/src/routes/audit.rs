@@ -19,5 +19,7 @@ pub async fn list_audit(
     State(state): State<AppState>,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<AuditPageView>, ApiError> {
+    // Rows queued for the batch writer before this request are part of the answer.
+    state.flush_audit().await;
     audit::list(&state, q).await.map(Json)
 }

@@ -15,6 +15,7 @@ async fn forged_forwarded_for_neither_passes_allowlist_nor_hides_caller(backend:
         )
         .await;
     assert_eq!((forged.status, forged.code()), (403, "forbidden"), "{}", forged.text);
+    app.state.flush_audit().await;
     let rows = app.store().list_audit(&nexus_store::AuditFilter { limit: 10, ..Default::default() }).await.unwrap();
     assert_eq!(rows.entries.len(), 1);
     let row = &rows.entries[0];
@@ -49,6 +50,7 @@ async fn trusted_proxy_forwards_the_caller(backend: Backend) {
         )
         .await;
     assert_eq!(outside.status, 403);
+    app.state.flush_audit().await;
     let rows = app.store().list_audit(&nexus_store::AuditFilter { limit: 10, ..Default::default() }).await.unwrap();
     assert_eq!(rows.entries[0].ip.as_deref(), Some("203.0.113.50"));
 }
