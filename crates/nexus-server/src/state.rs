@@ -96,25 +96,13 @@ impl AppState {
         self.token_cache.invalidate(&what);
     }
 
-    /// Records a high-volume event (`token.retrieved`) without waiting for the
-    /// database: rows are chained and written in batches, in order. Events that
-    /// change state are written in their own transaction instead.
-    pub fn audit_async(&self, entry: NewAudit) {
-        if let Err(e) = self.audit_tx.try_send(AuditMsg::Entry(entry)) {
-            // A full queue means the database is far behind; wait rather than drop.
-            let tx = self.audit_tx.clone();
-            let msg = e.into_inner();
-            tokio::spawn(async move {
-                let _ = tx.send(msg).await;
-            });
-        }
-    }
-
-    /// Queues a row for the batch writer like [`AppState::audit_async`], but
-    /// waits for room when the queue is full: for events a caller can cause
-    /// at will (`auth.rejected`), so a flood slows its sender instead of
-    /// piling up waiting tasks.
-    pub async fn audit_queued(&self, entry: NewAudit) {
+    /// Records a high-volume event (`token.retrieved`, `auth.rejected`)
+    /// without waiting for the database: rows are chained and written in
+    /// batches, in order, repeats merged with a count. When the queue is full (the
+    /// database far behind) this waits for room, so a flood slows its sender
+    /// rather than piling up rows in memory. Events that change state are
+    /// written in their own transaction instead.
+    pub async fn audit_batched(&self, entry: NewAudit) {
         if self.audit_tx.send(AuditMsg::Entry(entry)).await.is_err() {
             tracing::error!("the audit writer has stopped; a row was not written");
         }

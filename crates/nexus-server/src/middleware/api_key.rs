@@ -57,5 +57,5 @@ async fn audit_rejection(state: &AppState, caller: &Caller, target: &(String, St
     };
     // Through the batch writer: a scan of wrong keys costs no transaction
     // per request, and repeats merge into one row with a count.
-    state.audit_queued(entry).await;
+    state.audit_batched(entry).await;
 }

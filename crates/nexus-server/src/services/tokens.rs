@@ -80,16 +80,18 @@ pub async fn token(state: &AppState, caller: &Caller, id: &str) -> Result<Bytes,
 /// [`token`], as the cache keeps it (with the answer parsed once, for the proxy).
 pub async fn answer(state: &AppState, caller: &Caller, id: &str) -> Result<Arc<Cached>, ApiError> {
     if let Some(hit) = state.token_cache.get(id) {
-        state.audit_async(NewAudit {
-            event_type: AuditEvent::TokenRetrieved.as_str(),
-            ip: Some(caller.ip_string()),
-            user_agent: caller.user_agent.clone(),
-            provider_id: Some(hit.provider_id.clone()),
-            connection_id: Some(id.to_owned()),
-            workspace_id: Some(hit.workspace_id.clone()),
-            data: json!({}),
-            at: Some(chrono::Utc::now().timestamp_micros()),
-        });
+        state
+            .audit_batched(NewAudit {
+                event_type: AuditEvent::TokenRetrieved.as_str(),
+                ip: Some(caller.ip_string()),
+                user_agent: caller.user_agent.clone(),
+                provider_id: Some(hit.provider_id.clone()),
+                connection_id: Some(id.to_owned()),
+                workspace_id: Some(hit.workspace_id.clone()),
+                data: json!({}),
+                at: Some(chrono::Utc::now().timestamp_micros()),
+            })
+            .await;
         return Ok(hit);
     }
     let view = load(state, caller, id).await?;
@@ -158,7 +160,7 @@ async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<(TokenView,
         credentials.insert("expires_at".into(), row.expires_at.map(Value::from).unwrap_or(Value::Null));
     }
     let entry = audit(Some(caller), AuditEvent::TokenRetrieved, &row, json!({}));
-    state.audit_async(entry);
+    state.audit_batched(entry).await;
     let view = TokenView {
         connection_id: row.id,
         provider: provider.config.name.to_string(),
