@@ -4,9 +4,7 @@
 use crate::cache::CredentialCache;
 use crate::client::{GatewayClient, GatewayError, TokenAnswer};
 use crate::forward::{Forward, Incoming, ProviderClient, ProviderError};
-use crate::link::{Link, Links};
 use crate::strategies::{apply, BridgeError};
-use hyper::body::Bytes;
 use std::sync::Arc;
 
 /// Why a bridged request failed.
@@ -30,7 +28,6 @@ pub struct Bridge {
     cache: Arc<CredentialCache>,
     http: reqwest::Client,
     providers: ProviderClient,
-    links: Links,
 }
 
 impl Bridge {
@@ -47,12 +44,10 @@ impl Bridge {
             .build()
             .expect("static client configuration");
         let (connect, head) = (std::time::Duration::from_secs(10), std::time::Duration::from_secs(60));
-        // One TLS configuration (Mozilla's roots) for both provider clients.
-        let tls = crate::link::tls_config(crate::link::mozilla_roots())
+        let tls = crate::upstream::tls_config(crate::upstream::mozilla_roots())
             .expect("ring supports rustls' default protocol versions");
-        let providers = ProviderClient::with_tls(connect, head, tls.clone());
-        let links = Links::with_tls(connect, head, Arc::new(tls));
-        Bridge { cache: Arc::new(cache), http, providers, links }
+        let providers = ProviderClient::with_tls(connect, head, tls);
+        Bridge { cache: Arc::new(cache), http, providers }
     }
 
     pub fn cache(&self) -> &CredentialCache {
@@ -91,50 +86,23 @@ impl Bridge {
 
     /// Signs `fwd` with `answer` (from [`Bridge::credentials`]) and sends it;
     /// on a `401` from the provider, refreshes once and retries once. The
-    /// proxy's path: see [`Forward`].
+    /// Gateway proxy's path: see [`Forward`].
     pub async fn forward(
         &self,
         connection_id: &str,
         fwd: &Forward,
         answer: Arc<TokenAnswer>,
     ) -> Result<http::Response<Incoming>, SendError> {
-        self.forward_with(connection_id, fwd, answer, &mut &self.providers).await
-    }
-
-    /// A provider connection for one agent connection (see [`Link`]).
-    pub fn link(&self) -> Link {
-        self.links.link()
-    }
-
-    /// [`Bridge::forward`] on `link`, the connection that stays with one
-    /// agent connection (`nexus proxy`).
-    pub async fn forward_on(
-        &self,
-        link: &mut Link,
-        connection_id: &str,
-        fwd: &Forward,
-        answer: Arc<TokenAnswer>,
-    ) -> Result<http::Response<Incoming>, SendError> {
-        self.forward_with(connection_id, fwd, answer, &mut &mut *link).await
-    }
-
-    async fn forward_with(
-        &self,
-        connection_id: &str,
-        fwd: &Forward,
-        answer: Arc<TokenAnswer>,
-        to: &mut impl SendToProvider,
-    ) -> Result<http::Response<Incoming>, SendError> {
         let to_send = |e: ProviderError| match e {
             ProviderError::Timeout => SendError::ProviderTimeout,
             ProviderError::Unreachable => SendError::Provider("connection failed".into()),
         };
-        let resp = to.send_to_provider(fwd.signed(&answer)?).await.map_err(to_send)?;
+        let resp = self.providers.send(fwd.signed(&answer)?).await.map_err(to_send)?;
         if resp.status() != http::StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
         let renewed = self.cache.refresh(connection_id, &answer).await?;
-        to.send_to_provider(fwd.signed(&renewed)?).await.map_err(to_send)
+        self.providers.send(fwd.signed(&renewed)?).await.map_err(to_send)
     }
 
     /// Sends a `reqwest::Request` (its body must be in memory) for `connection_id`.
@@ -168,32 +136,6 @@ impl Bridge {
             out = out.header(k, v);
         }
         out.send().await.map_err(provider_error)
-    }
-}
-
-/// What [`Bridge::forward_with`] sends through: the shared client or one link.
-trait SendToProvider {
-    fn send_to_provider(
-        &mut self,
-        req: http::Request<Bytes>,
-    ) -> impl std::future::Future<Output = Result<http::Response<Incoming>, ProviderError>> + Send;
-}
-
-impl SendToProvider for &ProviderClient {
-    fn send_to_provider(
-        &mut self,
-        req: http::Request<Bytes>,
-    ) -> impl std::future::Future<Output = Result<http::Response<Incoming>, ProviderError>> + Send {
-        self.send(req)
-    }
-}
-
-impl SendToProvider for &mut Link {
-    fn send_to_provider(
-        &mut self,
-        req: http::Request<Bytes>,
-    ) -> impl std::future::Future<Output = Result<http::Response<Incoming>, ProviderError>> + Send {
-        self.send(req)
     }
 }
 

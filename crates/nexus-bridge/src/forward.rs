@@ -39,7 +39,7 @@ impl ProviderClient {
     /// whole wait for the response head (the body then streams).
     /// Providers' certificates are checked against Mozilla's roots.
     pub fn new(connect_timeout: Duration, timeout: Duration) -> Result<ProviderClient, rustls::Error> {
-        ProviderClient::with_roots(connect_timeout, timeout, crate::link::mozilla_roots())
+        ProviderClient::with_roots(connect_timeout, timeout, crate::upstream::mozilla_roots())
     }
 
     /// [`ProviderClient::new`] trusting `roots` instead (a private CA, or a test's).
@@ -48,10 +48,10 @@ impl ProviderClient {
         timeout: Duration,
         roots: rustls::RootCertStore,
     ) -> Result<ProviderClient, rustls::Error> {
-        Ok(ProviderClient::with_tls(connect_timeout, timeout, crate::link::tls_config(roots)?))
+        Ok(ProviderClient::with_tls(connect_timeout, timeout, crate::upstream::tls_config(roots)?))
     }
 
-    /// [`ProviderClient::new`] with a TLS configuration made by `link::tls_config`.
+    /// [`ProviderClient::new`] with a TLS configuration made by `upstream::tls_config`.
     pub(crate) fn with_tls(
         connect_timeout: Duration,
         timeout: Duration,

@@ -9,6 +9,9 @@
 //!   one in-flight fetch per connection, refresh-and-retry-once on a provider
 //!   `401`, backoff with jitter while the Gateway is unreachable, and a typed
 //!   [`GatewayError::AttentionRequired`] without retries.
+//! * [`Relay`]: the engine of `nexus proxy`, an HTTP/1.1 relay on sockets
+//!   that signs each agent request and streams the provider's answer back
+//!   ([`h1`] frames messages, [`upstream`] keeps provider connections).
 //! * `grpc::GrpcAuth` (feature `tonic`): a tonic interceptor that puts
 //!   header-type credentials (`oauth2`, `header`, `basic_auth`) into gRPC metadata.
 //!
@@ -27,9 +30,11 @@ pub mod client;
 pub mod forward;
 #[cfg(feature = "tonic")]
 pub mod grpc;
-pub mod link;
+pub mod h1;
+pub mod relay;
 pub mod strategies;
 pub mod target;
+pub mod upstream;
 
 pub use bridge::{Bridge, ConnectionClient, SendError, SignedRequestBuilder};
 pub use cache::{Backoff, CredentialCache};
@@ -37,6 +42,6 @@ pub use client::{GatewayClient, GatewayError, TokenAnswer};
 pub use forward::Forward;
 #[cfg(feature = "tonic")]
 pub use grpc::{GrpcAuth, GrpcAuthError};
-pub use link::{Link, Links};
+pub use relay::Relay;
 pub use strategies::{apply, BridgeError};
 pub use target::{forwardable_header, host_header, split_connection_path, target_uri, Base};

@@ -95,8 +95,9 @@ pub fn host_header(uri: &Uri) -> Option<HeaderValue> {
 }
 
 /// Headers a proxy must not pass on: those that describe one hop, and the
-/// caller's own credentials (`X-API-Key`, `Authorization`, cookies).
-const NOT_FORWARDED: [&str; 13] = [
+/// caller's own credentials (`X-API-Key`, `Authorization`, cookies), and
+/// `Expect` (a proxy reads the whole body before it sends anything on).
+pub(crate) const NOT_FORWARDED: [&str; 14] = [
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -110,6 +111,7 @@ const NOT_FORWARDED: [&str; 13] = [
     "x-api-key",
     "authorization",
     "cookie",
+    "expect",
 ];
 
 /// Whether a proxy passes this header on (names are lowercase in `http`).

@@ -4,116 +4,17 @@
 //! memory only, through `nexus-bridge`), signs the request and forwards it to
 //! the provider's `api_base_url` — never to another host.
 //!
-//! It is a plain hyper HTTP/1.1 server with no router or middleware in the
-//! way: a hop that every request of the agent pays for should cost as little
-//! as nginx's `proxy_pass` (see `bench/proxy.sh`).
+//! Its engine is [`nexus_bridge::Relay`], an HTTP/1.1 relay on sockets: a
+//! hop that every request of the agent pays for should cost as little as
+//! nginx's `proxy_pass` (see `bench/proxy.sh`).
 
-use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::{Bytes, Incoming};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use nexus_bridge::{Bridge, Forward, GatewayError, Link, SendError};
-use serde_json::json;
-use std::convert::Infallible;
+use nexus_bridge::{Bridge, Relay};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Request bodies are read whole (signing strategies hash them), up to this size.
-const BODY_LIMIT: usize = 10 * 1024 * 1024;
-/// How long an agent may take to send a request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What the sidecar answers: the provider's body as it streams, or its own JSON.
-type Body = Either<Incoming, Full<Bytes>>;
-
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response<Body> {
-    let body = json!({ "code": code, "message": message.into() }).to_string();
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
-}
-
-fn gateway_error(e: &GatewayError) -> Response<Body> {
-    match e {
-        GatewayError::AttentionRequired(_) => error(StatusCode::CONFLICT, "attention_required", e.to_string()),
-        GatewayError::NotFound(m) => error(StatusCode::NOT_FOUND, "not_found", m.clone()),
-        GatewayError::Conflict { code, message } => error(StatusCode::CONFLICT, code, message.clone()),
-        GatewayError::Gone(m) => error(StatusCode::GONE, "provider_deleted", m.clone()),
-        GatewayError::Unauthorized => error(StatusCode::BAD_GATEWAY, "gateway_refused_api_key", e.to_string()),
-        GatewayError::Invalid(m) => error(StatusCode::BAD_REQUEST, "invalid_input", m.clone()),
-        GatewayError::Unavailable(m) => error(StatusCode::BAD_GATEWAY, "gateway_unavailable", m.clone()),
-    }
-}
-
-/// The whole request body, or the answer that refuses it.
-async fn read_body(body: Incoming) -> Result<Bytes, Response<Body>> {
-    use hyper::body::Body as _;
-    if body.is_end_stream() {
-        return Ok(Bytes::new());
-    }
-    match Limited::new(body, BODY_LIMIT).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("request bodies are limited to {BODY_LIMIT} bytes"),
-        )),
-        Err(_) => Err(error(StatusCode::BAD_REQUEST, "invalid_input", "the request body could not be read")),
-    }
-}
-
-/// The provider connection of one agent connection. HTTP/1.1 serves a
-/// connection's requests one after another, so each request takes the link
-/// and puts it back; dropping the last holder hands it to the idle list.
-type SharedLink = Arc<Mutex<Option<Link>>>;
-
-async fn handle(bridge: Arc<Bridge>, link: SharedLink, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let mut own = link.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_else(|| bridge.link());
-    let resp = forward(&bridge, &mut own, req).await;
-    *link.lock().unwrap_or_else(|p| p.into_inner()) = Some(own);
-    Ok(resp)
-}
-
-async fn forward(bridge: &Bridge, link: &mut Link, req: Request<Incoming>) -> Response<Body> {
-    let (parts, body) = req.into_parts();
-    let (id, path) = nexus_bridge::split_connection_path(parts.uri.path().trim_start_matches('/'));
-    if id.is_empty() {
-        return error(StatusCode::NOT_FOUND, "not_found", "call /{connection_id}/{path} on this proxy");
-    }
-    let body = match read_body(body).await {
-        Ok(b) => b,
-        Err(resp) => return resp,
-    };
-    let answer = match bridge.credentials(id).await {
-        Ok(a) => a,
-        Err(e) => return gateway_error(&e),
-    };
-    let base = match answer.base() {
-        Some(Ok(base)) => base,
-        Some(Err(m)) => return error(StatusCode::CONFLICT, "provider_misconfigured", format!("api_base_url: {m}")),
-        None => {
-            return error(StatusCode::CONFLICT, "no_api_base_url", "the provider has no api_base_url to proxy to");
-        }
-    };
-    let fwd = match Forward::to(base, path, parts.uri.query(), parts.method, parts.headers, body) {
-        Ok(f) => f,
-        Err(m) => return error(StatusCode::BAD_REQUEST, "invalid_input", format!("path: {m}")),
-    };
-    match bridge.forward_on(link, id, &fwd, answer).await {
-        Ok(resp) => nexus_bridge::forward::relay(resp).map(Either::Left),
-        Err(SendError::Gateway(e)) => gateway_error(&e),
-        Err(SendError::Sign(e)) => error(StatusCode::CONFLICT, "cannot_sign", e.to_string()),
-        Err(SendError::Provider(m)) => error(StatusCode::BAD_GATEWAY, "provider_unreachable", m),
-        Err(e @ SendError::ProviderTimeout) => error(StatusCode::GATEWAY_TIMEOUT, "provider_timeout", e.to_string()),
-        Err(SendError::StreamingBody) => {
-            error(StatusCode::BAD_REQUEST, "invalid_input", "streaming bodies are not supported")
-        }
-    }
-}
 
 /// Keeps the runtime's next timer wake-up less than a second away.
 ///
@@ -141,12 +42,11 @@ pub async fn serve(listen: SocketAddr, gateway: String, api_key: String) -> Resu
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, gateway = %gateway, "nexus proxy is serving");
     println!("nexus proxy listening on http://{addr} (gateway {gateway})");
-    // One `Arc` to clone per request rather than the bridge's several.
-    let bridge = Arc::new(Bridge::new(gateway, api_key));
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(HEAD_TIMEOUT);
+    let relay = Arc::new(Relay::new(Bridge::new(gateway, api_key)));
     let ticker = tokio::spawn(keep_timers_near());
-    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    // Each connection's task holds a sender; all dropped: all connections done.
+    let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     let shutdown = nexus_server::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -163,18 +63,16 @@ pub async fn serve(listen: SocketAddr, gateway: String, api_key: String) -> Resu
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let bridge = bridge.clone();
-        let link: SharedLink = Arc::new(Mutex::new(None));
-        let service = hyper::service::service_fn(move |req| handle(bridge.clone(), link.clone(), req));
-        let conn = connections.watch(http.serve_connection(TokioIo::new(stream), service));
+        let (relay, stopped, open) = (relay.clone(), stopped.clone(), open.clone());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "agent connection ended with an error");
-            }
+            relay.serve(stream, stopped).await;
+            drop(open);
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, connections.shutdown()).await.is_err() {
+    let _ = stop.send(true);
+    drop(open);
+    if tokio::time::timeout(DRAIN_TIMEOUT, all_closed.recv()).await.is_err() {
         tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway");
     }
     ticker.abort();

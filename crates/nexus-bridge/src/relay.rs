@@ -1,0 +1,508 @@
+//! The engine of `nexus proxy`: an HTTP/1.1 relay from an agent's connection
+//! to providers, signing each request on the way.
+//!
+//! An agent calls `/{connection_id}/{path}`; the relay reads the request
+//! (head by `httparse`, body whole: strategies sign over it), signs it with
+//! the connection's cached credentials, sends it on a provider connection
+//! (see [`crate::upstream`]) and relays the answer as it streams, framed as
+//! RFC 9112 says (see [`crate::h1`]). A provider `401` refreshes the
+//! credentials once through the Gateway and retries once.
+//!
+//! It is written on sockets rather than on hyper's client and server to cost
+//! an agent what nginx's `proxy_pass` costs (`bench/proxy.sh`): one task per
+//! agent connection, no channel between tasks, one read and one write each
+//! way for a small exchange.
+
+use crate::bridge::Bridge;
+use crate::client::{GatewayError, TokenAnswer};
+use crate::forward::{Forward, ProviderError};
+use crate::h1::{self, Agent, BodyReader, RequestBody, RequestHead, ResponseHead};
+use crate::upstream::{Origin, Upstream, Upstreams};
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Method, StatusCode};
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Request bodies are read whole (signing strategies hash them), up to this size.
+pub const BODY_LIMIT: usize = 10 * 1024 * 1024;
+
+/// An answer of the relay's own (an error as JSON), and whether the agent's
+/// connection closes after it.
+struct Own {
+    status: StatusCode,
+    body: String,
+    close: bool,
+}
+
+fn own(status: StatusCode, code: &str, message: impl Into<String>) -> Own {
+    let body = serde_json::json!({ "code": code, "message": message.into() }).to_string();
+    Own { status, body, close: false }
+}
+
+impl Own {
+    /// The same answer, closing the agent's connection after it.
+    fn closing(self) -> Own {
+        Own { close: true, ..self }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(self.body.len() + 128);
+        let reason = self.status.canonical_reason().unwrap_or("");
+        let close = if self.close { "connection: close\r\n" } else { "" };
+        let _ = write!(
+            bytes,
+            "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{close}\r\n{}",
+            self.status.as_u16(),
+            self.body.len(),
+            self.body
+        );
+        bytes
+    }
+}
+
+fn gateway_error(e: &GatewayError) -> Own {
+    match e {
+        GatewayError::AttentionRequired(_) => own(StatusCode::CONFLICT, "attention_required", e.to_string()),
+        GatewayError::NotFound(m) => own(StatusCode::NOT_FOUND, "not_found", m.clone()),
+        GatewayError::Conflict { code, message } => own(StatusCode::CONFLICT, code, message.clone()),
+        GatewayError::Gone(m) => own(StatusCode::GONE, "provider_deleted", m.clone()),
+        GatewayError::Unauthorized => own(StatusCode::BAD_GATEWAY, "gateway_refused_api_key", e.to_string()),
+        GatewayError::Invalid(m) => own(StatusCode::BAD_REQUEST, "invalid_input", m.clone()),
+        GatewayError::Unavailable(m) => own(StatusCode::BAD_GATEWAY, "gateway_unavailable", m.clone()),
+    }
+}
+
+/// Why no answer came from the provider.
+#[derive(Debug)]
+enum Failed {
+    Timeout,
+    Unreachable,
+    /// The connection closed before any byte of an answer: on a kept-alive
+    /// connection, most likely the provider closing it while idle.
+    BeforeAnswer,
+    Bad(&'static str),
+}
+
+impl From<ProviderError> for Failed {
+    fn from(e: ProviderError) -> Failed {
+        match e {
+            ProviderError::Timeout => Failed::Timeout,
+            ProviderError::Unreachable => Failed::Unreachable,
+        }
+    }
+}
+
+impl Failed {
+    fn answer(self) -> Own {
+        match self {
+            Failed::Timeout => {
+                own(StatusCode::GATEWAY_TIMEOUT, "provider_timeout", "the provider did not answer in time")
+            }
+            Failed::Unreachable | Failed::BeforeAnswer => {
+                own(StatusCode::BAD_GATEWAY, "provider_unreachable", "the provider could not be reached")
+            }
+            Failed::Bad(m) => own(StatusCode::BAD_GATEWAY, "provider_unreachable", m),
+        }
+    }
+}
+
+/// What to do after a request: serve the next one or close.
+type KeepAlive = bool;
+
+/// The relay of one proxy process; share it (`Arc`) between agent connections.
+#[derive(Debug)]
+pub struct Relay {
+    bridge: Bridge,
+    upstreams: Upstreams,
+    head_timeout: Duration,
+    provider_timeout: Duration,
+}
+
+impl Relay {
+    /// A relay signing with `bridge`'s credentials, checking providers'
+    /// certificates against Mozilla's roots.
+    pub fn new(bridge: Bridge) -> Relay {
+        Relay::with_roots(bridge, crate::upstream::mozilla_roots())
+            .expect("ring supports rustls' default protocol versions")
+    }
+
+    /// [`Relay::new`] trusting `roots` instead (a private CA, or a test's).
+    pub fn with_roots(bridge: Bridge, roots: rustls::RootCertStore) -> Result<Relay, rustls::Error> {
+        Ok(Relay {
+            bridge,
+            upstreams: Upstreams::with_roots(Duration::from_secs(10), roots)?,
+            head_timeout: Duration::from_secs(30),
+            provider_timeout: Duration::from_secs(60),
+        })
+    }
+
+    /// How long an agent may take to send a request head, or stay idle
+    /// between requests (30 s by default).
+    pub fn head_timeout(mut self, timeout: Duration) -> Relay {
+        self.head_timeout = timeout;
+        self
+    }
+
+    /// How long the provider may take to answer with a head (60 s by default).
+    pub fn provider_timeout(mut self, timeout: Duration) -> Relay {
+        self.provider_timeout = timeout;
+        self
+    }
+
+    /// The provider connections (for tests: how many are idle).
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
+    }
+
+    /// Serves an agent's connection until it closes, or until `stop` turns
+    /// `true` (a request in flight is finished first).
+    pub async fn serve(&self, mut agent: TcpStream, mut stop: watch::Receiver<bool>) {
+        let mut buf = BytesMut::with_capacity(8 * 1024);
+        let mut link: Option<Upstream> = None;
+        let stopped = stop.clone();
+        let stopping = stop.wait_for(|s| *s);
+        tokio::pin!(stopping);
+        loop {
+            let head = tokio::select! {
+                biased;
+                head = self.read_head(&mut agent, &mut buf) => head,
+                _ = &mut stopping => break,
+            };
+            let head = match head {
+                Ok(Some(head)) => head,
+                Ok(None) => break,
+                Err(refusal) => {
+                    let answer = own(refusal.status, "invalid_input", refusal.message).closing();
+                    if agent.write_all(&answer.bytes()).await.is_ok() {
+                        linger(&mut agent).await;
+                    }
+                    break;
+                }
+            };
+            match self.exchange(&mut agent, &mut buf, &mut link, head).await {
+                Ok(true) if !*stopped.borrow() => {}
+                _ => break,
+            }
+        }
+        if let Some(up) = link {
+            self.upstreams.check_in(up);
+        }
+    }
+
+    /// The next request head: `Ok(None)` when the agent closes its
+    /// connection or sends nothing within the head timeout.
+    async fn read_head(&self, agent: &mut TcpStream, buf: &mut BytesMut) -> Result<Option<RequestHead>, h1::Refusal> {
+        let deadline = Instant::now() + self.head_timeout;
+        loop {
+            if !buf.is_empty() {
+                if let Some((head, len)) = h1::parse_request(buf)? {
+                    buf.advance(len);
+                    return Ok(Some(head));
+                }
+            }
+            buf.reserve(4096);
+            match tokio::time::timeout_at(deadline, agent.read_buf(buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return Ok(None),
+            }
+        }
+    }
+
+    /// One request: read its body, forward it, relay the answer.
+    async fn exchange(
+        &self,
+        agent: &mut TcpStream,
+        buf: &mut BytesMut,
+        link: &mut Option<Upstream>,
+        head: RequestHead,
+    ) -> Result<KeepAlive, ()> {
+        let framing =
+            Agent { head_request: head.method == Method::HEAD, http10: head.http10, keep_alive: head.keep_alive };
+        let outcome = match self.read_body(agent, buf, &head).await? {
+            Ok(body) => self.forward(link, head, body, framing).await,
+            Err(refused) => Err(refused),
+        };
+        let (mut up, resp) = match outcome {
+            Ok(answer) => answer,
+            Err(own) => {
+                let own = if framing.keep_alive { own } else { own.closing() };
+                agent.write_all(&own.bytes()).await.map_err(|_| ())?;
+                if own.close && framing.keep_alive {
+                    // Refused before its body was read: let the agent
+                    // finish sending, so it reads the answer, not a reset.
+                    linger(agent).await;
+                }
+                return Ok(!own.close);
+            }
+        };
+        let close_agent = resp.close_agent;
+        let reusable = relay_body(agent, &mut up, resp).await?;
+        if reusable {
+            up.answered();
+            *link = Some(up);
+        }
+        Ok(!close_agent)
+    }
+
+    /// The request's body, whole; `Ok(Err(answer))` refuses it (and closes
+    /// the agent's connection: what is left of the body is not read).
+    async fn read_body(
+        &self,
+        agent: &mut TcpStream,
+        buf: &mut BytesMut,
+        head: &RequestHead,
+    ) -> Result<Result<Bytes, Own>, ()> {
+        let too_large = || {
+            let message = format!("request bodies are limited to {BODY_LIMIT} bytes");
+            Ok(Err(own(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message).closing()))
+        };
+        match head.body {
+            RequestBody::Length(0) => return Ok(Ok(Bytes::new())),
+            RequestBody::Length(n) if n > BODY_LIMIT as u64 => return too_large(),
+            RequestBody::Length(n) if buf.len() as u64 >= n => return Ok(Ok(buf.split_to(n as usize).freeze())),
+            _ => {}
+        }
+        if head.expects_continue && buf.is_empty() {
+            agent.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.map_err(|_| ())?;
+        }
+        let mut reader = BodyReader::request(head.body);
+        let mut body = BytesMut::new();
+        loop {
+            let used = match reader.advance(&buf[..], |r| body.extend_from_slice(&buf[r])) {
+                Ok(used) => used,
+                Err(bad) => return Ok(Err(own(StatusCode::BAD_REQUEST, "invalid_input", bad.0).closing())),
+            };
+            buf.advance(used);
+            if body.len() > BODY_LIMIT {
+                return too_large();
+            }
+            if reader.is_done() {
+                return Ok(Ok(body.freeze()));
+            }
+            buf.reserve(16 * 1024);
+            match tokio::time::timeout(self.head_timeout, agent.read_buf(buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return Err(()),
+            }
+        }
+    }
+
+    /// Signs and sends the request, refreshing once on a provider `401`;
+    /// the provider connection with the head of its answer, or an answer of
+    /// the relay's own.
+    async fn forward(
+        &self,
+        link: &mut Option<Upstream>,
+        head: RequestHead,
+        body: Bytes,
+        framing: Agent,
+    ) -> Result<(Upstream, ResponseHead), Own> {
+        let (id, path) = crate::target::split_connection_path(head.target.path().trim_start_matches('/'));
+        if id.is_empty() {
+            return Err(own(StatusCode::NOT_FOUND, "not_found", "call /{connection_id}/{path} on this proxy"));
+        }
+        let mut answer = self.bridge.credentials(id).await.map_err(|e| gateway_error(&e))?;
+        let base = match answer.base() {
+            Some(Ok(base)) => base,
+            Some(Err(m)) => {
+                return Err(own(StatusCode::CONFLICT, "provider_misconfigured", format!("api_base_url: {m}")));
+            }
+            None => {
+                return Err(own(
+                    StatusCode::CONFLICT,
+                    "no_api_base_url",
+                    "the provider has no api_base_url to proxy to",
+                ))
+            }
+        };
+        let fwd = Forward::to(base, path, head.target.query(), head.method, head.headers, body)
+            .map_err(|m| own(StatusCode::BAD_REQUEST, "invalid_input", format!("path: {m}")))?;
+        let mut retried = false;
+        loop {
+            let (mut up, resp) = self.send(link, &fwd, &answer, framing).await?;
+            if resp.status != 401 || retried {
+                return Ok((up, resp));
+            }
+            // Keep the connection if the 401's body is already here whole.
+            if let h1::ResponseBody::Length(n) = resp.body {
+                if resp.reusable && up.buf.len() as u64 == resp.len as u64 + n {
+                    up.buf.clear();
+                    up.answered();
+                    *link = Some(up);
+                }
+            }
+            answer = self.refreshed(id, &answer).await?;
+            retried = true;
+        }
+    }
+
+    async fn refreshed(&self, id: &str, stale: &TokenAnswer) -> Result<Arc<TokenAnswer>, Own> {
+        self.bridge.cache().refresh(id, stale).await.map_err(|e| gateway_error(&e))
+    }
+
+    /// Sends the request signed with `answer` and reads the head of the
+    /// answer: on the agent's connection's provider connection when it goes
+    /// to the same origin, else on an idle or a new one.
+    async fn send(
+        &self,
+        link: &mut Option<Upstream>,
+        fwd: &Forward,
+        answer: &TokenAnswer,
+        framing: Agent,
+    ) -> Result<(Upstream, ResponseHead), Own> {
+        let req = fwd.signed(answer).map_err(|e| own(StatusCode::CONFLICT, "cannot_sign", e.to_string()))?;
+        let origin = Origin::of(req.uri()).map_err(|e| Failed::from(e).answer())?;
+        let head = request_head(&req);
+        let body = req.body().as_ref();
+        let exchange = async {
+            let mut next = self.upstreams.reuse(link.take(), &origin);
+            while let Some(mut up) = next.take() {
+                match exchange_head(&mut up, &head, body, framing).await {
+                    Ok(resp) => return Ok((up, resp)),
+                    // Closed by the provider while idle: safe to send again
+                    // when sending twice does no harm.
+                    Err(Failed::BeforeAnswer) if up.reused() && req.method().is_idempotent() => {
+                        next = self.upstreams.check_out(&origin);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let mut up = self.upstreams.connect(&origin).await?;
+            exchange_head(&mut up, &head, body, framing).await.map(|resp| (up, resp))
+        };
+        match tokio::time::timeout(self.provider_timeout, exchange).await {
+            Ok(Ok(sent)) => Ok(sent),
+            Ok(Err(e)) => Err(e.answer()),
+            Err(_) => Err(Failed::Timeout.answer()),
+        }
+    }
+}
+
+/// How long a refused agent may go on sending before its connection closes.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Closes our side of the agent's connection and reads (and drops) what
+/// the agent still sends, for up to [`LINGER`]: closing a socket with
+/// unread data resets it, and the agent would see the reset instead of
+/// the answer it was sent (nginx's `lingering_close`).
+async fn linger(agent: &mut TcpStream) {
+    if agent.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = vec![0u8; 64 * 1024];
+    let drain = async {
+        while let Ok(n) = agent.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// The request line and headers of a signed request, for HTTP/1.1 on the
+/// wire (the path, not the absolute URI; a length for any body).
+fn request_head(req: &http::Request<Bytes>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.uri().path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let len = req.body().len();
+    if len > 0 || matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
+        let _ = write!(out, "content-length: {len}\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Writes the request and reads up to the final answer's head (interim
+/// `1xx` answers are skipped; nothing asked for an upgrade).
+async fn exchange_head(up: &mut Upstream, head: &[u8], body: &[u8], framing: Agent) -> Result<ResponseHead, Failed> {
+    let parts: &[&[u8]] = if body.is_empty() { &[head] } else { &[head, body] };
+    up.write(parts).await.map_err(|_| Failed::BeforeAnswer)?;
+    let mut answered = false;
+    loop {
+        if !up.buf.is_empty() {
+            answered = true;
+            match h1::parse_response(&up.buf, framing) {
+                Ok(Some(resp)) if resp.status == 101 => return Err(Failed::Bad("the provider switched protocols")),
+                Ok(Some(resp)) if resp.status < 200 => {
+                    // An interim answer: the final one may be here already.
+                    up.buf.advance(resp.len);
+                    continue;
+                }
+                Ok(Some(resp)) => return Ok(resp),
+                Ok(None) => {}
+                Err(h1::BadResponse(m)) => return Err(Failed::Bad(m)),
+            }
+        }
+        match up.read_more().await {
+            Ok(n) if n > 0 => {}
+            _ if answered => return Err(Failed::Unreachable),
+            _ => return Err(Failed::BeforeAnswer),
+        }
+    }
+}
+
+/// Sends `out` (the head for the agent) and the body after it as the
+/// provider sends it; whether the provider's connection can be used again.
+/// `Err`: the body was cut short (the agent's connection must close).
+async fn relay_body(agent: &mut TcpStream, up: &mut Upstream, resp: ResponseHead) -> Result<bool, ()> {
+    let mut out = resp.out;
+    up.buf.advance(resp.len);
+    let mut reader = BodyReader::response(resp.body);
+    loop {
+        let relayed = resp.relayed;
+        let used = reader
+            .advance(&up.buf, |r| match relayed {
+                h1::Relayed::AsIs => {}
+                h1::Relayed::Chunk => {
+                    let _ = write!(out, "{:x}\r\n", r.len());
+                    out.extend_from_slice(&up.buf[r]);
+                    out.extend_from_slice(b"\r\n");
+                }
+                h1::Relayed::Dechunk => out.extend_from_slice(&up.buf[r]),
+            })
+            .map_err(|_| ())?;
+        if relayed == h1::Relayed::AsIs && used > 0 {
+            if out.is_empty() {
+                agent.write_all(&up.buf[..used]).await.map_err(|_| ())?;
+            } else {
+                out.extend_from_slice(&up.buf[..used]);
+            }
+        }
+        up.buf.advance(used);
+        if reader.is_done() {
+            agent.write_all(&out).await.map_err(|_| ())?;
+            // Bytes after the end of the answer: the connection is out of step.
+            return Ok(resp.reusable && up.buf.is_empty());
+        }
+        if !out.is_empty() {
+            agent.write_all(&out).await.map_err(|_| ())?;
+            out.clear();
+        }
+        match up.read_more().await {
+            Ok(n) if n > 0 => {}
+            Ok(_) if reader == BodyReader::UntilClose => {
+                if relayed == h1::Relayed::Chunk {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                }
+                agent.write_all(&out).await.map_err(|_| ())?;
+                return Ok(false);
+            }
+            _ => return Err(()),
+        }
+    }
+}
