@@ -117,7 +117,12 @@ impl Forward {
         mut headers: HeaderMap,
         body: Bytes,
     ) -> Result<Forward, String> {
-        let uri = base.join(raw_path, query)?;
+        // TRACE would echo the signed request, credentials and all, back to
+        // the agent; CONNECT would make the hop a tunnel.
+        if method == Method::TRACE || method == Method::CONNECT {
+            return Err(format!("{method} requests are not forwarded"));
+        }
+        let uri = base.join(raw_path, query).map_err(|m| format!("path: {m}"))?;
         match base.host_header() {
             Some(host) => headers.insert(http::header::HOST, host.clone()),
             None => headers.remove(http::header::HOST),
@@ -173,8 +178,10 @@ fn strip(headers: &mut HeaderMap, keep: impl Fn(&HeaderName) -> bool) {
     for value in headers.get_all(http::header::CONNECTION) {
         for token in value.to_str().unwrap_or_default().split(',').map(str::trim) {
             // Looked up by `&str` first: no `HeaderName` is made for a
-            // name that is not there.
-            if !headers.contains_key(token) {
+            // name that is not there. The message's framing and `Host` are
+            // the proxy's to set, whatever `Connection` names.
+            let framing = ["host", "content-length", "transfer-encoding"].iter().any(|f| token.eq_ignore_ascii_case(f));
+            if framing || !headers.contains_key(token) {
                 continue;
             }
             if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {

@@ -92,8 +92,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, Refusal
             }
             length = Some(n);
         } else if name == header::TRANSFER_ENCODING {
+            // One field, `chunked` alone: the relay decodes it and sends a
+            // length on; another coding would arrive unlabelled.
+            chunked = !encoded && h.value.trim_ascii().eq_ignore_ascii_case(b"chunked");
             encoded = true;
-            chunked = last_token_is(h.value, "chunked");
         } else if name == header::CONNECTION {
             close |= has_token(h.value, "close");
             keep_alive |= has_token(h.value, "keep-alive");
@@ -106,7 +108,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, Refusal
         // Both: a request smuggling attempt, or a broken client (RFC 9112 §6.1).
         (true, Some(_)) => return Err(bad("both Transfer-Encoding and Content-Length")),
         (true, None) if http10 => return Err(bad("Transfer-Encoding in an HTTP/1.0 request")),
-        (true, None) if !chunked => return Err(bad("only the chunked transfer coding is supported")),
+        (true, None) if !chunked => return Err(bad("only Transfer-Encoding: chunked is supported")),
         (true, None) => RequestBody::Chunked,
         (false, length) => RequestBody::Length(length.unwrap_or(0)),
     };
@@ -144,10 +146,6 @@ fn has_token(value: &[u8], token: &str) -> bool {
     tokens(value).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
-fn last_token_is(value: &[u8], token: &str) -> bool {
-    tokens(value).last().is_some_and(|t| t.eq_ignore_ascii_case(token.as_bytes()))
-}
-
 /// How a provider's response body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResponseBody {
@@ -162,10 +160,10 @@ pub enum ResponseBody {
 /// How the relay sends a response body on to the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Relayed {
-    /// As the provider framed it (a length, or its chunks as they are).
+    /// As the provider sent it (a length, or to the close).
     AsIs,
-    /// Each piece read becomes a chunk (a body that ends at the close,
-    /// relayed to an HTTP/1.1 agent whose connection stays open).
+    /// In chunks of the relay's own: the data of the provider's chunks, or
+    /// each piece of a body that ends at the close (an HTTP/1.1 agent).
     Chunk,
     /// Only the data of the provider's chunks (an HTTP/1.0 agent).
     Dechunk,
@@ -214,9 +212,11 @@ pub fn parse_response(buf: &[u8], agent: Agent) -> Result<Option<ResponseHead>, 
         Err(_) => return Err(BadResponse("the provider's response is not valid HTTP/1.1")),
     };
     let status = resp.code.unwrap_or_default();
+    if !(100..=599).contains(&status) {
+        return Err(BadResponse("the provider's status code is out of range"));
+    }
     let http10 = resp.version == Some(0);
-    let (mut length, mut chunked, mut encoded, mut close) = (None::<u64>, false, false, false);
-    let mut connection = false;
+    let (mut length, mut encoded, mut close, mut connection) = (None::<u64>, false, false, false);
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -226,8 +226,12 @@ pub fn parse_response(buf: &[u8], agent: Agent) -> Result<Option<ResponseHead>, 
             }
             length = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // We send no `TE`, so `chunked` is the one coding a provider may
+            // use (RFC 9112 §6.1); any other would reach the agent unlabelled.
+            if encoded || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(BadResponse("the provider used a transfer coding other than chunked"));
+            }
             encoded = true;
-            chunked = last_token_is(h.value, "chunked");
         } else if name.eq_ignore_ascii_case(b"connection") {
             close |= has_token(h.value, "close");
             connection = true;
@@ -235,10 +239,8 @@ pub fn parse_response(buf: &[u8], agent: Agent) -> Result<Option<ResponseHead>, 
     }
     let body = if agent.head_request || status < 200 || status == 204 || status == 304 {
         ResponseBody::None
-    } else if encoded && chunked {
-        ResponseBody::Chunked
     } else if encoded {
-        ResponseBody::UntilClose
+        ResponseBody::Chunked
     } else {
         length.map_or(ResponseBody::UntilClose, ResponseBody::Length)
     };
@@ -254,10 +256,14 @@ pub fn parse_response(buf: &[u8], agent: Agent) -> Result<Option<ResponseHead>, 
             out: Vec::new(),
         }));
     }
+    // Chunks are sent on as the relay's own (`{size}\r\n{data}\r\n`), never
+    // as the provider wrote them: extensions and trailers stay behind, so a
+    // chunk line that one client reads differently from another cannot
+    // smuggle an answer through.
     let (relayed, mut close_agent) = match (body, agent.http10) {
         (ResponseBody::Chunked, true) => (Relayed::Dechunk, true),
         (ResponseBody::UntilClose, true) => (Relayed::AsIs, true),
-        (ResponseBody::UntilClose, false) => (Relayed::Chunk, false),
+        (ResponseBody::Chunked | ResponseBody::UntilClose, false) => (Relayed::Chunk, false),
         _ => (Relayed::AsIs, false),
     };
     close_agent |= !agent.keep_alive;
@@ -269,10 +275,13 @@ pub fn parse_response(buf: &[u8], agent: Agent) -> Result<Option<ResponseHead>, 
     out.extend_from_slice(b"\r\n");
     for h in resp.headers.iter() {
         let name = h.name;
-        if !relayed_header(name)
-            || (encoded && name.eq_ignore_ascii_case("content-length"))
-            || (connection && named_by_connection(resp.headers, name))
-        {
+        // The length stays unless chunks override it, whatever `Connection` names.
+        let keep = if name.eq_ignore_ascii_case("content-length") {
+            !encoded
+        } else {
+            relayed_header(name) && !(connection && named_by_connection(resp.headers, name))
+        };
+        if !keep {
             continue;
         }
         out.extend_from_slice(name.as_bytes());
@@ -280,10 +289,8 @@ pub fn parse_response(buf: &[u8], agent: Agent) -> Result<Option<ResponseHead>, 
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
     }
-    match relayed {
-        Relayed::Chunk => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        Relayed::AsIs if body == ResponseBody::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        _ => {}
+    if relayed == Relayed::Chunk {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     if close_agent {
         out.extend_from_slice(b"connection: close\r\n");
@@ -416,6 +423,15 @@ impl Chunked {
     fn step(&mut self, buf: &[u8], mut data: impl FnMut(Range<usize>)) -> Result<usize, BadBody> {
         match *self {
             Chunked::Size => match httparse::parse_chunk_size(buf) {
+                // Stricter than httparse: hex digits first, and no bare LF
+                // in the line (some clients end a line there).
+                Ok(httparse::Status::Complete((used, _)))
+                    if !buf[0].is_ascii_hexdigit()
+                        || buf[..used - 2].contains(&b'\n')
+                        || !buf[..used].ends_with(b"\r\n") =>
+                {
+                    Err(BadBody("bad chunk-size line"))
+                }
                 Ok(httparse::Status::Complete((used, 0))) => {
                     *self = Chunked::Trailer(0);
                     Ok(used)
@@ -450,6 +466,9 @@ impl Chunked {
                     return Ok(2);
                 }
                 match buf.windows(2).position(|w| w == b"\r\n") {
+                    Some(end) if buf[..end].iter().any(|b| matches!(b, b'\r' | b'\n')) => {
+                        Err(BadBody("bad trailer line"))
+                    }
                     Some(end) if seen + end + 2 <= MAX_HEAD => {
                         *self = Chunked::Trailer(seen + end + 2);
                         Ok(end + 2)
@@ -493,7 +512,7 @@ mod tests {
     fn request_framing_follows_rfc_9112() {
         let body = |raw: &str| request(raw).map(|r| r.unwrap().0.body);
         assert_eq!(body("GET / HTTP/1.1\r\n\r\n"), Ok(RequestBody::Length(0)));
-        assert_eq!(body("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n"), Ok(RequestBody::Chunked));
+        assert_eq!(body("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n"), Ok(RequestBody::Chunked));
         assert_eq!(
             body("POST / HTTP/1.1\r\ncontent-length: 7\r\nContent-Length: 7\r\n\r\n"),
             Ok(RequestBody::Length(7))
@@ -505,6 +524,8 @@ mod tests {
             "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
             "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
             "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
             "GET /a b HTTP/1.1\r\n\r\n",
             "GET * HTTP/1.1\r\n\r\n",
@@ -563,7 +584,7 @@ mod tests {
         assert_eq!(framing("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", AGENT), (None, true, AsIs, false));
         assert_eq!(
             framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", AGENT),
-            (Chunked, true, AsIs, false)
+            (Chunked, true, Chunk, false)
         );
         assert_eq!(
             framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", old),
@@ -571,10 +592,6 @@ mod tests {
         );
         assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n", AGENT), (UntilClose, false, Chunk, false));
         assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n", old), (UntilClose, false, AsIs, true));
-        assert_eq!(
-            framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", AGENT),
-            (UntilClose, false, Chunk, false)
-        );
         assert_eq!(
             framing("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\n", AGENT),
             (Length(1), false, AsIs, false)
@@ -585,10 +602,17 @@ mod tests {
         let out = String::from_utf8(both.out).unwrap().to_ascii_lowercase();
         assert!(!out.contains("content-length") && out.contains("transfer-encoding: chunked"), "{out}");
         assert_eq!(response("HTTP/1.1 100 Continue\r\n\r\n", AGENT).status, 100);
+        // `Connection` cannot take the framing away.
+        let named = response("HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\n", AGENT);
+        assert!(String::from_utf8(named.out).unwrap().contains("Content-Length: 5\r\n"));
         for bad in [
             "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
             "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTP/1.1 099 Odd\r\n\r\n",
+            "HTTP/1.1 600 Odd\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
             "garbage\r\n\r\n",
         ] {
             assert!(parse_response(bad.as_bytes(), AGENT).is_err(), "{bad:?}");
@@ -689,7 +713,16 @@ mod tests {
 
     #[test]
     fn malformed_chunks_are_errors() {
-        for bad in [&b"z\r\n"[..], b"3\r\nabcd\r\n", b"3\r\nabc\n0\r\n\r\n", b"ffffffffffffffffff\r\n"] {
+        for bad in [
+            &b"z\r\n"[..],
+            b"3\r\nabcd\r\n",
+            b"3\r\nabc\n0\r\n\r\n",
+            b"ffffffffffffffffff\r\n",
+            b"\r\n",
+            b";x\r\n",
+            b"0;x\n\nHTTP/1.1 200 OK\r\n\r\n",
+            b"0\r\nX: a\nHTTP/1.1 200 OK\r\n\r\n",
+        ] {
             let mut reader = BodyReader::Chunked(Chunked::Size);
             assert!(reader.advance(bad, |_| {}).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }

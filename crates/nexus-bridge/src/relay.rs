@@ -50,16 +50,22 @@ impl Own {
         Own { close: true, ..self }
     }
 
-    fn bytes(&self) -> Vec<u8> {
+    /// The answer on the wire; `to` is the request it answers, if it was read.
+    fn bytes(&self, to: Option<Agent>) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(self.body.len() + 128);
         let reason = self.status.canonical_reason().unwrap_or("");
-        let close = if self.close { "connection: close\r\n" } else { "" };
+        let connection = match to {
+            _ if self.close => "connection: close\r\n",
+            Some(Agent { http10: true, .. }) => "connection: keep-alive\r\n",
+            _ => "",
+        };
+        // The answer to a `HEAD` has the length of its body, not the body.
+        let body = if to.is_some_and(|a| a.head_request) { "" } else { self.body.as_str() };
         let _ = write!(
             bytes,
-            "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{close}\r\n{}",
+            "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{connection}\r\n{body}",
             self.status.as_u16(),
             self.body.len(),
-            self.body
         );
         bytes
     }
@@ -165,7 +171,12 @@ impl Relay {
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let mut link: Option<Upstream> = None;
         let stopped = stop.clone();
-        let stopping = stop.wait_for(|s| *s);
+        // A dropped sender is no request to stop.
+        let stopping = async move {
+            if stop.wait_for(|s| *s).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::pin!(stopping);
         loop {
             let head = tokio::select! {
@@ -178,7 +189,7 @@ impl Relay {
                 Ok(None) => break,
                 Err(refusal) => {
                     let answer = own(refusal.status, "invalid_input", refusal.message).closing();
-                    if agent.write_all(&answer.bytes()).await.is_ok() {
+                    if agent.write_all(&answer.bytes(None)).await.is_ok() {
                         linger(&mut agent).await;
                     }
                     break;
@@ -231,17 +242,17 @@ impl Relay {
             Ok(answer) => answer,
             Err(own) => {
                 let own = if framing.keep_alive { own } else { own.closing() };
-                agent.write_all(&own.bytes()).await.map_err(|_| ())?;
-                if own.close && framing.keep_alive {
-                    // Refused before its body was read: let the agent
-                    // finish sending, so it reads the answer, not a reset.
+                agent.write_all(&own.bytes(Some(framing))).await.map_err(|_| ())?;
+                if own.close {
+                    // Perhaps refused before its body was read: let the
+                    // agent finish sending, so it reads the answer, not a reset.
                     linger(agent).await;
                 }
                 return Ok(!own.close);
             }
         };
         let close_agent = resp.close_agent;
-        let reusable = relay_body(agent, &mut up, resp).await?;
+        let reusable = relay_body(agent, &mut up, resp, self.provider_timeout).await?;
         if reusable {
             up.answered();
             *link = Some(up);
@@ -321,11 +332,12 @@ impl Relay {
             }
         };
         let fwd = Forward::to(base, path, head.target.query(), head.method, head.headers, body)
-            .map_err(|m| own(StatusCode::BAD_REQUEST, "invalid_input", format!("path: {m}")))?;
+            .map_err(|m| own(StatusCode::BAD_REQUEST, "invalid_input", m))?;
         let mut retried = false;
         loop {
             let (mut up, resp) = self.send(link, &fwd, &answer, framing).await?;
-            if resp.status != 401 || retried {
+            // Only OAuth2 credentials can be refreshed (as in the Gateway's proxy).
+            if resp.status != 401 || retried || answer.auth_type() != "oauth2" {
                 return Ok((up, resp));
             }
             // Keep the connection if the 401's body is already here whole.
@@ -459,8 +471,16 @@ async fn exchange_head(up: &mut Upstream, head: &[u8], body: &[u8], framing: Age
 /// Sends `out` (the head for the agent) and the body after it as the
 /// provider sends it; whether the provider's connection can be used again.
 /// `Err`: the body was cut short (the agent's connection must close).
-async fn relay_body(agent: &mut TcpStream, up: &mut Upstream, resp: ResponseHead) -> Result<bool, ()> {
+async fn relay_body(agent: &mut TcpStream, up: &mut Upstream, resp: ResponseHead, idle: Duration) -> Result<bool, ()> {
     let mut out = resp.out;
+    // Each wait (the provider's next bytes, the agent taking ours) is
+    // bounded: a stalled side must not hold the other's connection forever.
+    async fn send(agent: &mut TcpStream, bytes: &[u8], idle: Duration) -> Result<(), ()> {
+        match tokio::time::timeout(idle, agent.write_all(bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
+    }
     up.buf.advance(resp.len);
     let mut reader = BodyReader::response(resp.body);
     loop {
@@ -478,28 +498,31 @@ async fn relay_body(agent: &mut TcpStream, up: &mut Upstream, resp: ResponseHead
             .map_err(|_| ())?;
         if relayed == h1::Relayed::AsIs && used > 0 {
             if out.is_empty() {
-                agent.write_all(&up.buf[..used]).await.map_err(|_| ())?;
+                send(agent, &up.buf[..used], idle).await?;
             } else {
                 out.extend_from_slice(&up.buf[..used]);
             }
         }
         up.buf.advance(used);
         if reader.is_done() {
-            agent.write_all(&out).await.map_err(|_| ())?;
+            if relayed == h1::Relayed::Chunk {
+                out.extend_from_slice(b"0\r\n\r\n");
+            }
+            send(agent, &out, idle).await?;
             // Bytes after the end of the answer: the connection is out of step.
             return Ok(resp.reusable && up.buf.is_empty());
         }
         if !out.is_empty() {
-            agent.write_all(&out).await.map_err(|_| ())?;
+            send(agent, &out, idle).await?;
             out.clear();
         }
-        match up.read_more().await {
+        match tokio::time::timeout(idle, up.read_more()).await.map_err(|_| ())? {
             Ok(n) if n > 0 => {}
             Ok(_) if reader == BodyReader::UntilClose => {
                 if relayed == h1::Relayed::Chunk {
                     out.extend_from_slice(b"0\r\n\r\n");
                 }
-                agent.write_all(&out).await.map_err(|_| ())?;
+                send(agent, &out, idle).await?;
                 return Ok(false);
             }
             _ => return Err(()),

@@ -132,21 +132,38 @@ impl Upstream {
     }
 
     /// Whether the connection can carry another request: nothing unread,
-    /// and the provider has not closed it (checked without waiting).
+    /// not idle too long, and the provider has neither closed it nor sent
+    /// anything since its last answer. The socket is asked directly (a
+    /// non-blocking peek: one system call): tokio's view of it may be older
+    /// than the provider's last bytes, and bytes sent after an answer would
+    /// otherwise be read as the answer to the next request, perhaps another
+    /// agent's.
     fn alive(&mut self) -> bool {
         if !self.buf.is_empty() || self.since.elapsed() >= IDLE_TIMEOUT {
             return false;
         }
+        let tcp = match &self.io {
+            Io::Tcp(s) => s,
+            Io::Tls(s) => s.get_ref().0,
+        };
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        match socket2::SockRef::from(tcp).peek(&mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
+            // Bytes waiting under TLS may be records that carry no data
+            // (session tickets, `close_notify`): let rustls read them.
+            Ok(n) if n > 0 => matches!(self.io, Io::Tls(_)) && self.tls_has_no_data(),
+            _ => false,
+        }
+    }
+
+    /// Reads what rustls has waiting without waiting for more: `true` when
+    /// that was only TLS housekeeping and the connection is still open.
+    fn tls_has_no_data(&mut self) -> bool {
+        let Io::Tls(s) = &mut self.io else { return false };
         let mut probe = [0u8; 1];
         let mut probe = ReadBuf::new(&mut probe);
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        // Pending: nothing to read, the connection is open. A TLS stream
-        // reads through rustls, which handles session tickets and alerts.
-        let polled = match &mut self.io {
-            Io::Tcp(s) => Pin::new(s).poll_read(&mut cx, &mut probe),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(&mut cx, &mut probe),
-        };
-        polled.is_pending()
+        Pin::new(s.as_mut()).poll_read(&mut cx, &mut probe).is_pending()
     }
 }
 
@@ -237,7 +254,8 @@ impl Upstreams {
         if !up.alive() {
             return;
         }
-        up.since = Instant::now();
+        // `since` stays the time of its last answer: the provider's idle
+        // timeout counts from there.
         let mut idle = self.idle();
         let list = idle.entry(up.origin.clone()).or_default();
         list.retain_mut(Upstream::alive);

@@ -42,6 +42,16 @@ fn script(path: &str, request: &[u8]) -> (Vec<u8>, bool) {
         "/api/extra" => {
             fixed("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nstolen", false)
         }
+        "/api/named-length" => {
+            fixed("HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\nhello", false)
+        }
+        "/api/late-extra" => fixed("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false),
+        // A last chunk whose line ends in a bare LF, with an answer after it
+        // that a lenient reader would pass on as the next one.
+        "/api/forged-chunk" => fixed(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0;x\n\nHTTP/1.1 200 OK\nContent-Length: 6\n\nforged\r\n\r\n",
+            false,
+        ),
         "/api/close" => fixed("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", true),
         "/api/http10" => fixed("HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", false),
         "/api/garbage" => fixed("NOT HTTP AT ALL\r\n\r\n", false),
@@ -162,6 +172,12 @@ async fn answer_all<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut
             tokio::time::sleep(Duration::from_millis(50)).await;
             return;
         }
+        if path == "/api/late-extra" {
+            // An answer nobody asked for, a little after the real one.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nstolen").await;
+            let _ = stream.flush().await;
+        }
         if close {
             return;
         }
@@ -260,7 +276,9 @@ async fn every_framing_arrives_whole_and_only_exact_endings_keep_the_connection(
         echo().await;
         assert_eq!(provider.accepted(), 1);
         // (path, method, status, body, whether the provider connection is kept)
-        let cases: [(&str, &str, u16, &str, bool); 17] = [
+        let cases: [(&str, &str, u16, &str, bool); 19] = [
+            ("/named-length", "GET", 200, "hello", true),
+            ("/late-extra", "GET", 200, "ok", false),
             ("/len", "GET", 200, "hello", true),
             ("/len", "HEAD", 200, "", true),
             ("/len-slowly", "GET", 200, "hello", true),
@@ -291,9 +309,13 @@ async fn every_framing_arrives_whole_and_only_exact_endings_keep_the_connection(
             for hop in ["set-cookie", "x-hop", "keep-alive"] {
                 assert!(!head.contains(&format!("\r\n{hop}:")), "{path}: {head}");
             }
-            if path == "/close-soon" {
-                // Closed by the provider while idle: noticed before the next request.
+            if path == "/close-soon" || path == "/late-extra" {
+                // Closed by the provider, or sent more, while idle: noticed
+                // before the next request.
                 tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            if path == "/named-length" {
+                assert!(head.contains("\r\ncontent-length: 5\r\n"), "{head}");
             }
             echo().await;
             let opened = provider.accepted() - before;
@@ -320,7 +342,7 @@ async fn broken_answers_cut_the_agent_off_rather_than_pass_off_a_wrong_body() {
         let provider = Provider::start().await;
         let (_app, bridge, id) = gateway(&format!("http://{}/api", provider.addr)).await;
         let proxy = Proxy::start(Relay::new(bridge)).await;
-        for path in ["/bad-chunk", "/cut", "/bad-chunk-slowly", "/cut-slowly"] {
+        for path in ["/bad-chunk", "/cut", "/bad-chunk-slowly", "/cut-slowly", "/forged-chunk"] {
             // The head may have gone out before the fault showed; the body
             // never ends as if it were whole.
             let body = match agent().get(proxy.url(&id, path)).send().await {
@@ -427,6 +449,19 @@ async fn unreachable_silent_and_switched_providers_are_json_errors() {
         let missing = agent().get(proxy.url("no-such-connection", "/x")).send().await.unwrap();
         assert_eq!(missing.status(), 404);
         assert_eq!(missing.json::<Value>().await.unwrap()["code"], "not_found");
+        // The relay's own answer to a HEAD has a length and no body: the
+        // next answer on the connection is read whole.
+        let two = format!("HEAD /nope/x HTTP/1.1\r\n\r\nGET /{id}/len HTTP/1.1\r\nconnection: close\r\n\r\n");
+        let answers = raw(proxy.addr, two.as_bytes()).await;
+        let (first, second) = answers.split_once("\r\n\r\n").unwrap();
+        assert!(first.starts_with("HTTP/1.1 404 ") && first.contains("content-length: "), "{answers}");
+        assert!(second.starts_with("HTTP/1.1 200 OK\r\n") && second.ends_with("\r\n\r\nhello"), "{answers}");
+        // TRACE would echo the signed request: refused, as CONNECT.
+        for method in ["TRACE", "CONNECT"] {
+            let target = if method == "CONNECT" { "127.0.0.1:1".to_owned() } else { format!("/{id}/echo") };
+            let answer = raw(proxy.addr, format!("{method} {target} HTTP/1.1\r\nconnection: close\r\n\r\n").as_bytes()).await;
+            assert!(answer.starts_with("HTTP/1.1 400 ") && !answer.contains("relay-key"), "{method}: {answer}");
+        }
     })
     .await;
 }

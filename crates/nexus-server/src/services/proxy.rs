@@ -49,8 +49,7 @@ pub async fn forward(
     // The target's scheme, host and port are the base's, so the base is what the policy checks.
     cached.base_allowed().map_err(misconfigured)?;
     let Incoming { path, method, query, headers, body } = incoming;
-    let fwd = Forward::to(base, path, query, method, headers, body)
-        .map_err(|m| ApiError::bad_request(format!("path: {m}")))?;
+    let fwd = Forward::to(base, path, query, method, headers, body).map_err(ApiError::bad_request)?;
     let sign = |answer: &TokenAnswer| {
         fwd.signed(answer).map_err(|e| ApiError::new(StatusCode::CONFLICT, "cannot_sign", e.to_string()))
     };

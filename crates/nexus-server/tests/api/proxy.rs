@@ -60,6 +60,18 @@ async fn gateway_proxy_signs_each_strategy_and_preserves_the_request(backend: Ba
         .await;
     assert_eq!((hidden.status, hidden.code()), (400, "invalid_input"), "{}", hidden.text);
     assert!(hidden.text.contains("dot segments"), "{}", hidden.text);
+    // TRACE would echo the signed request, credentials included, back to the caller.
+    let before = seen_after(&seen).len();
+    let trace = app
+        .send(
+            app.client
+                .request(reqwest::Method::TRACE, app.url(&format!("/v1/proxy/{header}/x")))
+                .header("x-api-key", &app.api_key),
+        )
+        .await;
+    assert_eq!((trace.status, trace.code()), (400, "invalid_input"), "{}", trace.text);
+    assert!(!trace.text.contains("hdr-key-1"), "{}", trace.text);
+    assert_eq!(seen_after(&seen).len(), before, "nothing was sent");
     for s in seen_after(&seen) {
         assert!(s.uri.starts_with("/api/"), "left the base: {}", s.uri);
     }
