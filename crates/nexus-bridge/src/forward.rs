@@ -166,7 +166,7 @@ pub fn relay(resp: http::Response<Incoming>) -> http::Response<Incoming> {
 
 /// Whether a proxy passes this header of a provider's answer on to the agent.
 fn relayed_header(name: &HeaderName) -> bool {
-    *name == http::header::CONTENT_LENGTH || forwardable_header(name.as_str()) && *name != http::header::SET_COOKIE
+    crate::h1::relayed_header(name.as_str())
 }
 
 /// Removes, in place, the headers `keep` refuses and those that the

@@ -244,7 +244,10 @@ pub fn parse_response(buf: &[u8], agent: Agent) -> Result<Option<ResponseHead>, 
     } else {
         length.map_or(ResponseBody::UntilClose, ResponseBody::Length)
     };
-    let reusable = !close && !http10 && !encoded_and_length(encoded, length) && body != ResponseBody::UntilClose;
+    // Both framings at once: the length is ignored and the connection
+    // closed after the answer (RFC 9112 §6.3 rule 3).
+    let both = encoded && length.is_some();
+    let reusable = !close && !http10 && !both && body != ResponseBody::UntilClose;
     if status < 200 {
         return Ok(Some(ResponseHead {
             status,
@@ -301,12 +304,6 @@ pub fn parse_response(buf: &[u8], agent: Agent) -> Result<Option<ResponseHead>, 
     Ok(Some(ResponseHead { status, len, body, reusable, relayed, close_agent, out }))
 }
 
-/// Both framings at once: the length is ignored and the connection closed
-/// after the answer (RFC 9112 §6.3 rule 3).
-fn encoded_and_length(encoded: bool, length: Option<u64>) -> bool {
-    encoded && length.is_some()
-}
-
 fn named_by_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
     headers.iter().any(|h| h.name.eq_ignore_ascii_case("connection") && has_token(h.value, name))
 }
@@ -320,8 +317,7 @@ fn status_digits(status: u16) -> [u8; 3] {
 /// cookies must not reach agents through a shared origin). Any case.
 pub fn relayed_header(name: &str) -> bool {
     name.eq_ignore_ascii_case("content-length")
-        || !(name.eq_ignore_ascii_case("set-cookie")
-            || crate::target::NOT_FORWARDED.iter().any(|n| n.eq_ignore_ascii_case(name)))
+        || (crate::target::forwardable_header(name) && !name.eq_ignore_ascii_case("set-cookie"))
 }
 
 /// Where a body ends, fed the bytes that follow the head as they arrive.
@@ -426,9 +422,9 @@ impl Chunked {
                 // Stricter than httparse: hex digits first, and no bare LF
                 // in the line (some clients end a line there).
                 Ok(httparse::Status::Complete((used, _)))
-                    if !buf[0].is_ascii_hexdigit()
-                        || buf[..used - 2].contains(&b'\n')
-                        || !buf[..used].ends_with(b"\r\n") =>
+                    if !buf[..used].ends_with(b"\r\n")
+                        || !buf[0].is_ascii_hexdigit()
+                        || buf[..used - 2].contains(&b'\n') =>
                 {
                     Err(BadBody("bad chunk-size line"))
                 }

@@ -97,7 +97,7 @@ pub fn host_header(uri: &Uri) -> Option<HeaderValue> {
 /// Headers a proxy must not pass on: those that describe one hop, and the
 /// caller's own credentials (`X-API-Key`, `Authorization`, cookies), and
 /// `Expect` (a proxy reads the whole body before it sends anything on).
-pub(crate) const NOT_FORWARDED: [&str; 14] = [
+const NOT_FORWARDED: [&str; 14] = [
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -114,9 +114,9 @@ pub(crate) const NOT_FORWARDED: [&str; 14] = [
     "expect",
 ];
 
-/// Whether a proxy passes this header on (names are lowercase in `http`).
+/// Whether a proxy passes this header on (its name in any case).
 pub fn forwardable_header(name: &str) -> bool {
-    !NOT_FORWARDED.contains(&name)
+    !NOT_FORWARDED.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
 #[cfg(test)]

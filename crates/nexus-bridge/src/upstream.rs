@@ -95,10 +95,6 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    pub fn origin(&self) -> &Origin {
-        &self.origin
-    }
-
     /// Whether an earlier request was answered on this connection (a
     /// failure on it may be the provider closing an idle connection).
     pub fn reused(&self) -> bool {
@@ -225,12 +221,8 @@ impl std::fmt::Debug for Upstreams {
 impl Upstreams {
     /// Provider certificates are checked against `roots`.
     pub fn with_roots(connect_timeout: Duration, roots: rustls::RootCertStore) -> Result<Upstreams, rustls::Error> {
-        Ok(Upstreams::with_tls(connect_timeout, Arc::new(tls_config(roots)?)))
-    }
-
-    pub(crate) fn with_tls(connect_timeout: Duration, tls: Arc<rustls::ClientConfig>) -> Upstreams {
-        let tls = tokio_rustls::TlsConnector::from(tls);
-        Upstreams { shared: Arc::new(Shared { tls, connect_timeout, idle: Mutex::new(HashMap::new()) }) }
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_config(roots)?));
+        Ok(Upstreams { shared: Arc::new(Shared { tls, connect_timeout, idle: Mutex::new(HashMap::new()) }) })
     }
 
     fn idle(&self) -> std::sync::MutexGuard<'_, HashMap<Origin, Vec<Upstream>>> {

@@ -212,13 +212,26 @@ impl Proxy {
 }
 
 /// A Gateway with one `api_key` connection to `base`; the bridge for it.
-async fn gateway(base: &str) -> (TestApp, Bridge, String) {
-    let app = TestApp::spawn(Backend::Sqlite).await;
+async fn gateway(backend: Backend, base: &str) -> (TestApp, Bridge, String) {
+    let app = TestApp::spawn(backend).await;
     let provider =
         json!({"auth_type": "api_key", "api_base_url": base, "params": {"credential_schema": schema(&["api_key"])}});
     let id = static_connection(&app, "scripted", provider, json!({"api_key": "relay-key"})).await;
     let bridge = Bridge::new(app.base_url.clone(), app.api_key.clone());
     (app, bridge, id)
+}
+
+/// A scripted provider, a Gateway (on SQLite) with a connection to it, and
+/// the relay `make` builds in front.
+async fn scripted(make: impl FnOnce(Bridge) -> Relay) -> (Provider, TestApp, String, Proxy) {
+    scripted_on(Backend::Sqlite, make).await
+}
+
+async fn scripted_on(backend: Backend, make: impl FnOnce(Bridge) -> Relay) -> (Provider, TestApp, String, Proxy) {
+    let provider = Provider::start().await;
+    let (app, bridge, id) = gateway(backend, &format!("http://{}/api", provider.addr)).await;
+    let proxy = Proxy::start(make(bridge)).await;
+    (provider, app, id, proxy)
 }
 
 /// One agent connection: reqwest keeps a single connection alive.
@@ -261,12 +274,9 @@ async fn fetch(addr: SocketAddr, method: &str, target: &str) -> (u16, String, St
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_framing_arrives_whole_and_only_exact_endings_keep_the_connection() {
-    nexus_testkit::run_bounded(async {
-        let provider = Provider::start().await;
-        let (_app, bridge, id) = gateway(&format!("http://{}/api", provider.addr)).await;
-        let proxy = Proxy::start(Relay::new(bridge)).await;
+async fn every_framing_arrives_whole_and_only_exact_endings_keep_the_connection(backend: Backend) {
+    {
+        let (provider, _app, id, proxy) = scripted_on(backend, Relay::new).await;
         let echo = || async {
             let (status, _, text) = fetch(proxy.addr, "GET", &format!("/{id}/echo")).await;
             assert_eq!(status, 200);
@@ -332,16 +342,15 @@ async fn every_framing_arrives_whole_and_only_exact_endings_keep_the_connection(
         {
             assert_eq!(http.get(proxy.url(&id, path)).send().await.unwrap().text().await.unwrap(), body);
         }
-    })
-    .await;
+    }
 }
+
+nexus_testkit::both_backends!(every_framing_arrives_whole_and_only_exact_endings_keep_the_connection);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_answers_cut_the_agent_off_rather_than_pass_off_a_wrong_body() {
     nexus_testkit::run_bounded(async {
-        let provider = Provider::start().await;
-        let (_app, bridge, id) = gateway(&format!("http://{}/api", provider.addr)).await;
-        let proxy = Proxy::start(Relay::new(bridge)).await;
+        let (_provider, _app, id, proxy) = scripted(Relay::new).await;
         for path in ["/bad-chunk", "/cut", "/bad-chunk-slowly", "/cut-slowly", "/forged-chunk"] {
             // The head may have gone out before the fault showed; the body
             // never ends as if it were whole.
@@ -359,9 +368,7 @@ async fn broken_answers_cut_the_agent_off_rather_than_pass_off_a_wrong_body() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_chunked_and_expect_continue_requests() {
     nexus_testkit::run_bounded(async {
-        let provider = Provider::start().await;
-        let (_app, bridge, id) = gateway(&format!("http://{}/api", provider.addr)).await;
-        let proxy = Proxy::start(Relay::new(bridge)).await;
+        let (_provider, _app, id, proxy) = scripted(Relay::new).await;
         // Two requests in one write; the first with a chunked body.
         let pipelined = format!(
             "POST /{id}/echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nx-api-key: mine\r\n\r\n4\r\nWiki\r\n5;e=1\r\npedia\r\n0\r\n\r\n\
@@ -401,9 +408,8 @@ async fn pipelined_chunked_and_expect_continue_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_json_and_a_closed_connection_and_nothing_is_sent() {
     nexus_testkit::run_bounded(async {
-        let provider = Provider::start().await;
-        let (_app, bridge, id) = gateway(&format!("http://{}/api", provider.addr)).await;
-        let proxy = Proxy::start(Relay::new(bridge).head_timeout(Duration::from_millis(300))).await;
+        let (provider, _app, id, proxy) =
+            scripted(|bridge| Relay::new(bridge).head_timeout(Duration::from_millis(300))).await;
         let requests = [
             "NOT HTTP\r\n\r\n".to_owned(),
             format!("POST /{id}/echo HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n"),
@@ -432,12 +438,10 @@ async fn bad_requests_get_json_and_a_closed_connection_and_nothing_is_sent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_silent_and_switched_providers_are_json_errors() {
     nexus_testkit::run_bounded(async {
-        let provider = Provider::start().await;
-        let (app, bridge, id) = gateway(&format!("http://{}/api", provider.addr)).await;
+        let (_provider, app, id, proxy) = scripted(|bridge| Relay::new(bridge).provider_timeout(Duration::from_millis(300))).await;
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
         let provider_json = json!({"auth_type": "api_key", "api_base_url": format!("http://{closed}"), "params": {"credential_schema": schema(&["api_key"])}});
         let gone = static_connection(&app, "gone", provider_json, json!({"api_key": "k"})).await;
-        let proxy = Proxy::start(Relay::new(bridge).provider_timeout(Duration::from_millis(300))).await;
         let unreachable = agent().get(proxy.url(&gone, "/x")).send().await.unwrap();
         assert_eq!(unreachable.status(), 502);
         assert_eq!(unreachable.json::<Value>().await.unwrap()["code"], "provider_unreachable");
@@ -469,9 +473,7 @@ async fn unreachable_silent_and_switched_providers_are_json_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_connections_hand_provider_connections_on() {
     nexus_testkit::run_bounded(async {
-        let provider = Provider::start().await;
-        let (_app, bridge, id) = gateway(&format!("http://{}/api", provider.addr)).await;
-        let proxy = Proxy::start(Relay::new(bridge)).await;
+        let (provider, _app, id, proxy) = scripted(Relay::new).await;
         for n in 0..5 {
             let answer =
                 raw(proxy.addr, format!("GET /{id}/len HTTP/1.1\r\nconnection: close\r\n\r\n").as_bytes()).await;
@@ -489,9 +491,7 @@ async fn agent_connections_hand_provider_connections_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_lets_a_request_in_flight_finish_and_closes_idle_connections() {
     nexus_testkit::run_bounded(async {
-        let provider = Provider::start().await;
-        let (_app, bridge, id) = gateway(&format!("http://{}/api", provider.addr)).await;
-        let proxy = Proxy::start(Relay::new(bridge)).await;
+        let (_provider, _app, id, proxy) = scripted(Relay::new).await;
         let mut idle = TcpStream::connect(proxy.addr).await.unwrap();
         let slow = format!("GET /{id}/slow HTTP/1.1\r\n\r\n");
         let addr = proxy.addr;
@@ -539,7 +539,7 @@ async fn https_providers_are_verified_and_their_connections_kept() {
         let (roots, acceptor) = test_pki();
         let provider = Provider::start_with(Some(acceptor)).await;
         let port = provider.addr.port();
-        let (app, bridge, id) = gateway(&format!("https://localhost:{port}/api")).await;
+        let (app, bridge, id) = gateway(Backend::Sqlite, &format!("https://localhost:{port}/api")).await;
         let by_ip = json!({"auth_type": "api_key", "api_base_url": format!("https://127.0.0.1:{port}/api"), "params": {"credential_schema": schema(&["api_key"])}});
         let by_ip = static_connection(&app, "by-ip", by_ip, json!({"api_key": "k"})).await;
         let proxy = Proxy::start(Relay::with_roots(bridge.clone(), roots).unwrap()).await;
@@ -588,9 +588,8 @@ async fn the_gateways_provider_client_verifies_https_the_same_way() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_agents_at_once_each_get_their_own_answer() {
     nexus_testkit::run_bounded(async {
-        let provider = Provider::start().await;
-        let (_app, bridge, id) = gateway(&format!("http://{}/api", provider.addr)).await;
-        let proxy = Arc::new(Proxy::start(Relay::new(bridge)).await);
+        let (_provider, _app, id, proxy) = scripted(Relay::new).await;
+        let proxy = Arc::new(proxy);
         let mismatches = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = tokio::task::JoinSet::new();
         for a in 0..16 {
