@@ -97,12 +97,12 @@ impl Bridge {
             ProviderError::Timeout => SendError::ProviderTimeout,
             ProviderError::Unreachable => SendError::Provider("connection failed".into()),
         };
-        let resp = self.providers.send(fwd.signed(&answer)?).await.map_err(to_send)?;
+        let resp = self.providers.send(connection_id, fwd.signed(&answer)?).await.map_err(to_send)?;
         if resp.status() != http::StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
         let renewed = self.cache.refresh(connection_id, &answer).await?;
-        self.providers.send(fwd.signed(&renewed)?).await.map_err(to_send)
+        self.providers.send(connection_id, fwd.signed(&renewed)?).await.map_err(to_send)
     }
 
     /// Sends a `reqwest::Request` (its body must be in memory) for `connection_id`.

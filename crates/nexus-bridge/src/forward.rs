@@ -25,13 +25,37 @@ pub enum ProviderError {
     Unreachable,
 }
 
+type Pool = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Connection ids whose provider connections are kept at once; a pool
+/// unused for [`POOL_IDLE`] is dropped with its connections.
+const POOLS: u64 = 10_000;
+const POOL_IDLE: Duration = Duration::from_secs(90);
+
 /// An HTTP/1.1 client for providers, plain or over TLS (rustls with ring and
 /// Mozilla's roots), with pooled connections. It never follows redirects, so
 /// a proxied request cannot be sent on to another host.
-#[derive(Clone, Debug)]
+///
+/// Provider connections are pooled per connection id (one hyper pool each):
+/// a connection that carried requests signed with one connection's
+/// credentials never carries another's. A provider that ignores a
+/// `Content-Length` or answers twice leaves bytes queued that no check
+/// before reuse can see; shared, they would let one agent read another
+/// connection's signed request or answer (see `crate::upstream`).
+#[derive(Clone)]
 pub struct ProviderClient {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    connector: hyper_rustls::HttpsConnector<HttpConnector>,
+    pools: moka::sync::Cache<String, Pool>,
     timeout: Duration,
+}
+
+impl std::fmt::Debug for ProviderClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderClient")
+            .field("pools", &self.pools.entry_count())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ProviderClient {
@@ -62,19 +86,31 @@ impl ProviderClient {
         http.set_connect_timeout(Some(connect_timeout));
         http.set_nodelay(true);
         tls.alpn_protocols.clear(); // `enable_http1` below sets it (and insists on doing so)
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(https);
-        ProviderClient { client, timeout }
+        let pools = moka::sync::Cache::builder().max_capacity(POOLS).time_to_idle(POOL_IDLE).build();
+        ProviderClient { connector, pools, timeout }
     }
 
-    /// Sends `req` and waits for the head of the answer.
-    pub async fn send(&self, req: http::Request<Bytes>) -> Result<http::Response<Incoming>, ProviderError> {
+    /// Sends `req`, signed for `connection_id`, and waits for the head of
+    /// the answer. It goes on a provider connection that only requests of
+    /// `connection_id` have used, or a new one.
+    pub async fn send(
+        &self,
+        connection_id: &str,
+        req: http::Request<Bytes>,
+    ) -> Result<http::Response<Incoming>, ProviderError> {
+        let pool = self.pools.get_with_by_ref(connection_id, || {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(8)
+                .build(self.connector.clone())
+        });
         let req = req.map(Full::new);
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+        match tokio::time::timeout(self.timeout, pool.request(req)).await {
             Err(_) => Err(ProviderError::Timeout),
             Ok(Err(_)) => Err(ProviderError::Unreachable),
             Ok(Ok(resp)) => Ok(resp),
@@ -117,9 +153,7 @@ impl Forward {
         mut headers: HeaderMap,
         body: Bytes,
     ) -> Result<Forward, String> {
-        // TRACE would echo the signed request, credentials and all, back to
-        // the agent; CONNECT would make the hop a tunnel.
-        if method == Method::TRACE || method == Method::CONNECT {
+        if crate::target::refused_method(method.as_str()) {
             return Err(format!("{method} requests are not forwarded"));
         }
         let uri = base.join(raw_path, query).map_err(|m| format!("path: {m}"))?;

@@ -14,7 +14,7 @@ use std::ops::Range;
 /// The longest request or response head, and the longest trailer section.
 pub const MAX_HEAD: usize = 64 * 1024;
 /// The most header fields in one head.
-const MAX_HEADERS: usize = 128;
+pub const MAX_HEADERS: usize = 128;
 /// The longest chunk-size line (with extensions).
 const MAX_CHUNK_LINE: usize = 4096;
 

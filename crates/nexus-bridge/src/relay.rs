@@ -120,6 +120,88 @@ impl Failed {
 /// What to do after a request: serve the next one or close.
 type KeepAlive = bool;
 
+/// Which requests a relay serves by their `Host` and browser headers: a
+/// local proxy must not be reachable from a web page, whether by DNS
+/// rebinding (a page of `evil.example`, its name pointed at 127.0.0.1,
+/// sends `Host: evil.example:8081`) or by a cross-site request (a page
+/// sends `Origin` or `Sec-Fetch-Site: cross-site`).
+#[derive(Debug, Clone, Default)]
+pub struct Admission {
+    /// Host names accepted besides IP literals and `localhost` (lower case).
+    hosts: Vec<String>,
+    /// Browser origins accepted (`https://app.example`), exactly.
+    origins: Vec<String>,
+}
+
+impl Admission {
+    /// Accepts `Host` values naming `name` too (any port).
+    pub fn allow_host(mut self, name: &str) -> Admission {
+        self.hosts.push(name.trim().trim_end_matches('.').to_ascii_lowercase());
+        self
+    }
+
+    /// Accepts requests a web page of `origin` sends.
+    pub fn allow_origin(mut self, origin: &str) -> Admission {
+        self.origins.push(origin.trim().trim_end_matches('/').to_owned());
+        self
+    }
+
+    /// `Err` with the answer for a request that must not be served.
+    fn check(&self, head: &RequestHead) -> Result<(), Own> {
+        let text = |name: http::header::HeaderName| head.headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+        match text(http::header::HOST) {
+            Some(host) if !self.host_allowed(host) => {
+                return Err(own(
+                    StatusCode::FORBIDDEN,
+                    "host_not_allowed",
+                    "this proxy answers to its own address only (an IP address or localhost); \
+                     start it with --allow-host NAME to accept another name",
+                ))
+            }
+            None if !head.http10 => {
+                return Err(own(StatusCode::BAD_REQUEST, "invalid_input", "the request has no Host"))
+            }
+            _ => {}
+        }
+        let origin = text(http::header::ORIGIN);
+        if let Some(origin) = origin {
+            if !self.origins.iter().any(|o| o == origin.trim_end_matches('/')) {
+                return Err(origin_refused());
+            }
+        } else if let Some(site) = text(http::header::HeaderName::from_static("sec-fetch-site")) {
+            // A browser's request without `Origin` (a plain link or image):
+            // only what the proxy's own pages would send passes.
+            if !matches!(site, "same-origin" | "none") {
+                return Err(origin_refused());
+            }
+        }
+        Ok(())
+    }
+
+    fn host_allowed(&self, host: &str) -> bool {
+        let authority: http::uri::Authority = match host.parse() {
+            Ok(a) => a,
+            Err(_) => return false,
+        };
+        if authority.as_str().contains('@') {
+            return false;
+        }
+        let name = authority.host();
+        let literal = name.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(name);
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        literal.parse::<std::net::IpAddr>().is_ok() || name == "localhost" || self.hosts.contains(&name)
+    }
+}
+
+fn origin_refused() -> Own {
+    own(
+        StatusCode::FORBIDDEN,
+        "origin_not_allowed",
+        "requests from web pages are refused: a page must not spend the connections' credentials; \
+         start the proxy with --allow-origin ORIGIN to accept one",
+    )
+}
+
 /// The relay of one proxy process; share it (`Arc`) between agent connections.
 #[derive(Debug)]
 pub struct Relay {
@@ -127,6 +209,7 @@ pub struct Relay {
     upstreams: Upstreams,
     head_timeout: Duration,
     provider_timeout: Duration,
+    admission: Admission,
 }
 
 impl Relay {
@@ -144,7 +227,15 @@ impl Relay {
             upstreams: Upstreams::with_roots(Duration::from_secs(10), roots)?,
             head_timeout: Duration::from_secs(30),
             provider_timeout: Duration::from_secs(60),
+            admission: Admission::default(),
         })
+    }
+
+    /// Which `Host`, `Origin` and `Sec-Fetch-Site` values it serves (by
+    /// default: IP literals and `localhost`, and no web page).
+    pub fn admission(mut self, admission: Admission) -> Relay {
+        self.admission = admission;
+        self
     }
 
     /// How long an agent may take to send a request head, or stay idle
@@ -234,9 +325,13 @@ impl Relay {
     ) -> Result<KeepAlive, ()> {
         let framing =
             Agent { head_request: head.method == Method::HEAD, http10: head.http10, keep_alive: head.keep_alive };
-        let outcome = match self.read_body(agent, buf, &head).await? {
-            Ok(body) => self.forward(link, head, body, framing).await,
-            Err(refused) => Err(refused),
+        let outcome = match self.admission.check(&head) {
+            // Refused before its body is read: the connection closes after it.
+            Err(refused) => Err(refused.closing()),
+            Ok(()) => match self.read_body(agent, buf, &head).await? {
+                Ok(body) => self.forward(link, head, body, framing).await,
+                Err(refused) => Err(refused),
+            },
         };
         let (mut up, resp) = match outcome {
             Ok(answer) => answer,
@@ -335,7 +430,7 @@ impl Relay {
             .map_err(|m| own(StatusCode::BAD_REQUEST, "invalid_input", m))?;
         let mut retried = false;
         loop {
-            let (mut up, resp) = self.send(link, &fwd, &answer, framing).await?;
+            let (mut up, resp) = self.send(link, id, &fwd, &answer, framing).await?;
             // Only OAuth2 credentials can be refreshed (as in the Gateway's proxy).
             if resp.status != 401 || retried || answer.auth_type() != "oauth2" {
                 return Ok((up, resp));
@@ -357,12 +452,14 @@ impl Relay {
         self.bridge.cache().refresh(id, stale).await.map_err(|e| gateway_error(&e))
     }
 
-    /// Sends the request signed with `answer` and reads the head of the
-    /// answer: on the agent's connection's provider connection when it goes
-    /// to the same origin, else on an idle or a new one.
+    /// Sends the request signed with `answer` (for `connection_id`) and
+    /// reads the head of the answer: on the agent's connection's provider
+    /// connection when it served the same connection id at the same origin,
+    /// else on an idle one that did, or a new one.
     async fn send(
         &self,
         link: &mut Option<Upstream>,
+        connection_id: &str,
         fwd: &Forward,
         answer: &TokenAnswer,
         framing: Agent,
@@ -372,19 +469,19 @@ impl Relay {
         let head = request_head(&req);
         let body = req.body().as_ref();
         let exchange = async {
-            let mut next = self.upstreams.reuse(link.take(), &origin);
+            let (mut next, key) = self.upstreams.reuse(link.take(), connection_id, &origin);
             while let Some(mut up) = next.take() {
                 match exchange_head(&mut up, &head, body, framing).await {
                     Ok(resp) => return Ok((up, resp)),
                     // Closed by the provider while idle: safe to send again
                     // when sending twice does no harm.
                     Err(Failed::BeforeAnswer) if up.reused() && req.method().is_idempotent() => {
-                        next = self.upstreams.check_out(&origin);
+                        next = self.upstreams.check_out(&key);
                     }
                     Err(e) => return Err(e),
                 }
             }
-            let mut up = self.upstreams.connect(&origin).await?;
+            let mut up = self.upstreams.connect(&key).await?;
             exchange_head(&mut up, &head, body, framing).await.map(|resp| (up, resp))
         };
         match tokio::time::timeout(self.provider_timeout, exchange).await {

@@ -44,14 +44,16 @@ impl Base {
     /// it is passed on byte for byte (an encoded `?`, `#` or `/` stays
     /// encoded), so the provider sees exactly what the agent wrote. Scheme,
     /// host and port are the base's by construction, and a path whose
-    /// decoded form has a `.` or `..` segment or a backslash is refused, so
-    /// the request cannot climb out of the base's path either.
+    /// decoded form has a `.` or `..` segment (also with path parameters,
+    /// `..;x`, which servers such as Tomcat read as `..`) or a backslash is
+    /// refused, so the request cannot climb out of the base's path either.
     pub fn join(&self, raw_path: &str, query: Option<&str>) -> Result<Uri, String> {
         // Only a `.`, a `%` (an encoded `.` or `\`) or a `\` can make a climb;
         // most paths have none, and skip decoding.
         if raw_path.bytes().any(|b| matches!(b, b'.' | b'%' | b'\\')) {
             let decoded = percent_encoding::percent_decode_str(raw_path).decode_utf8_lossy();
-            if decoded.split('/').any(|seg| seg == ".." || seg == ".") || decoded.contains('\\') {
+            let climbs = |seg: &str| matches!(seg.split(';').next(), Some("." | ".."));
+            if decoded.split('/').any(climbs) || decoded.contains('\\') {
                 return Err("the path must not contain dot segments".into());
             }
         }
@@ -114,6 +116,13 @@ const NOT_FORWARDED: [&str; 14] = [
     "expect",
 ];
 
+/// Whether a proxy refuses to forward requests of this method (in any
+/// case): `TRACE` and `TRACK` would echo the signed request, credentials
+/// and all, back to the agent; `CONNECT` would make the hop a tunnel.
+pub fn refused_method(method: &str) -> bool {
+    ["TRACE", "TRACK", "CONNECT"].iter().any(|m| m.eq_ignore_ascii_case(method))
+}
+
 /// Whether a proxy passes this header on (its name in any case).
 pub fn forwardable_header(name: &str) -> bool {
     !NOT_FORWARDED.iter().any(|n| n.eq_ignore_ascii_case(name))
@@ -160,7 +169,8 @@ mod tests {
             assert_eq!((joined.host(), joined.port_u16()), (Some("api.x.com"), Some(8443)));
         }
         assert_eq!(base.join("users/me", Some("a=1")).unwrap(), "https://user:pw@api.x.com:8443/v2/users/me?a=1");
-        for bad in ["..", "a/./b", "a/%2e/b", "%5c..", "a b"] {
+        for bad in ["..", "a/./b", "a/%2e/b", "%5c..", "a b", "..;", "a/..;x/b", "a/%2e%2e;jsessionid=1/admin", ".;/x"]
+        {
             assert!(base.join(bad, None).is_err(), "{bad}");
         }
     }

@@ -1,5 +1,6 @@
 //! Connections to providers for [`crate::relay`]: plain TCP or TLS (rustls,
-//! HTTP/1.1 by ALPN), and a shared list of idle ones per origin.
+//! HTTP/1.1 by ALPN), and a shared list of idle ones per [`PoolKey`]: the
+//! connection id whose credentials signed the requests, and the origin.
 //!
 //! An agent connection keeps the provider connection of its last request
 //! (no lookup, no lock on the next one, the way nginx pairs a keep-alive
@@ -7,6 +8,15 @@
 //! it goes to the idle list, so agents that open a connection per request
 //! still reuse provider connections and their TLS sessions. Only
 //! connections whose last answer ended exactly are kept (see [`crate::h1`]).
+//!
+//! A provider connection is only ever used again for the same connection
+//! id. A provider that ignores a request's `Content-Length`, or answers
+//! twice, leaves bytes queued on its connection that no check before reuse
+//! can see; were the connection shared, one agent could make another
+//! connection's signed request (its credentials) land where it can read it
+//! back, or receive the other's answer. Kept per connection id, whatever a
+//! provider does with its connection stays with the credentials that are
+//! already the agent's to use.
 
 use crate::forward::ProviderError;
 use bytes::BytesMut;
@@ -19,8 +29,10 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Idle provider connections kept per origin.
-const IDLE_PER_ORIGIN: usize = 32;
+/// Idle provider connections kept per pool key (connection id and origin).
+const IDLE_PER_KEY: usize = 8;
+/// Idle provider connections kept in all.
+const IDLE_TOTAL: usize = 1024;
 /// An idle provider connection older than this is closed, not reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// What one read from a provider asks for.
@@ -71,6 +83,27 @@ impl Origin {
     }
 }
 
+/// Which idle provider connections a request may use: those to its origin
+/// that carried requests signed for the same connection id, and no others.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    connection: Arc<str>,
+    origin: Origin,
+}
+
+impl PoolKey {
+    /// The key of requests for `connection_id` to `origin`.
+    pub fn new(connection_id: &str, origin: Origin) -> PoolKey {
+        PoolKey { connection: Arc::from(connection_id), origin }
+    }
+
+    /// Whether this is the key of `connection_id` and `origin` (compared
+    /// without making a key: the usual case on every request).
+    fn is(&self, connection_id: &str, origin: &Origin) -> bool {
+        &*self.connection == connection_id && self.origin == *origin
+    }
+}
+
 enum Io {
     Tcp(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
@@ -79,7 +112,7 @@ enum Io {
 /// One connection to a provider, with what has been read from it and not
 /// yet consumed.
 pub struct Upstream {
-    origin: Origin,
+    key: PoolKey,
     io: Io,
     /// Bytes read from the provider, not yet consumed.
     pub buf: BytesMut,
@@ -90,7 +123,11 @@ pub struct Upstream {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream").field("origin", &self.origin.authority).field("reused", &self.reused).finish()
+        f.debug_struct("Upstream")
+            .field("origin", &self.key.origin.authority)
+            .field("connection", &self.key.connection)
+            .field("reused", &self.reused)
+            .finish()
     }
 }
 
@@ -202,7 +239,7 @@ pub(crate) fn mozilla_roots() -> rustls::RootCertStore {
 struct Shared {
     tls: tokio_rustls::TlsConnector,
     connect_timeout: Duration,
-    idle: Mutex<HashMap<Origin, Vec<Upstream>>>,
+    idle: Mutex<HashMap<PoolKey, Vec<Upstream>>>,
 }
 
 /// The provider connections of one proxy process: TLS settings, the connect
@@ -225,23 +262,23 @@ impl Upstreams {
         Ok(Upstreams { shared: Arc::new(Shared { tls, connect_timeout, idle: Mutex::new(HashMap::new()) }) })
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, HashMap<Origin, Vec<Upstream>>> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Vec<Upstream>>> {
         self.shared.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// An idle connection to `origin` that is still open.
-    pub fn check_out(&self, origin: &Origin) -> Option<Upstream> {
+    /// An idle connection for `key` that is still open.
+    pub fn check_out(&self, key: &PoolKey) -> Option<Upstream> {
         let mut idle = self.idle();
-        let list = idle.get_mut(origin)?;
-        while let Some(mut up) = list.pop() {
-            if up.alive() {
-                return Some(up);
-            }
+        let list = idle.get_mut(key)?;
+        let found = std::iter::from_fn(|| list.pop()).find_map(|mut up| up.alive().then_some(up));
+        if list.is_empty() {
+            idle.remove(key);
         }
-        None
+        found
     }
 
-    /// Takes `up` back for others, if it is still open.
+    /// Takes `up` back for later requests of the same connection id, if it
+    /// is still open and there is room.
     pub fn check_in(&self, mut up: Upstream) {
         if !up.alive() {
             return;
@@ -249,28 +286,45 @@ impl Upstreams {
         // `since` stays the time of its last answer: the provider's idle
         // timeout counts from there.
         let mut idle = self.idle();
-        let list = idle.entry(up.origin.clone()).or_default();
+        let mut total: usize = idle.values().map(Vec::len).sum();
+        if total >= IDLE_TOTAL {
+            // Full: first let go of connections that died or idled out.
+            idle.retain(|_, list| {
+                list.retain_mut(Upstream::alive);
+                !list.is_empty()
+            });
+            total = idle.values().map(Vec::len).sum();
+            if total >= IDLE_TOTAL {
+                return;
+            }
+        }
+        let list = idle.entry(up.key.clone()).or_default();
         list.retain_mut(Upstream::alive);
-        if list.len() < IDLE_PER_ORIGIN {
+        if list.len() < IDLE_PER_KEY {
             list.push(up);
         }
     }
 
-    /// `up` if it is still open and goes to `origin`, else an idle one.
-    pub fn reuse(&self, up: Option<Upstream>, origin: &Origin) -> Option<Upstream> {
+    /// `up` if it is still open and served `connection_id` at `origin`,
+    /// else an idle one for them; and the key of the request (`up`, kept for
+    /// another key, goes back to the idle list).
+    pub fn reuse(&self, up: Option<Upstream>, connection_id: &str, origin: &Origin) -> (Option<Upstream>, PoolKey) {
         match up {
-            Some(mut up) if up.origin == *origin => {
+            Some(mut up) if up.key.is(connection_id, origin) => {
+                let key = up.key.clone();
                 if up.alive() {
-                    Some(up)
+                    (Some(up), key)
                 } else {
-                    self.check_out(origin)
+                    (self.check_out(&key), key)
                 }
             }
-            Some(up) => {
-                self.check_in(up);
-                self.check_out(origin)
+            other => {
+                if let Some(up) = other {
+                    self.check_in(up);
+                }
+                let key = PoolKey::new(connection_id, origin.clone());
+                (self.check_out(&key), key)
             }
-            None => self.check_out(origin),
         }
     }
 
@@ -279,8 +333,9 @@ impl Upstreams {
         self.idle().values().map(Vec::len).sum()
     }
 
-    /// A new connection to `origin` (TCP, then TLS for `https`).
-    pub async fn connect(&self, origin: &Origin) -> Result<Upstream, ProviderError> {
+    /// A new connection for `key` (TCP to its origin, then TLS for `https`).
+    pub async fn connect(&self, key: &PoolKey) -> Result<Upstream, ProviderError> {
+        let origin = &key.origin;
         let connect = async {
             let tcp =
                 TcpStream::connect((origin.host(), origin.port())).await.map_err(|_| ProviderError::Unreachable)?;
@@ -295,6 +350,6 @@ impl Upstreams {
         };
         let io =
             tokio::time::timeout(self.shared.connect_timeout, connect).await.unwrap_or(Err(ProviderError::Timeout))?;
-        Ok(Upstream { origin: origin.clone(), io, buf: BytesMut::new(), since: Instant::now(), reused: false })
+        Ok(Upstream { key: key.clone(), io, buf: BytesMut::new(), since: Instant::now(), reused: false })
     }
 }

@@ -17,6 +17,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+#[path = "relay/apart.rs"]
+mod apart;
+#[path = "relay/hardening.rs"]
+mod hardening;
+
 /// The scripted answer for a path (under `/api`), as raw bytes, and
 /// whether the provider closes the connection after it.
 fn script(path: &str, request: &[u8]) -> (Vec<u8>, bool) {
@@ -254,7 +259,8 @@ async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
 /// connection on before it closes the agent's, so the next request finds it.
 async fn fetch(addr: SocketAddr, method: &str, target: &str) -> (u16, String, String) {
     let answer =
-        raw(addr, format!("{method} {target} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes()).await;
+        raw(addr, format!("{method} {target} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n").as_bytes())
+            .await;
     let (head, mut rest) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
     let head = head.to_ascii_lowercase();
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -371,8 +377,8 @@ async fn pipelined_chunked_and_expect_continue_requests() {
         let (_provider, _app, id, proxy) = scripted(Relay::new).await;
         // Two requests in one write; the first with a chunked body.
         let pipelined = format!(
-            "POST /{id}/echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nx-api-key: mine\r\n\r\n4\r\nWiki\r\n5;e=1\r\npedia\r\n0\r\n\r\n\
-             GET /{id}/len HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+            "POST /{id}/echo HTTP/1.1\r\nhost: 127.0.0.1\r\ntransfer-encoding: chunked\r\nx-api-key: mine\r\n\r\n4\r\nWiki\r\n5;e=1\r\npedia\r\n0\r\n\r\n\
+             GET /{id}/len HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"
         );
         let answers = raw(proxy.addr, pipelined.as_bytes()).await;
         let (first, second) = answers.split_once("HTTP/1.1 200 OK\r\nContent-Length: 5").expect(&answers);
@@ -385,7 +391,7 @@ async fn pipelined_chunked_and_expect_continue_requests() {
 
         // Expect: 100-continue: the relay asks for the body, and does not pass the expectation on.
         let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-        let head = format!("PUT /{id}/echo HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 3\r\n\r\n");
+        let head = format!("PUT /{id}/echo HTTP/1.1\r\nhost: 127.0.0.1\r\nexpect: 100-continue\r\ncontent-length: 3\r\n\r\n");
         stream.write_all(head.as_bytes()).await.unwrap();
         let mut interim = [0u8; 25];
         stream.read_exact(&mut interim).await.unwrap();
@@ -412,10 +418,10 @@ async fn bad_requests_get_json_and_a_closed_connection_and_nothing_is_sent() {
             scripted(|bridge| Relay::new(bridge).head_timeout(Duration::from_millis(300))).await;
         let requests = [
             "NOT HTTP\r\n\r\n".to_owned(),
-            format!("POST /{id}/echo HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n"),
-            format!("POST /{id}/echo HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd"),
-            format!("POST /{id}/echo HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"),
-            format!("GET /{id}/a/%2e%2e/%2e%2e/admin HTTP/1.1\r\nconnection: close\r\n\r\n"),
+            format!("POST /{id}/echo HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n"),
+            format!("POST /{id}/echo HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd"),
+            format!("POST /{id}/echo HTTP/1.1\r\nhost: 127.0.0.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"),
+            format!("GET /{id}/a/%2e%2e/%2e%2e/admin HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"),
         ];
         for request in requests {
             let answer = raw(proxy.addr, request.as_bytes()).await;
@@ -423,7 +429,7 @@ async fn bad_requests_get_json_and_a_closed_connection_and_nothing_is_sent() {
             assert!(answer.contains("\"code\":\"invalid_input\""), "{answer}");
         }
         let too_large =
-            raw(proxy.addr, format!("POST /{id}/echo HTTP/1.1\r\ncontent-length: 10485761\r\n\r\n").as_bytes()).await;
+            raw(proxy.addr, format!("POST /{id}/echo HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 10485761\r\n\r\n").as_bytes()).await;
         assert!(too_large.starts_with("HTTP/1.1 413 ") && too_large.contains("connection: close"), "{too_large}");
         assert_eq!(provider.accepted(), 0, "nothing reached the provider");
 
@@ -455,7 +461,7 @@ async fn unreachable_silent_and_switched_providers_are_json_errors() {
         assert_eq!(missing.json::<Value>().await.unwrap()["code"], "not_found");
         // The relay's own answer to a HEAD has a length and no body: the
         // next answer on the connection is read whole.
-        let two = format!("HEAD /nope/x HTTP/1.1\r\n\r\nGET /{id}/len HTTP/1.1\r\nconnection: close\r\n\r\n");
+        let two = format!("HEAD /nope/x HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\nGET /{id}/len HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n");
         let answers = raw(proxy.addr, two.as_bytes()).await;
         let (first, second) = answers.split_once("\r\n\r\n").unwrap();
         assert!(first.starts_with("HTTP/1.1 404 ") && first.contains("content-length: "), "{answers}");
@@ -463,7 +469,7 @@ async fn unreachable_silent_and_switched_providers_are_json_errors() {
         // TRACE would echo the signed request: refused, as CONNECT.
         for method in ["TRACE", "CONNECT"] {
             let target = if method == "CONNECT" { "127.0.0.1:1".to_owned() } else { format!("/{id}/echo") };
-            let answer = raw(proxy.addr, format!("{method} {target} HTTP/1.1\r\nconnection: close\r\n\r\n").as_bytes()).await;
+            let answer = raw(proxy.addr, format!("{method} {target} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n").as_bytes()).await;
             assert!(answer.starts_with("HTTP/1.1 400 ") && !answer.contains("relay-key"), "{method}: {answer}");
         }
     })
@@ -475,8 +481,11 @@ async fn agent_connections_hand_provider_connections_on() {
     nexus_testkit::run_bounded(async {
         let (provider, _app, id, proxy) = scripted(Relay::new).await;
         for n in 0..5 {
-            let answer =
-                raw(proxy.addr, format!("GET /{id}/len HTTP/1.1\r\nconnection: close\r\n\r\n").as_bytes()).await;
+            let answer = raw(
+                proxy.addr,
+                format!("GET /{id}/len HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n").as_bytes(),
+            )
+            .await;
             assert!(answer.ends_with("hello"), "{n}: {answer}");
         }
         // Each agent connection closed after its request; the provider
@@ -493,7 +502,7 @@ async fn stopping_lets_a_request_in_flight_finish_and_closes_idle_connections() 
     nexus_testkit::run_bounded(async {
         let (_provider, _app, id, proxy) = scripted(Relay::new).await;
         let mut idle = TcpStream::connect(proxy.addr).await.unwrap();
-        let slow = format!("GET /{id}/slow HTTP/1.1\r\n\r\n");
+        let slow = format!("GET /{id}/slow HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n");
         let addr = proxy.addr;
         let in_flight = tokio::spawn(async move { raw(addr, slow.as_bytes()).await });
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -573,11 +582,11 @@ async fn the_gateways_provider_client_verifies_https_the_same_way() {
             http::Request::get(uri).header(http::header::HOST, host).body(hyper::body::Bytes::new()).unwrap()
         };
         for _ in 0..3 {
-            let resp = client.send(get(format!("https://localhost:{port}/api/len"))).await.unwrap();
+            let resp = client.send("c1", get(format!("https://localhost:{port}/api/len"))).await.unwrap();
             assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "hello");
         }
         assert_eq!(provider.accepted(), 1, "the pool kept the TLS connection");
-        let err = client.send(get(format!("https://127.0.0.1:{port}/api/len"))).await.unwrap_err();
+        let err = client.send("c1", get(format!("https://127.0.0.1:{port}/api/len"))).await.unwrap_err();
         assert_eq!(err, ProviderError::Unreachable, "the certificate names localhost only");
     })
     .await;

@@ -59,6 +59,18 @@ struct ProxyArgs {
     /// like an nginx worker: the lowest added latency, and ample for one agent.
     #[arg(long, env = "NEXUS_PROXY_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: u16,
+    /// Agent connections served at once; more are answered 503 and closed.
+    #[arg(long, env = "NEXUS_PROXY_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: u32,
+    /// Host names the proxy answers to besides IP addresses and localhost
+    /// (comma-separated or repeated); anything else is refused, so a web page
+    /// cannot reach the proxy by pointing a name of its own at it.
+    #[arg(long = "allow-host", env = "NEXUS_PROXY_ALLOWED_HOSTS", value_delimiter = ',')]
+    allow_hosts: Vec<String>,
+    /// Browser origins allowed to call the proxy (default: none; requests with
+    /// an Origin or a cross-site Sec-Fetch-Site are refused).
+    #[arg(long = "allow-origin", env = "NEXUS_PROXY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allow_origins: Vec<String>,
 }
 
 #[derive(Args)]
@@ -127,7 +139,15 @@ fn main() -> ExitCode {
                 .api_key
                 .filter(|k| !k.is_empty())
                 .ok_or("API_KEY is not set: the proxy needs the Gateway's API key")?;
-            sidecar::serve(args.listen, args.gateway, api_key).await?;
+            let mut admission = nexus_bridge::relay::Admission::default();
+            for host in args.allow_hosts.iter().filter(|h| !h.trim().is_empty()) {
+                admission = admission.allow_host(host);
+            }
+            for origin in args.allow_origins.iter().filter(|o| !o.trim().is_empty()) {
+                admission = admission.allow_origin(origin);
+            }
+            let options = sidecar::Options { admission, max_connections: args.max_connections as usize };
+            sidecar::serve(args.listen, args.gateway, api_key, options).await?;
             Ok(ExitCode::SUCCESS)
         }),
     }

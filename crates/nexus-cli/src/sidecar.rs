@@ -8,13 +8,48 @@
 //! hop that every request of the agent pays for should cost as little as
 //! nginx's `proxy_pass` (see `bench/proxy.sh`).
 
+use nexus_bridge::relay::Admission;
 use nexus_bridge::{Bridge, Relay};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 
 /// How long shutdown waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections over the limit that are told so (503) at once; beyond
+/// these, a connection is closed without an answer.
+const REFUSALS: usize = 64;
+
+/// What `nexus proxy`'s flags set.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub admission: Admission,
+    /// Agent connections served at once.
+    pub max_connections: usize,
+}
+
+/// Answers a connection over the limit with a 503 and closes it, reading
+/// (for up to a second) what the agent sends so that it sees the answer
+/// rather than a reset.
+async fn refuse_busy(mut stream: TcpStream) {
+    let body = r#"{"code":"too_many_connections","message":"the proxy serves as many agent connections as it may; retry shortly"}"#;
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let exchange = async {
+        let mut head = vec![0u8; 16 * 1024];
+        let _ = stream.read(&mut head).await;
+        if stream.write_all(answer.as_bytes()).await.is_ok() && stream.shutdown().await.is_ok() {
+            while matches!(stream.read(&mut head).await, Ok(n) if n > 0) {}
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), exchange).await;
+}
 
 /// Keeps the runtime's next timer wake-up less than a second away.
 ///
@@ -35,14 +70,16 @@ async fn keep_timers_near() {
 }
 
 /// Serves until SIGINT/SIGTERM, then lets requests in flight finish (for up to 10 s).
-pub async fn serve(listen: SocketAddr, gateway: String, api_key: String) -> Result<(), String> {
+pub async fn serve(listen: SocketAddr, gateway: String, api_key: String, options: Options) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("--listen {listen} could not be bound: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, gateway = %gateway, "nexus proxy is serving");
     println!("nexus proxy listening on http://{addr} (gateway {gateway})");
-    let relay = Arc::new(Relay::new(Bridge::new(gateway, api_key)));
+    let relay = Arc::new(Relay::new(Bridge::new(gateway, api_key)).admission(options.admission));
+    let serving = Arc::new(Semaphore::new(options.max_connections));
+    let refusing = Arc::new(Semaphore::new(REFUSALS));
     let ticker = tokio::spawn(keep_timers_near());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     // Each connection's task holds a sender; all dropped: all connections done.
@@ -63,10 +100,19 @@ pub async fn serve(listen: SocketAddr, gateway: String, api_key: String) -> Resu
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let Ok(permit) = serving.clone().try_acquire_owned() else {
+            if let Ok(refusal) = refusing.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    refuse_busy(stream).await;
+                    drop(refusal);
+                });
+            }
+            continue;
+        };
         let (relay, stopped, open) = (relay.clone(), stopped.clone(), open.clone());
         tokio::spawn(async move {
             relay.serve(stream, stopped).await;
-            drop(open);
+            drop((open, permit));
         });
     }
     drop(listener);

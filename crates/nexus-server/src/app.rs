@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::error::{ApiError, ErrorBody};
-use crate::middleware::{api_key, caller, error_json, request_log};
+use crate::middleware::{api_key, body_limit, caller, error_json, request_log};
 use crate::routes::{audit, capture, connections, health, providers, proxy, tokens};
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
@@ -91,6 +91,7 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/capture", axum::routing::get(capture::capture_page).post(capture::capture_form))
         .fallback(|| async { ApiError::not_found("no such endpoint").into_response() })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(mw::from_fn_with_state(state.clone(), body_limit::refuse_declared_excess))
         .layer(mw::map_response(error_json::json_errors))
         .layer(mw::from_fn_with_state(state.clone(), caller::identify))
         .layer(mw::from_fn(request_log::log_request))
@@ -171,14 +172,12 @@ impl Application {
         let state = self.state.clone();
         let refresher = tokio::spawn(crate::services::refresher::run(state.clone()));
         let app = router(self.state);
-        let result = axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown)
-            .await;
+        crate::serve::serve(self.listener, app, shutdown).await;
         refresher.abort();
         let _ = refresher.await;
         state.flush_audit().await;
         state.store.close().await;
-        result
+        Ok(())
     }
 }
 

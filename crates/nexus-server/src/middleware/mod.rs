@@ -3,6 +3,7 @@
 //! identification, then (on `/v1/*`) network allowlist, CORS and API key.
 
 pub mod api_key;
+pub mod body_limit;
 pub mod caller;
 pub mod error_json;
 pub mod request_log;

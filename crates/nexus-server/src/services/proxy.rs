@@ -53,10 +53,12 @@ pub async fn forward(
     let sign = |answer: &TokenAnswer| {
         fwd.signed(answer).map_err(|e| ApiError::new(StatusCode::CONFLICT, "cannot_sign", e.to_string()))
     };
-    let mut resp = send(state, sign(&answer)?).await?;
+    // Provider connections are pooled per connection id (see `ProviderClient`).
+    let pool = answer.connection_id();
+    let mut resp = send(state, pool, sign(&answer)?).await?;
     if resp.status() == StatusCode::UNAUTHORIZED && answer.auth_type() == "oauth2" {
         let renewed = parse(&tokens::refresh_rejected(state, caller, id, answer.expires_at()).await?)?;
-        resp = send(state, sign(&renewed)?).await?;
+        resp = send(state, pool, sign(&renewed)?).await?;
     }
     let mut out = nexus_bridge::forward::relay(resp).map(Body::new);
     // The upstream's own error bodies reach the caller as they are.
@@ -70,9 +72,10 @@ fn parse(bytes: &Bytes) -> Result<Arc<TokenAnswer>, ApiError> {
 
 async fn send(
     state: &AppState,
+    connection_id: &str,
     req: http::Request<Bytes>,
 ) -> Result<http::Response<nexus_bridge::forward::Incoming>, ApiError> {
-    state.providers.send(req).await.map_err(|e| match e {
+    state.providers.send(connection_id, req).await.map_err(|e| match e {
         ProviderError::Timeout => {
             ApiError::new(StatusCode::GATEWAY_TIMEOUT, "provider_timeout", "the provider did not answer in time")
         }

@@ -1,0 +1,39 @@
+//! Refuses at once (`413`) a request whose declared `Content-Length` is
+//! larger than its route accepts, before a byte of the body is read: a
+//! client that announces 10 GB is told so, not read from until the limit.
+//! (Bodies without a length are still cut off at the limit as they stream,
+//! by `DefaultBodyLimit`.)
+
+use crate::error::ApiError;
+use crate::routes::proxy::PROXY_BODY_LIMIT;
+use crate::state::AppState;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+/// The largest body the route of `path` accepts.
+pub fn limit_for(state: &AppState, path: &str) -> usize {
+    if path.starts_with("/v1/proxy/") {
+        PROXY_BODY_LIMIT
+    } else {
+        state.config.body_limit
+    }
+}
+
+pub async fn refuse_declared_excess(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    let limit = limit_for(&state, req.uri().path());
+    if declared.is_some_and(|n| n > limit as u64) {
+        let mut refused = ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is larger than this endpoint accepts ({limit} bytes)"),
+        )
+        .into_response();
+        // The body is not read: the connection cannot carry another request.
+        refused.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        return refused;
+    }
+    next.run(req).await
+}

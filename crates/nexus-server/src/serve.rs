@@ -1,0 +1,70 @@
+//! The accept loop of `nexus serve`: hyper's HTTP/1.1 server under the
+//! router, with the limits a public listener needs and a graceful stop.
+//!
+//! It replaces `axum::serve`, which sets no timer: a client that sent half a
+//! request head kept its connection (and a task) for as long as it liked.
+//! Here a head must arrive whole within [`HEAD_TIMEOUT`] (an idle
+//! keep-alive connection is closed after the same time), and it may be at
+//! most [`nexus_bridge::h1::MAX_HEAD`] bytes of at most
+//! [`nexus_bridge::h1::MAX_HEADERS`] fields, the limits `nexus proxy`
+//! applies too (`431` beyond them), so both proxies refuse the same heads.
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use std::future::Future;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+/// How long a client may take to send a request head, or stay idle between requests.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a stop waits for requests in flight.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `app` on `listener` until `shutdown` resolves, then stops
+/// accepting and waits (up to [`DRAIN_TIMEOUT`]) for connections to finish
+/// the requests they are serving.
+pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_header_size(nexus_bridge::h1::MAX_HEAD)
+        .max_headers(nexus_bridge::h1::MAX_HEADERS);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, for instance: wait instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        // What `into_make_service_with_connect_info` would add: the peer,
+        // which `middleware::caller` reads.
+        let service = app.clone().map_request(move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req
+        });
+        let connection =
+            http.serve_connection(TokioIo::new(stream), hyper_util::service::TowerToHyperService::new(service));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            // A client that goes away mid-request is no error of ours.
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+        tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway");
+    }
+}
