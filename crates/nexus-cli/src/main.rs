@@ -120,6 +120,9 @@ struct ServeArgs {
     /// Seconds between background refresher ticks (default 15).
     #[arg(long, env = "REFRESH_INTERVAL")]
     refresh_interval: Option<String>,
+    /// Seconds a client may take to send a request head, or stay idle between requests (default 30).
+    #[arg(long, env = "HEAD_TIMEOUT")]
+    head_timeout: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -212,6 +215,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         cors_allowed_origins: args.cors_allowed_origins,
         refresh_window: args.refresh_window,
         refresh_interval: args.refresh_interval,
+        head_timeout: args.head_timeout,
     };
     let dev_keys = if args.dev { Some(dev::prepare(&args.db.data_dir, &mut raw)?) } else { None };
     let config = raw.build().map_err(|e| e.to_string())?;

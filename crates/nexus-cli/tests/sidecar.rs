@@ -17,12 +17,18 @@ const BIN: &str = env!("CARGO_BIN_EXE_nexus");
 
 /// Starts `nexus proxy` for `app`; returns the child and its base URL.
 async fn sidecar(app: &TestApp) -> (Child, String) {
+    sidecar_with(app, &[]).await
+}
+
+/// [`sidecar`] with more arguments.
+async fn sidecar_with(app: &TestApp, extra: &[&str]) -> (Child, String) {
     let mut cmd = Command::new(BIN);
     for var in nexus_testkit::process::CONFIG_VARS {
         cmd.env_remove(var);
     }
     let mut child = cmd
         .args(["proxy", "--listen", "127.0.0.1:0", "--gateway", &app.base_url])
+        .args(extra)
         .env("API_KEY", &app.api_key)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -247,6 +253,57 @@ async fn moto_verifies_sigv4_made_by_both_proxies_and_refuses_a_wrong_secret() {
             let (status, body) = get_caller_identity(&url, Some(&app.api_key)).await;
             assert_eq!(status, 403, "moto refuses a wrong secret ({url}): {body}");
             assert!(body.contains("SignatureDoesNotMatch"), "{body}");
+        }
+    })
+    .await;
+}
+
+/// Agent connections beyond `--max-connections` are told so at once (503)
+/// rather than each getting a task; a freed slot serves again. The Host and
+/// browser checks are on through the real binary, with `--allow-host`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_caps_agent_connections_and_answers_its_own_names_only() {
+    use tokio::io::AsyncWriteExt;
+    nexus_testkit::run_bounded(async {
+        let app = TestApp::spawn(Backend::Sqlite).await;
+        let (addr, _seen) = recording_upstream().await;
+        let provider = json!({"auth_type": "api_key", "api_base_url": format!("http://{addr}/api"), "params": {"credential_schema": schema(&["api_key"])}});
+        let id = static_connection(&app, "capped", provider, json!({"api_key": "k-capped"})).await;
+        let (_child, proxy) = sidecar_with(&app, &["--max-connections", "2", "--allow-host", "agents.internal"]).await;
+        let listen = proxy.trim_start_matches("http://").to_owned();
+        // Two agent connections held open (idle, between requests).
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut stream = tokio::net::TcpStream::connect(&listen).await.unwrap();
+            stream.write_all(format!("GET /{id}/x HTTP/1.1\r\nhost: {listen}\r\n\r\n").as_bytes()).await.unwrap();
+            held.push(stream);
+        }
+        // Both requests are answered and the connections stay open: the
+        // third connection is over the limit.
+        let check = format!("/{id}/x");
+        let (status, answer) = raw_get(&proxy, &check).await;
+        assert_eq!(status, 503, "{answer}");
+        assert!(answer.contains("too_many_connections") && answer.contains("retry-after: 1"), "{answer}");
+        // A freed slot serves again.
+        drop(held.pop());
+        let mut served = 0;
+        for _ in 0..50 {
+            if raw_get(&proxy, &check).await.0 == 200 {
+                served += 1;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(served, 1, "a freed slot serves again");
+        drop(held);
+        // Names: the listen address and --allow-host pass; another name is refused.
+        let port = listen.rsplit(':').next().unwrap();
+        for (host, expected) in [(listen.clone(), 200), (format!("agents.internal:{port}"), 200), (format!("rebind.example:{port}"), 403)] {
+            let mut stream = tokio::net::TcpStream::connect(&listen).await.unwrap();
+            stream.write_all(format!("GET /{id}/x HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes()).await.unwrap();
+            let mut answer = String::new();
+            tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer).await.unwrap();
+            assert!(answer.starts_with(&format!("HTTP/1.1 {expected} ")), "{host}: {answer}");
         }
     })
     .await;

@@ -171,8 +171,9 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let state = self.state.clone();
         let refresher = tokio::spawn(crate::services::refresher::run(state.clone()));
+        let head_timeout = state.config.head_timeout;
         let app = router(self.state);
-        crate::serve::serve(self.listener, app, shutdown).await;
+        crate::serve::serve(self.listener, app, head_timeout, shutdown).await;
         refresher.abort();
         let _ = refresher.await;
         state.flush_audit().await;

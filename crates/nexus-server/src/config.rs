@@ -33,6 +33,9 @@ pub struct RawConfig {
     pub refresh_window: Option<String>,
     /// Seconds between background refresher ticks (default 15).
     pub refresh_interval: Option<String>,
+    /// Seconds a client may take to send a request head, or stay idle
+    /// between requests (default 30).
+    pub head_timeout: Option<String>,
 }
 
 impl std::fmt::Debug for RawConfig {
@@ -69,6 +72,8 @@ pub struct Config {
     pub refresh_window_secs: i64,
     /// Seconds between background refresher ticks.
     pub refresh_interval_secs: u64,
+    /// How long a client may take to send a request head, or stay idle between requests.
+    pub head_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -86,6 +91,7 @@ impl std::fmt::Debug for Config {
             .field("cors_allowed_origins", &self.cors_allowed_origins)
             .field("refresh_window_secs", &self.refresh_window_secs)
             .field("refresh_interval_secs", &self.refresh_interval_secs)
+            .field("head_timeout", &self.head_timeout)
             .finish()
     }
 }
@@ -192,6 +198,10 @@ impl RawConfig {
         let refresh_window_secs = parse_secs("REFRESH_WINDOW", self.refresh_window.as_deref(), 300, 0, 86_400)?;
         let refresh_interval_secs =
             parse_secs("REFRESH_INTERVAL", self.refresh_interval.as_deref(), 15, 1, 3_600)? as u64;
+        let head_timeout =
+            std::time::Duration::from_secs(
+                parse_secs("HEAD_TIMEOUT", self.head_timeout.as_deref(), 30, 1, 3_600)? as u64
+            );
 
         Ok(Config {
             api_key_check: nexus_vault::SecretCheck::new(api_key.expose().as_bytes()),
@@ -209,6 +219,7 @@ impl RawConfig {
             body_limit: DEFAULT_BODY_LIMIT,
             refresh_window_secs,
             refresh_interval_secs,
+            head_timeout,
         })
     }
 }

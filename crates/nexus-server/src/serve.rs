@@ -3,8 +3,8 @@
 //!
 //! It replaces `axum::serve`, which sets no timer: a client that sent half a
 //! request head kept its connection (and a task) for as long as it liked.
-//! Here a head must arrive whole within [`HEAD_TIMEOUT`] (an idle
-//! keep-alive connection is closed after the same time), and it may be at
+//! Here a head must arrive whole within `HEAD_TIMEOUT` (30 s by default; an
+//! idle keep-alive connection is closed after the same time), and it may be at
 //! most [`nexus_bridge::h1::MAX_HEAD`] bytes of at most
 //! [`nexus_bridge::h1::MAX_HEADERS`] fields, the limits `nexus proxy`
 //! applies too (`431` beyond them), so both proxies refuse the same heads.
@@ -18,19 +18,16 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
-/// How long a client may take to send a request head, or stay idle between requests.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// How long a stop waits for requests in flight.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops
 /// accepting and waits (up to [`DRAIN_TIMEOUT`]) for connections to finish
 /// the requests they are serving.
-pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>) {
+pub async fn serve(listener: TcpListener, app: Router, head_timeout: Duration, shutdown: impl Future<Output = ()>) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT)
+        .header_read_timeout(head_timeout)
         .max_header_size(nexus_bridge::h1::MAX_HEAD)
         .max_headers(nexus_bridge::h1::MAX_HEADERS);
     let graceful = GracefulShutdown::new();

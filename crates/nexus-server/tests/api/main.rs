@@ -4,6 +4,7 @@
 mod audit;
 mod bad_input;
 mod capture;
+mod limits;
 mod network;
 mod oauth;
 mod openapi;
