@@ -1,11 +1,20 @@
-//! The agent-side credential cache: one entry per connection, refreshed
-//! shortly before `expires_at`; concurrent callers share one in-flight fetch;
-//! an unreachable Gateway is retried with exponential backoff and jitter; an
-//! `attention_required` connection fails at once with a typed error.
+//! The agent-side credential cache: one entry per connection, reused for
+//! the answer's `max_age` and refreshed shortly before `expires_at`;
+//! concurrent callers share one in-flight fetch; an unreachable Gateway is
+//! retried with exponential backoff and jitter; an `attention_required`
+//! connection fails at once with a typed error.
+//!
+//! The cache follows the Gateway's invalidation stream (see
+//! [`crate::invalidations`]) from its first use, so a revoked connection, a
+//! deleted provider or a new `api_base_url` takes effect at once, not when
+//! `max_age` runs out. A fetch that an invalidation overtakes is answered
+//! but not kept.
 
 use crate::client::{GatewayClient, GatewayError, TokenAnswer};
+use crate::invalidations::Invalidation;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// Refresh this many seconds before `expires_at`.
@@ -26,6 +35,39 @@ impl Slot {
 
     fn store(&self, answer: Option<Arc<TokenAnswer>>) {
         *self.answer.write().unwrap_or_else(|p| p.into_inner()) = answer;
+    }
+
+    /// Keeps `answer` unless an invalidation came after `epoch` was read
+    /// (checked under the same lock that invalidations clear through, so
+    /// none can slip between the check and the store).
+    fn store_unless_invalidated(&self, answer: Arc<TokenAnswer>, slots: &Slots, epoch: u64) {
+        let mut current = self.answer.write().unwrap_or_else(|p| p.into_inner());
+        if slots.epoch.load(Ordering::SeqCst) == epoch {
+            *current = Some(answer);
+        }
+    }
+}
+
+/// Every connection's slot, and a count of invalidations.
+#[derive(Debug, Default)]
+struct Slots {
+    map: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Bumped by every invalidation, before it clears.
+    epoch: AtomicU64,
+}
+
+impl Slots {
+    fn apply(&self, what: &Invalidation) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        match what {
+            Invalidation::Connection(id) => {
+                if let Some(slot) = map.get(id) {
+                    slot.store(None);
+                }
+            }
+            Invalidation::All => map.values().for_each(|slot| slot.store(None)),
+        }
     }
 }
 
@@ -63,11 +105,24 @@ fn rand_unit() -> f64 {
 pub struct CredentialCache {
     client: GatewayClient,
     backoff: Backoff,
-    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    slots: Arc<Slots>,
+    /// Whether to follow the invalidation stream, and its task once started.
+    follow: bool,
+    follower: OnceLock<Option<tokio::task::AbortHandle>>,
 }
 
+impl Drop for CredentialCache {
+    fn drop(&mut self) {
+        if let Some(Some(task)) = self.follower.get() {
+            task.abort();
+        }
+    }
+}
+
+/// Whether a cached answer may still be used: within its `max_age`, and not
+/// about to expire.
 fn fresh(answer: &TokenAnswer) -> bool {
-    answer.expires_at().is_none_or(|e| e - chrono_now() > EXPIRY_SKEW_SECS)
+    !answer.is_past_max_age() && answer.expires_at().is_none_or(|e| e - chrono_now() > EXPIRY_SKEW_SECS)
 }
 
 fn chrono_now() -> i64 {
@@ -80,7 +135,14 @@ impl CredentialCache {
     }
 
     pub fn with_backoff(client: GatewayClient, backoff: Backoff) -> CredentialCache {
-        CredentialCache { client, backoff, slots: Mutex::new(HashMap::new()) }
+        CredentialCache { client, backoff, slots: Arc::default(), follow: true, follower: OnceLock::new() }
+    }
+
+    /// This cache without the invalidation stream: answers live their
+    /// `max_age` whatever changes (for a Gateway that has no stream).
+    pub fn without_invalidations(mut self) -> CredentialCache {
+        self.follow = false;
+        self
     }
 
     pub fn client(&self) -> &GatewayClient {
@@ -88,15 +150,40 @@ impl CredentialCache {
     }
 
     fn slot(&self, id: &str) -> Arc<Slot> {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slots = self.slots.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(slot) = slots.get(id) {
             return slot.clone();
         }
         slots.entry(id.to_owned()).or_default().clone()
     }
 
+    /// Starts following the invalidation stream (once; needs a Tokio runtime).
+    fn follow_invalidations(&self) {
+        if !self.follow {
+            return;
+        }
+        self.follower.get_or_init(|| {
+            let handle = tokio::runtime::Handle::try_current().ok()?;
+            let (alive, feed) = (Arc::downgrade(&self.slots), Arc::downgrade(&self.slots));
+            let client = self.client.clone();
+            let task = handle.spawn(async move {
+                let alive = move || alive.strong_count() > 0;
+                let apply = move |what: Invalidation| match feed.upgrade() {
+                    Some(slots) => {
+                        slots.apply(&what);
+                        true
+                    }
+                    None => false,
+                };
+                client.follow_invalidations(alive, apply).await;
+            });
+            Some(task.abort_handle())
+        });
+    }
+
     /// Current credentials for `connection_id` (cached while fresh).
     pub async fn get(&self, connection_id: &str) -> Result<Arc<TokenAnswer>, GatewayError> {
+        self.follow_invalidations();
         let slot = self.slot(connection_id);
         if let Some(a) = slot.current().filter(|a| fresh(a)) {
             return Ok(a);
@@ -105,8 +192,9 @@ impl CredentialCache {
         if let Some(a) = slot.current().filter(|a| fresh(a)) {
             return Ok(a);
         }
+        let epoch = self.slots.epoch.load(Ordering::SeqCst);
         let answer = Arc::new(self.with_retries(|| self.client.token(connection_id)).await?);
-        slot.store(Some(answer.clone()));
+        slot.store_unless_invalidated(answer.clone(), &self.slots, epoch);
         Ok(answer)
     }
 
@@ -120,8 +208,9 @@ impl CredentialCache {
                 return Ok(a);
             }
         }
+        let epoch = self.slots.epoch.load(Ordering::SeqCst);
         let answer = Arc::new(self.with_retries(|| self.client.refresh(connection_id)).await?);
-        slot.store(Some(answer.clone()));
+        slot.store_unless_invalidated(answer.clone(), &self.slots, epoch);
         Ok(answer)
     }
 

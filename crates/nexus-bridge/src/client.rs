@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What `GET /v1/token/{id}` answers. `Debug` names the credential fields,
 /// never their values.
@@ -28,11 +28,21 @@ pub struct TokenAnswer {
     expires_at: Option<i64>,
     #[serde(default)]
     api_base_url: Option<String>,
+    /// Seconds this answer may be reused (SPEC 5b); `None` from a Gateway
+    /// that does not say, read as [`DEFAULT_MAX_AGE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_age: Option<u64>,
+    /// When this answer was received (or made).
+    #[serde(skip, default = "Instant::now")]
+    received: Instant,
     /// Worked out on first use, once per answer: what a proxy would
     /// otherwise redo on every request.
     #[serde(skip)]
     prepared: OnceLock<Prepared>,
 }
+
+/// How long an answer is reused when the Gateway gives no `max_age`.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(30);
 
 /// The parts of an answer that a proxy needs on every request, parsed once.
 #[derive(Clone)]
@@ -58,8 +68,27 @@ impl TokenAnswer {
             credentials,
             expires_at: None,
             api_base_url: None,
+            max_age: None,
+            received: Instant::now(),
             prepared: OnceLock::new(),
         }
+    }
+
+    /// This answer, reusable for `max_age` from now.
+    pub fn with_max_age(mut self, max_age: Duration) -> TokenAnswer {
+        self.max_age = Some(max_age.as_secs());
+        self.received = Instant::now();
+        self
+    }
+
+    /// How long this answer may be reused from when it was received.
+    pub fn max_age(&self) -> Duration {
+        self.max_age.map_or(DEFAULT_MAX_AGE, Duration::from_secs)
+    }
+
+    /// Whether it is older than its `max_age`.
+    pub fn is_past_max_age(&self) -> bool {
+        self.received.elapsed() >= self.max_age()
     }
 
     /// This answer expiring at `expires_at` (Unix seconds; `None`: never).
@@ -138,6 +167,7 @@ impl fmt::Debug for TokenAnswer {
             .field("credentials", &self.credentials.keys().map(|k| (k, "<redacted>")).collect::<Vec<_>>())
             .field("expires_at", &self.expires_at)
             .field("api_base_url", &self.api_base_url)
+            .field("max_age", &self.max_age)
             .finish()
     }
 }
@@ -255,6 +285,15 @@ impl GatewayClient {
     /// `GET /v1/check-connection/{id}`.
     pub async fn check_connection(&self, connection_id: &str) -> Result<Value, GatewayError> {
         self.call(reqwest::Method::GET, &format!("/v1/check-connection/{}", encode(connection_id)), None).await
+    }
+
+    /// Follows `GET /v1/invalidations` (see [`crate::invalidations::follow`]).
+    pub async fn follow_invalidations(
+        &self,
+        alive: impl Fn() -> bool,
+        apply: impl FnMut(crate::invalidations::Invalidation) -> bool,
+    ) {
+        crate::invalidations::follow(self.base.clone(), self.api_key.clone(), alive, apply).await
     }
 
     /// `GET /v1/providers/metadata`.

@@ -31,6 +31,7 @@ pub mod forward;
 #[cfg(feature = "tonic")]
 pub mod grpc;
 pub mod h1;
+pub mod invalidations;
 pub mod relay;
 pub mod strategies;
 pub mod target;

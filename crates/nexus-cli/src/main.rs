@@ -123,6 +123,9 @@ struct ServeArgs {
     /// Seconds a client may take to send a request head, or stay idle between requests (default 30).
     #[arg(long, env = "HEAD_TIMEOUT")]
     head_timeout: Option<String>,
+    /// Seconds a proxy or the Bridge may reuse a token answer (default 30).
+    #[arg(long, env = "TOKEN_MAX_AGE")]
+    token_max_age: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -216,6 +219,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         refresh_window: args.refresh_window,
         refresh_interval: args.refresh_interval,
         head_timeout: args.head_timeout,
+        token_max_age: args.token_max_age,
     };
     let dev_keys = if args.dev { Some(dev::prepare(&args.db.data_dir, &mut raw)?) } else { None };
     let config = raw.build().map_err(|e| e.to_string())?;

@@ -22,14 +22,19 @@ async fn sidecar(app: &TestApp) -> (Child, String) {
 
 /// [`sidecar`] with more arguments.
 async fn sidecar_with(app: &TestApp, extra: &[&str]) -> (Child, String) {
+    sidecar_at(&app.base_url, &app.api_key, extra).await
+}
+
+/// `nexus proxy` for the Gateway at `gateway`.
+async fn sidecar_at(gateway: &str, api_key: &str, extra: &[&str]) -> (Child, String) {
     let mut cmd = Command::new(BIN);
     for var in nexus_testkit::process::CONFIG_VARS {
         cmd.env_remove(var);
     }
     let mut child = cmd
-        .args(["proxy", "--listen", "127.0.0.1:0", "--gateway", &app.base_url])
+        .args(["proxy", "--listen", "127.0.0.1:0", "--gateway", gateway])
         .args(extra)
-        .env("API_KEY", &app.api_key)
+        .env("API_KEY", api_key)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -308,3 +313,131 @@ async fn sidecar_caps_agent_connections_and_answers_its_own_names_only() {
     })
     .await;
 }
+
+/// Sum of the `token.retrieved` counts the Gateway recorded for `id`: how
+/// often a proxy or Bridge fetched its answer.
+async fn fetches(app: &TestApp, id: &str) -> u64 {
+    app.state.flush_audit().await;
+    let page = app.get(&format!("/v1/audit?event_type=token.retrieved&connection_id={id}&limit=1000")).await;
+    page.json["entries"].as_array().unwrap().iter().map(|e| e["data"]["count"].as_u64().unwrap_or(1)).sum()
+}
+
+/// Polls `check` every 50 ms until it holds (at most 10 s); how long it took.
+async fn until(mut check: impl AsyncFnMut() -> bool) -> Duration {
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < Duration::from_secs(10), "the change never took effect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
+/// A revocation, a provider deletion and an `api_base_url` change reach a
+/// running `nexus proxy` and a Bridge: through the invalidation stream
+/// within 2 s (with a `max_age` of 30 s, so only the stream explains it),
+/// or, with the stream held back by a middlebox, within `max_age` (3 s).
+async fn changes_reach_running_proxies(backend: Backend, blocked: bool) {
+    let max_age = if blocked { 3 } else { 30 };
+    let app = TestApp::spawn_with(backend, |c| c.token_max_age = Some(max_age.to_string())).await;
+    let (old_host, _) = recording_upstream().await;
+    let (new_host, seen_new) = recording_upstream().await;
+    let provider = |host: std::net::SocketAddr| json!({"auth_type": "api_key", "api_base_url": format!("http://{host}/api"), "params": {"credential_schema": schema(&["api_key"])}});
+    let revoked = static_connection(&app, "revoke-me", provider(old_host), json!({"api_key": "k-revoke"})).await;
+    let deleted = static_connection(&app, "delete-me", provider(old_host), json!({"api_key": "k-delete"})).await;
+    let moved = static_connection(&app, "move-me", provider(old_host), json!({"api_key": "k-move"})).await;
+    let forwarder = nexus_testkit::forwarder::stalling(app.addr, "/v1/invalidations").await;
+    let gateway = if blocked { format!("http://{}", forwarder.addr) } else { app.base_url.clone() };
+    let (_child, proxy) = sidecar_at(&gateway, &app.api_key, &[]).await;
+    let bridge = nexus_bridge::Bridge::new(gateway, app.api_key.clone());
+    let http = client();
+    let get = |id: &str| http.get(format!("{proxy}/{id}/x")).send();
+    let ids = [&revoked, &deleted, &moved];
+    // Warm both caches; once the followers' streams have said `ready`
+    // (which empties them), warm them again and check that they hold.
+    for _ in 0..2 {
+        for id in ids {
+            assert_eq!(get(id).await.unwrap().status(), 200);
+            bridge.credentials(id).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for id in ids {
+        assert_eq!(get(id).await.unwrap().status(), 200);
+        bridge.credentials(id).await.unwrap();
+    }
+    let mut warmed = Vec::new();
+    for id in ids {
+        warmed.push(fetches(&app, id).await);
+    }
+    for id in ids {
+        assert_eq!(get(id).await.unwrap().status(), 200);
+        bridge.credentials(id).await.unwrap();
+    }
+    let mut after = Vec::new();
+    for id in ids {
+        after.push(fetches(&app, id).await);
+    }
+    assert_eq!(warmed, after, "both caches serve without asking the Gateway");
+
+    let limit = if blocked { Duration::from_millis(max_age * 1000 + 500) } else { Duration::from_secs(2) };
+    let mut measured = Vec::new();
+
+    // Before each change, both caches hold a fresh answer of the connection
+    // it affects; both are then polled at once.
+    let warm = async |id: &str| {
+        assert_eq!(get(id).await.unwrap().status(), 200);
+        bridge.credentials(id).await.unwrap();
+    };
+
+    warm(&revoked).await;
+    assert_eq!(app.delete(&format!("/v1/connections/{revoked}")).await.status, 200);
+    let (at_proxy, in_bridge) = tokio::join!(
+        until(async || get(&revoked).await.unwrap().status() == 409),
+        until(async || bridge.credentials(&revoked).await.is_err()),
+    );
+    measured.push(("revocation", at_proxy, in_bridge));
+
+    warm(&deleted).await;
+    assert_eq!(app.delete("/v1/providers/delete-me").await.status, 200);
+    let (at_proxy, in_bridge) = tokio::join!(
+        until(async || get(&deleted).await.unwrap().status() == 410),
+        until(async || matches!(bridge.credentials(&deleted).await, Err(nexus_bridge::GatewayError::Gone(_)))),
+    );
+    measured.push(("provider deletion", at_proxy, in_bridge));
+
+    warm(&moved).await;
+    let new_base = format!("http://{new_host}/api");
+    assert_eq!(app.patch("/v1/providers/move-me", &json!({"api_base_url": new_base})).await.status, 200);
+    let (at_proxy, in_bridge) = tokio::join!(
+        until(async || {
+            let _ = get(&moved).await;
+            !seen_new.lock().unwrap().is_empty()
+        }),
+        until(async || bridge.credentials(&moved).await.unwrap().api_base_url() == Some(new_base.as_str())),
+    );
+    measured.push(("api_base_url change", at_proxy, in_bridge));
+
+    for (what, at_proxy, in_bridge) in &measured {
+        println!(
+            "{what} (stream {}): nexus proxy {at_proxy:?}, Bridge {in_bridge:?}",
+            if blocked { "blocked" } else { "up" }
+        );
+        assert!(*at_proxy <= limit && *in_bridge <= limit, "{what}: {at_proxy:?} / {in_bridge:?}, limit {limit:?}");
+    }
+    if blocked {
+        assert!(forwarder.stalled() >= 2, "both followers tried the stream and were held back");
+    }
+}
+
+async fn changes_reach_running_proxies_through_the_stream(backend: Backend) {
+    changes_reach_running_proxies(backend, false).await
+}
+
+async fn changes_reach_running_proxies_within_max_age_when_the_stream_is_blocked(backend: Backend) {
+    changes_reach_running_proxies(backend, true).await
+}
+
+nexus_testkit::both_backends!(
+    changes_reach_running_proxies_through_the_stream,
+    changes_reach_running_proxies_within_max_age_when_the_stream_is_blocked
+);

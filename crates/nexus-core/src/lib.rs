@@ -9,6 +9,7 @@ pub mod connection;
 pub mod error;
 pub mod merge;
 pub mod provider;
+pub mod redact;
 pub mod secret;
 pub mod strategy;
 pub mod url_policy;

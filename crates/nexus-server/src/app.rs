@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::error::{ApiError, ErrorBody};
 use crate::middleware::{api_key, body_limit, caller, error_json, request_log};
-use crate::routes::{audit, capture, connections, health, providers, proxy, tokens};
+use crate::routes::{audit, capture, connections, health, invalidations, providers, proxy, tokens};
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method};
@@ -118,6 +118,7 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(capture::capture_credential))
         .routes(routes!(tokens::get_token))
         .routes(routes!(tokens::refresh_token))
+        .routes(routes!(invalidations::invalidations))
 }
 
 /// Routes without an API key.
@@ -173,6 +174,11 @@ impl Application {
         let refresher = tokio::spawn(crate::services::refresher::run(state.clone()));
         let head_timeout = state.config.head_timeout;
         let app = router(self.state);
+        let stopping = state.clone();
+        let shutdown = async move {
+            shutdown.await;
+            stopping.begin_stopping();
+        };
         crate::serve::serve(self.listener, app, head_timeout, shutdown).await;
         refresher.abort();
         let _ = refresher.await;

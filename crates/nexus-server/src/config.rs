@@ -36,6 +36,8 @@ pub struct RawConfig {
     /// Seconds a client may take to send a request head, or stay idle
     /// between requests (default 30).
     pub head_timeout: Option<String>,
+    /// Seconds a proxy or the Bridge may reuse a token answer (default 30).
+    pub token_max_age: Option<String>,
 }
 
 impl std::fmt::Debug for RawConfig {
@@ -74,6 +76,9 @@ pub struct Config {
     pub refresh_interval_secs: u64,
     /// How long a client may take to send a request head, or stay idle between requests.
     pub head_timeout: std::time::Duration,
+    /// Seconds a proxy or the Bridge may reuse a token answer (`max_age`,
+    /// SPEC 5b; never beyond the answer's `expires_at`).
+    pub token_max_age_secs: i64,
 }
 
 impl std::fmt::Debug for Config {
@@ -92,6 +97,7 @@ impl std::fmt::Debug for Config {
             .field("refresh_window_secs", &self.refresh_window_secs)
             .field("refresh_interval_secs", &self.refresh_interval_secs)
             .field("head_timeout", &self.head_timeout)
+            .field("token_max_age_secs", &self.token_max_age_secs)
             .finish()
     }
 }
@@ -198,6 +204,7 @@ impl RawConfig {
         let refresh_window_secs = parse_secs("REFRESH_WINDOW", self.refresh_window.as_deref(), 300, 0, 86_400)?;
         let refresh_interval_secs =
             parse_secs("REFRESH_INTERVAL", self.refresh_interval.as_deref(), 15, 1, 3_600)? as u64;
+        let token_max_age_secs = parse_secs("TOKEN_MAX_AGE", self.token_max_age.as_deref(), 30, 0, 3_600)?;
         let head_timeout =
             std::time::Duration::from_secs(
                 parse_secs("HEAD_TIMEOUT", self.head_timeout.as_deref(), 30, 1, 3_600)? as u64
@@ -220,6 +227,7 @@ impl RawConfig {
             refresh_window_secs,
             refresh_interval_secs,
             head_timeout,
+            token_max_age_secs,
         })
     }
 }

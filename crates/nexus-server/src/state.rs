@@ -6,7 +6,7 @@ use crate::services::token_cache::TokenCache;
 use nexus_store::{Invalidation, NewAudit, Store};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 /// Cheap to clone (`Arc` inside).
 #[derive(Clone, Debug)]
@@ -27,6 +27,12 @@ pub struct Inner {
     /// Per-connection locks for single-flight refresh.
     pub refresh_locks: crate::services::refresh::RefreshLocks,
     audit_tx: mpsc::Sender<AuditMsg>,
+    /// Every change that invalidates token answers, committed here or (on
+    /// PostgreSQL) by any replica: what `GET /v1/invalidations` streams.
+    changes: broadcast::Sender<Invalidation>,
+    /// Turns `true` when the server starts to stop: long-lived work (the
+    /// invalidation streams, the refresher) winds down.
+    stopping: watch::Sender<bool>,
 }
 
 #[derive(Debug)]
@@ -69,6 +75,7 @@ impl AppState {
         let (audit_tx, audit_rx) = mpsc::channel(16 * 1024);
         tokio::spawn(audit_writer(store.clone(), audit_rx));
         let invalidations = store.subscribe_invalidations();
+        let (changes, _) = broadcast::channel(1024);
         let state = AppState(Arc::new(Inner {
             config,
             store,
@@ -77,6 +84,8 @@ impl AppState {
             token_cache: TokenCache::new(Duration::from_secs(30)),
             refresh_locks: Default::default(),
             audit_tx,
+            changes,
+            stopping: watch::Sender::new(false),
         }));
         if let Some(mut rx) = invalidations {
             let weak = Arc::downgrade(&state.0);
@@ -84,6 +93,7 @@ impl AppState {
                 while let Some(what) = rx.recv().await {
                     let Some(inner) = weak.upgrade() else { return };
                     inner.token_cache.invalidate(&what);
+                    let _ = inner.changes.send(what);
                 }
             });
         }
@@ -94,6 +104,27 @@ impl AppState {
     /// (other replicas hear of it through the store's notifications).
     pub fn invalidate(&self, what: Invalidation) {
         self.token_cache.invalidate(&what);
+        // No subscriber is no error: nobody follows the stream.
+        let _ = self.changes.send(what);
+    }
+
+    /// Changes from now on, as [`AppState::invalidate`] and the other
+    /// replicas report them.
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<Invalidation> {
+        self.changes.subscribe()
+    }
+
+    /// Tells long-lived work that the server is stopping.
+    pub fn begin_stopping(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves once the server has begun to stop.
+    pub fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.stopping.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
     }
 
     /// Records a high-volume event (`token.retrieved`, `auth.rejected`)

@@ -5,6 +5,7 @@
 pub mod app;
 pub mod db;
 pub mod flows;
+pub mod forwarder;
 pub mod moto;
 pub mod oidc;
 pub mod process;

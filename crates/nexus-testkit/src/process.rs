@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-pub const CONFIG_VARS: [&str; 18] = [
+pub const CONFIG_VARS: [&str; 25] = [
     "API_KEY",
     "ENCRYPTION_KEY",
     "ENCRYPTION_KEYS",
@@ -28,6 +28,13 @@ pub const CONFIG_VARS: [&str; 18] = [
     "NEXUS_URL",
     "REFRESH_WINDOW",
     "REFRESH_INTERVAL",
+    "HEAD_TIMEOUT",
+    "TOKEN_MAX_AGE",
+    "AUDIT_KEYS",
+    "NEXUS_PROXY_THREADS",
+    "NEXUS_PROXY_MAX_CONNECTIONS",
+    "NEXUS_PROXY_ALLOWED_HOSTS",
+    "NEXUS_PROXY_ALLOWED_ORIGINS",
 ];
 
 /// A `nexus` command (`bin`: the binary's path) with a clean configuration environment, run in `dir`.

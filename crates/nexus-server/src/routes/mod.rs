@@ -6,6 +6,7 @@ pub mod audit;
 pub mod capture;
 pub mod connections;
 pub mod health;
+pub mod invalidations;
 pub mod providers;
 pub mod proxy;
 pub mod tokens;

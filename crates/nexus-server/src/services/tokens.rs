@@ -36,6 +36,10 @@ pub struct TokenView {
     /// The provider's API root, where proxies send signed requests.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_base_url: Option<String>,
+    /// Seconds a proxy or the Bridge may reuse this answer (`TOKEN_MAX_AGE`,
+    /// never beyond `expires_at`); changes arrive sooner through
+    /// `GET /v1/invalidations`.
+    pub max_age: i64,
 }
 
 /// Seconds before `expires_at` in which an OAuth answer is not served from cache.
@@ -161,7 +165,12 @@ async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<(TokenView,
     }
     let entry = audit(Some(caller), AuditEvent::TokenRetrieved, &row, json!({}));
     state.audit_batched(entry).await;
+    let max_age = match row.expires_at {
+        Some(exp) => state.config.token_max_age_secs.min(exp - chrono::Utc::now().timestamp()).max(0),
+        None => state.config.token_max_age_secs,
+    };
     let view = TokenView {
+        max_age,
         connection_id: row.id,
         provider: provider.config.name.to_string(),
         auth_type: provider.config.auth_type.as_str().to_owned(),

@@ -1,0 +1,72 @@
+//! `GET /v1/invalidations`: a server-sent event stream of changes to token
+//! answers, so a `nexus proxy` or a Bridge that caches answers drops one as
+//! soon as the connection is revoked, its provider deleted or edited (SPEC
+//! 5b; without the stream, `max_age` bounds how long a stale answer lives).
+//!
+//! Events:
+//! * `ready` (`{}`), first: the follower forgets everything it cached, as
+//!   it may have missed changes while it was not listening;
+//! * `invalidate`: `{"connection_id": …}`, `{"provider_id": …}` or
+//!   `{"all": true}` (also sent when this follower fell behind);
+//! * a `ping` comment every 15 s, so a follower can tell a stalled stream
+//!   from a quiet one.
+//!
+//! It reports changes committed by this process and, on PostgreSQL, by
+//! every replica. Every key may follow it (one role today; section 13
+//! will filter it to the key's workspaces).
+
+use crate::state::AppState;
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::stream::Stream;
+use nexus_store::Invalidation;
+use serde_json::json;
+use std::convert::Infallible;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+
+/// How often a quiet stream says it is alive.
+pub const PING_INTERVAL: Duration = Duration::from_secs(15);
+
+fn event(what: &Invalidation) -> Event {
+    let data = match what {
+        Invalidation::Connection(id) => json!({ "connection_id": id }),
+        Invalidation::Provider(id) => json!({ "provider_id": id }),
+        Invalidation::All => json!({ "all": true }),
+    };
+    Event::default().event("invalidate").data(data.to_string())
+}
+
+/// Changes to token answers as they are committed.
+#[utoipa::path(get, path = "/v1/invalidations", tag = "tokens",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, content_type = "text/event-stream",
+         description = "`event: ready` first, then `event: invalidate` with `{\"connection_id\"}`, `{\"provider_id\"}` or `{\"all\": true}`; a comment every 15 s"),
+        (status = 401, body = crate::error::ErrorBody)
+    ))]
+pub async fn invalidations(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    struct Follow {
+        changes: tokio::sync::broadcast::Receiver<Invalidation>,
+        ready: bool,
+        stopping: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    }
+    let start = Follow { changes: state.subscribe_changes(), ready: false, stopping: Box::pin(state.stopping()) };
+    let stream = futures_util::stream::unfold(start, |mut f| async move {
+        if !f.ready {
+            f.ready = true;
+            return Some((Ok(Event::default().event("ready").data("{}")), f));
+        }
+        let next = tokio::select! {
+            // A stopping server ends every stream, so it need not wait for them.
+            () = &mut f.stopping => return None,
+            next = f.changes.recv() => next,
+        };
+        match next {
+            Ok(what) => Some((Ok(event(&what)), f)),
+            Err(RecvError::Lagged(_)) => Some((Ok(event(&Invalidation::All)), f)),
+            Err(RecvError::Closed) => None,
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(PING_INTERVAL).text("ping"))
+}
