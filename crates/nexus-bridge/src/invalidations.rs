@@ -119,20 +119,15 @@ pub async fn follow(
         match opened {
             Ok(Ok(mut resp)) if resp.status().is_success() => {
                 let mut reader = EventReader::default();
-                loop {
-                    match tokio::time::timeout(STALL, resp.chunk()).await {
-                        Ok(Ok(Some(bytes))) => {
-                            for invalidation in reader.feed(&bytes) {
-                                if invalidation == Invalidation::All {
-                                    failures = 0; // `ready`: the stream works
-                                }
-                                if !apply(invalidation) {
-                                    return;
-                                }
-                            }
+                // Until it ends, fails or stalls; then it is opened again.
+                while let Ok(Ok(Some(bytes))) = tokio::time::timeout(STALL, resp.chunk()).await {
+                    for invalidation in reader.feed(&bytes) {
+                        if invalidation == Invalidation::All {
+                            failures = 0; // `ready`: the stream works
                         }
-                        // Ended, failed or stalled: open it again.
-                        _ => break,
+                        if !apply(invalidation) {
+                            return;
+                        }
                     }
                 }
                 tracing::debug!("the Gateway's invalidation stream ended; reopening it");
