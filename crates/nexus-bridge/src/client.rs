@@ -262,7 +262,7 @@ impl GatewayClient {
     /// `GET /v1/token/{id}`.
     pub async fn token(&self, connection_id: &str) -> Result<TokenAnswer, GatewayError> {
         let v = self.call(reqwest::Method::GET, &format!("/v1/token/{}", encode(connection_id)), None).await?;
-        serde_json::from_value(v).map_err(|e| GatewayError::Unavailable(format!("unexpected token answer: {e}")))
+        serde_json::from_value(v).map_err(unexpected_answer)
     }
 
     /// `POST /v1/refresh/{id}`.
@@ -274,7 +274,7 @@ impl GatewayClient {
                 Some(&Value::Object(Map::new())),
             )
             .await?;
-        serde_json::from_value(v).map_err(|e| GatewayError::Unavailable(format!("unexpected token answer: {e}")))
+        serde_json::from_value(v).map_err(unexpected_answer)
     }
 
     /// `POST /v1/request-connection` (the body as in the API).
@@ -300,6 +300,12 @@ impl GatewayClient {
     pub async fn providers_metadata(&self) -> Result<Value, GatewayError> {
         self.call(reqwest::Method::GET, "/v1/providers/metadata", None).await
     }
+}
+
+/// A token answer that does not read: said without quoting the value that
+/// did not fit (it may be a credential).
+fn unexpected_answer(e: serde_json::Error) -> GatewayError {
+    GatewayError::Unavailable(format!("unexpected token answer: {}", nexus_core::redact::serde_message(&e)))
 }
 
 fn encode(segment: &str) -> String {

@@ -222,7 +222,9 @@ impl ProviderInput {
         serde_path_to_error::deserialize(body).map_err(|e| {
             let path = e.path().to_string();
             let field = if path == "." { "body".to_owned() } else { path };
-            ValidationErrors::single(field, e.into_inner().to_string())
+            // The message names what was expected, never the value sent
+            // (which may be a secret: `"client_secret": 12345`).
+            ValidationErrors::single(field, crate::redact::serde_message(&e.into_inner()))
         })
     }
 

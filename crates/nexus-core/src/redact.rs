@@ -115,7 +115,8 @@ pub fn serde_message(e: &serde_json::Error) -> String {
 /// texts, or serde_json's without the position).
 pub fn without_value(message: &str) -> String {
     for kind in ["invalid type", "invalid value", "unknown variant"] {
-        if let Some(rest) = message.strip_prefix(kind).and_then(|r| r.strip_prefix(": ")) {
+        let rest = message.strip_prefix(kind).and_then(|r| r.strip_prefix(": ").or_else(|| r.strip_prefix(' ')));
+        if let Some(rest) = rest {
             let mut out = kind.to_owned();
             if let Some((_, expected)) = rest.rsplit_once(", expected ") {
                 let _ = write!(out, ", expected {expected}");

@@ -213,7 +213,10 @@ fn map_error(e: RequestTokenError<crate::http::HttpError, BasicErrorResponse>) -
             description: r.error_description().map(|d| d.chars().take(200).collect()),
         },
         RequestTokenError::Request(e) => OAuthError::Transport(e.0),
-        RequestTokenError::Parse(e, _) => OAuthError::InvalidReply(format!("at {}: {}", e.path(), e.inner())),
+        // serde's message would quote the value it could not read (a token).
+        RequestTokenError::Parse(e, _) => {
+            OAuthError::InvalidReply(format!("at {}: {}", e.path(), nexus_core::redact::serde_message(e.inner())))
+        }
         RequestTokenError::Other(m) => OAuthError::InvalidReply(m),
     }
 }

@@ -1,6 +1,12 @@
 //! The HTTP client the OAuth crates call, over `reqwest`, with reply
-//! normalisation for providers that bend the token-endpoint rules.
+//! normalisation for providers that bend the token-endpoint rules, and
+//! masking of what a provider says: its `error`, `error_description` and
+//! `error_uri` are read only after every secret of the exchange (what was
+//! sent: client secret, code, PKCE verifier, refresh token, assertion; and
+//! what came back: tokens) is masked in them, so a provider that echoes the
+//! request cannot put a secret into a log line, an audit row or a redirect.
 
+use nexus_core::redact::Masker;
 use oauth2::{AsyncHttpClient, HttpRequest, HttpResponse};
 use serde_json::{Map, Value};
 use std::future::Future;
@@ -29,6 +35,7 @@ impl ProviderHttp {
 
     async fn execute(&self, request: HttpRequest) -> Result<HttpResponse, HttpError> {
         let (parts, body) = request.into_parts();
+        let mut masker = sent_secrets(&parts.headers, &body);
         let url = parts.uri.to_string();
         nexus_core::url_policy::parse_outbound_url(&url).map_err(|e| HttpError(format!("{url}: {e}")))?;
         let mut builder = self.client.request(parts.method, &url).body(body);
@@ -51,7 +58,10 @@ impl ProviderHttp {
             return Err(HttpError(format!("{} answered HTTP {}", host_of(&url), status.as_u16())));
         }
         let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let (status, json) = normalise(status.as_u16(), content_type, &bytes);
+        let (status, mut json) = normalise(status.as_u16(), content_type, &bytes);
+        if let Some(Value::Object(reply)) = &mut json {
+            mask_provider_text(reply, &mut masker);
+        }
         let mut out = http::Response::builder().status(status);
         match json {
             Some(v) => {
@@ -74,6 +84,75 @@ impl<'c> AsyncHttpClient<'c> for ProviderHttp {
 
     fn call(&'c self, request: HttpRequest) -> Self::Future {
         Box::pin(self.execute(request))
+    }
+}
+
+/// Fields of a request or a reply whose values are secret.
+const SECRET_FIELDS: [&str; 11] = [
+    "client_secret",
+    "code",
+    "code_verifier",
+    "refresh_token",
+    "access_token",
+    "id_token",
+    "assertion",
+    "client_assertion",
+    "password",
+    "token",
+    "private_key",
+];
+
+/// The secrets a token-endpoint request carries: secret fields of its form
+/// or JSON body, and its `Authorization` credentials.
+fn sent_secrets(headers: &http::HeaderMap, body: &[u8]) -> Masker {
+    let mut masker = Masker::new();
+    if let Ok(Value::Object(json)) = serde_json::from_slice::<Value>(body) {
+        for (k, v) in &json {
+            if let (true, Some(v)) = (SECRET_FIELDS.contains(&k.as_str()), v.as_str()) {
+                masker.add(v);
+            }
+        }
+    } else {
+        for (k, v) in url::form_urlencoded::parse(body) {
+            if SECRET_FIELDS.contains(&k.as_ref()) {
+                masker.add(&v);
+            }
+        }
+    }
+    if let Some(auth) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        use base64::Engine as _;
+        if let Some(basic) = auth.strip_prefix("Basic ") {
+            let decoded = base64::engine::general_purpose::STANDARD.decode(basic.trim()).unwrap_or_default();
+            let decoded = String::from_utf8_lossy(&decoded);
+            masker.add(basic.trim());
+            // `client_id:client_secret`, each form-encoded (RFC 6749 §2.3.1).
+            if let Some((_, secret)) = decoded.split_once(':') {
+                masker.add(secret);
+                let plain: String = url::form_urlencoded::parse(format!("s={secret}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default();
+                masker.add(&plain);
+            }
+        } else if let Some(token) = auth.strip_prefix("Bearer ") {
+            masker.add(token.trim());
+        }
+    }
+    masker
+}
+
+/// Masks, in a reply's own words, the secrets of the exchange (those sent,
+/// and any the reply itself carries), and bounds their length.
+fn mask_provider_text(reply: &mut Map<String, Value>, masker: &mut Masker) {
+    for field in SECRET_FIELDS {
+        if let Some(Value::String(v)) = reply.get(field) {
+            masker.add(&v.clone());
+        }
+    }
+    for field in ["error", "error_description", "error_uri"] {
+        if let Some(Value::String(text)) = reply.get_mut(field) {
+            *text = masker.mask(text);
+        }
     }
 }
 
@@ -134,6 +213,34 @@ fn form_to_json(body: &[u8]) -> Option<Value> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_provider_cannot_echo_the_exchange_into_its_error_text() {
+        let body = b"grant_type=authorization_code&code=the-code-123&code_verifier=verif-456789&client_id=cid&client_secret=s%2Bcret%26x";
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::AUTHORIZATION, "Basic Y2lkOmJhc2ljLXNlY3JldA==".parse().unwrap());
+        let mut masker = sent_secrets(&headers, body);
+        let echo = String::from_utf8_lossy(body).into_owned();
+        let mut reply = json!({
+            "error": "invalid_grant the-code-123",
+            "error_description": format!("you sent {echo} with basic-secret and s+cret&x, token tok-abcdef"),
+            "error_uri": "https://idp/err?code=the-code-123",
+            "access_token": "tok-abcdef"
+        });
+        mask_provider_text(reply.as_object_mut().unwrap(), &mut masker);
+        let shown: String =
+            ["error", "error_description", "error_uri"].iter().map(|f| reply[f].as_str().unwrap()).collect();
+        for secret in ["the-code-123", "verif-456789", "s%2Bcret%26x", "s+cret&x", "basic-secret", "tok-abcdef"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("[redacted]"), "{shown}");
+        assert!(
+            reply["error_description"].as_str().unwrap().chars().count() <= nexus_core::redact::MAX_PROVIDER_TEXT + 1
+        );
+        let json_body = br#"{"grant_type":"refresh_token","refresh_token":"rt-7777777"}"#;
+        let masker = sent_secrets(&http::HeaderMap::new(), json_body);
+        assert_eq!(masker.mask("bad rt-7777777"), "bad [redacted]");
+    }
 
     #[test]
     fn form_encoded_replies_become_json() {

@@ -39,8 +39,8 @@ pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Discovery,
             return Err(format!("{url} returned more than {MAX_DOCUMENT_BYTES} bytes"));
         }
     }
-    let doc: Document =
-        serde_json::from_slice(&body).map_err(|e| format!("{url} did not return a discovery document: {e}"))?;
+    let doc: Document = serde_json::from_slice(&body)
+        .map_err(|e| format!("{url} did not return a discovery document: {}", nexus_core::redact::serde_message(&e)))?;
     let found = doc.issuer.ok_or_else(|| format!("the document at {url} has no issuer"))?;
     if found.trim_end_matches('/') != issuer.trim_end_matches('/') {
         return Err(format!("the document at {url} names issuer '{found}', expected '{issuer}'"));

@@ -46,7 +46,8 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             }
         })?;
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {e}"))
+            let why = nexus_core::redact::serde_message(&e);
+            ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {why}"))
         })?;
         check_value(&value, 0)?;
         Ok(JsonBody(value))

@@ -81,7 +81,9 @@ impl TestApp {
     }
 
     async fn start(db: Arc<TestDb>, raw: RawConfig) -> TestApp {
+        crate::logs::capture();
         let api_key = raw.api_key.clone().unwrap_or_default();
+        let key_secret = api_key.clone();
         let config = raw.clone().build().expect("test configuration is valid");
         let app = Application::build(config).await.expect("server starts");
         let addr = app.local_addr();
@@ -104,7 +106,8 @@ impl TestApp {
             db,
             raw,
             bodies: Arc::default(),
-            secrets: Arc::default(),
+            // The API key is a secret too: no answer or log line may show it.
+            secrets: Arc::new(Mutex::new(vec![key_secret])),
             shutdown: Some(tx),
             server: Some(server),
         }
@@ -118,9 +121,18 @@ impl TestApp {
         format!("{}{}", self.base_url, path)
     }
 
-    /// Marks `secret` as a value that must never appear in a response.
+    /// Marks `secret` as a value that must never appear in a response or a log line.
     pub fn remember_secret(&self, secret: &str) {
         self.secrets.lock().unwrap().push(secret.to_owned());
+    }
+
+    /// Marks every string in `credentials` (captured credentials: all secret) as secret.
+    pub fn remember_credentials(&self, credentials: &Value) {
+        if let Value::Object(map) = credentials {
+            for v in map.values().filter_map(Value::as_str).filter(|s| s.len() >= 6) {
+                self.remember_secret(v);
+            }
+        }
     }
 
     /// Sends a request built by the caller, records the body, returns it read.
@@ -174,14 +186,16 @@ impl TestApp {
         self.bodies.lock().unwrap().clone()
     }
 
-    /// Panics if any recorded body contains any secret sent to this app.
+    /// Panics if any recorded body, or any line logged in this process,
+    /// contains any secret sent to this app.
     pub fn assert_no_secret_in_responses(&self) {
         let secrets = self.secrets.lock().unwrap().clone();
         for body in self.bodies.lock().unwrap().iter() {
             for secret in &secrets {
-                assert!(!body.contains(secret.as_str()), "a response body contains a client secret: {body}");
+                assert!(!body.contains(secret.as_str()), "a response body contains a secret: {body}");
             }
         }
+        crate::logs::assert_none_logged(&secrets);
     }
 
     /// Number of audit rows written so far.
@@ -225,7 +239,19 @@ fn collect_secrets(body: &Value, out: &mut Vec<String>) {
     match body {
         Value::Object(map) => {
             for (k, v) in map {
-                if matches!(k.as_str(), "client_secret" | "password" | "secret_key" | "api_secret" | "refresh_token") {
+                if matches!(
+                    k.as_str(),
+                    "client_secret"
+                        | "password"
+                        | "secret_key"
+                        | "api_secret"
+                        | "refresh_token"
+                        | "access_token"
+                        | "session_token"
+                        | "api_key"
+                        | "app_key"
+                        | "private_key"
+                ) {
                     if let Some(s) = v.as_str().filter(|s| s.len() >= 6) {
                         out.push(s.to_owned());
                     }

@@ -6,6 +6,7 @@ pub mod app;
 pub mod db;
 pub mod flows;
 pub mod forwarder;
+pub mod logs;
 pub mod moto;
 pub mod oidc;
 pub mod process;

@@ -51,6 +51,7 @@ pub async fn recording_upstream() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
 
 /// Registers a static provider at `base` and captures `credentials`; returns the connection id.
 pub async fn static_connection(app: &TestApp, name: &str, provider: Value, credentials: Value) -> String {
+    app.remember_credentials(&credentials);
     let mut provider = provider;
     provider["name"] = json!(name);
     let created = app.post("/v1/providers", &provider).await;

@@ -8,6 +8,7 @@ use crate::services::state_token::{self, StateClaims, StateProblem};
 use crate::state::AppState;
 use axum::http::StatusCode;
 use nexus_core::connection::{narrow_scopes, parse_return_url, PENDING_TTL_SECS};
+use nexus_core::redact::serde_message;
 use nexus_core::{AuditEvent, AuthType, ConnectionStatus, SecretString};
 use nexus_oauth::{ClientAuth, ClientConfig};
 use nexus_store::{Activation, ConnectionFilter, ConnectionRow, Handshake, Invalidation, NewAudit, ProviderRow};
@@ -189,7 +190,7 @@ fn param_map(provider: &ProviderRow, key: &str) -> Map<String, Value> {
 /// `POST /v1/request-connection`.
 pub async fn request(state: &AppState, caller: &Caller, body: Value) -> Result<ConnectionRequested, ApiError> {
     let input: RequestConnection =
-        serde_json::from_value(body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+        serde_json::from_value(body).map_err(|e| ApiError::bad_request(format!("body: {}", serde_message(&e))))?;
     let workspace_id = input.workspace_id.trim().to_owned();
     if workspace_id.is_empty() || workspace_id.len() > 256 {
         return Err(ApiError::bad_request("workspace_id: must be 1 to 256 characters"));
