@@ -27,22 +27,37 @@ struct Cluster {
     servers: Vec<Server>,
     idp: OidcProvider,
     connection_id: String,
+    /// What the servers were started with (to start another).
+    env: Vec<(&'static str, String)>,
     _db: TestDb,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start_server(&self) -> Server {
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Server::start(BIN, self.dir.path(), &env, &[]).await
+    }
 }
 
 async fn cluster(backend: Backend, replicas: usize) -> Cluster {
+    cluster_refreshing_every(backend, replicas, "3600").await
+}
+
+/// A cluster whose background refresher ticks every `interval` seconds.
+async fn cluster_refreshing_every(backend: Backend, replicas: usize, interval: &str) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let db = TestDb::new(backend).await.unwrap();
     let (enc, state) = (nexus_vault::generate_key(), nexus_vault::generate_key());
-    let env = [
-        ("API_KEY", API_KEY),
-        ("ENCRYPTION_KEY", enc.as_str()),
-        ("STATE_KEY", state.as_str()),
-        ("DATABASE_URL", db.url()),
-        ("REFRESH_WINDOW", "1"),
-        ("REFRESH_INTERVAL", "3600"),
+    let owned: Vec<(&'static str, String)> = vec![
+        ("API_KEY", API_KEY.to_owned()),
+        ("ENCRYPTION_KEY", enc),
+        ("STATE_KEY", state),
+        ("DATABASE_URL", db.url().to_owned()),
+        ("REFRESH_WINDOW", "1".to_owned()),
+        ("REFRESH_INTERVAL", interval.to_owned()),
     ];
+    let env: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut servers = Vec::new();
     for _ in 0..replicas {
         servers.push(Server::start(BIN, dir.path(), &env, &[]).await);
@@ -87,7 +102,8 @@ async fn cluster(backend: Backend, replicas: usize) -> Cluster {
         .unwrap();
     let done = c.get(cb.as_str()).send().await.unwrap();
     assert!(done.headers()["location"].to_str().unwrap().contains("status=success"));
-    Cluster { servers, idp, connection_id: req["connection_id"].as_str().unwrap().to_owned(), _db: db, _dir: dir }
+    let connection_id = req["connection_id"].as_str().unwrap().to_owned();
+    Cluster { servers, idp, connection_id, env: owned, _db: db, dir }
 }
 
 /// The expiry the servers currently hold, from one token answer.
@@ -219,4 +235,79 @@ async fn a_killed_replica_does_not_stop_the_others() {
     })
     .await
     .expect("bounded");
+}
+
+/// SIGTERM while the background refresher waits on a slow token endpoint
+/// of a provider that rotates refresh tokens: the refresh finishes and the
+/// rotated token is stored before the process exits, so after a restart
+/// the connection still refreshes (aborted, the provider would have
+/// rotated a token Nexus never stored, and the next refresh would be
+/// refused).
+async fn sigterm_lets_a_background_refresh_finish(backend: Backend) {
+    let mut cl = cluster_refreshing_every(backend, 1, "1").await;
+    let id = cl.connection_id.clone();
+    cl.idp.reset().await.unwrap();
+    cl.idp.delay_token_endpoint(4000, 1).await.unwrap();
+    // The refresher picks the connection up a second before expiry (3 s
+    // tokens, a 1 s window, a tick a second) and waits on the provider.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while cl.idp.stats().await.unwrap().refresh_requests == 0 {
+        assert!(std::time::Instant::now() < deadline, "the refresher never asked the provider");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stopped_at = std::time::Instant::now();
+    let (code, logs) = cl.servers.pop().unwrap().terminate().await;
+    let took = stopped_at.elapsed();
+    assert_eq!(code, 0, "{logs}");
+    assert!(took >= Duration::from_millis(2500), "it waited for the refresh to finish: {took:?}");
+    println!("stopped {took:?} after SIGTERM, with the refresh finished");
+
+    let server = cl.start_server().await;
+    cl.idp.reset().await.unwrap();
+    // The next refresh (on demand or in the background) uses the stored
+    // refresh token: the answer's access token changes, and the
+    // connection stays active.
+    let token = |server: &Server| {
+        let url = server.url(&format!("/v1/token/{id}"));
+        async move {
+            let resp = client().get(url).header("x-api-key", API_KEY).send().await.unwrap();
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(status, 200, "{body}");
+            body["credentials"]["access_token"].as_str().unwrap().to_owned()
+        }
+    };
+    let before = token(&server).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while token(&server).await == before {
+        assert!(std::time::Instant::now() < deadline, "no refresh after the restart");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(cl.idp.stats().await.unwrap().refresh_requests >= 1);
+    let check: Value = client()
+        .get(server.url(&format!("/v1/check-connection/{id}")))
+        .header("x-api-key", API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(check["status"], "active");
+    let (code, _) = server.terminate().await;
+    assert_eq!(code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_background_refresh_finish_on_sqlite() {
+    tokio::time::timeout(Duration::from_secs(120), sigterm_lets_a_background_refresh_finish(Backend::Sqlite))
+        .await
+        .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_background_refresh_finish_on_postgres() {
+    tokio::time::timeout(Duration::from_secs(120), sigterm_lets_a_background_refresh_finish(Backend::Postgres))
+        .await
+        .expect("bounded");
 }

@@ -126,6 +126,10 @@ fn public_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(health::health)).routes(routes!(health::ready))
 }
 
+/// How long a stop waits for refreshes in flight (longer than a provider
+/// call may take: the outbound client gives up after 15 s).
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -180,9 +184,21 @@ impl Application {
             stopping.begin_stopping();
         };
         crate::serve::serve(self.listener, app, head_timeout, shutdown).await;
-        refresher.abort();
-        let _ = refresher.await;
-        state.flush_audit().await;
+        // The refresher starts nothing new now; what it (and any request)
+        // began with a provider finishes, within the grace period.
+        state.tasks.close();
+        let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            let _ = refresher.await;
+            state.tasks.wait().await;
+        })
+        .await;
+        if finished.is_err() {
+            tracing::error!(
+                grace_secs = SHUTDOWN_GRACE.as_secs(),
+                "refreshes still in flight at the end of the grace period; stopping without them"
+            );
+        }
+        state.close_audit().await;
         state.store.close().await;
         Ok(())
     }

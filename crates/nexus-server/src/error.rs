@@ -100,6 +100,14 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Conflict(message) => ApiError::conflict(message),
             StoreError::NotFound => ApiError::not_found("not found"),
+            e if e.is_unavailable() => {
+                tracing::warn!(error = %e, "the database is unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    "the database is unavailable right now; nothing was changed; retry shortly",
+                )
+            }
             other => {
                 // Database messages name tables and constraints, never bound values.
                 tracing::error!(error = %other, "storage failure");

@@ -2,6 +2,7 @@
 //! outbound HTTP client, and the batched writer for high-volume audit rows.
 
 use crate::config::Config;
+use crate::error::ApiError;
 use crate::services::token_cache::TokenCache;
 use nexus_store::{Invalidation, NewAudit, Store};
 use std::sync::Arc;
@@ -27,12 +28,18 @@ pub struct Inner {
     /// Per-connection locks for single-flight refresh.
     pub refresh_locks: crate::services::refresh::RefreshLocks,
     audit_tx: mpsc::Sender<AuditMsg>,
+    /// Set at the end of shutdown's grace: the audit writer logs what the
+    /// database still refuses instead of retrying.
+    audit_give_up: Arc<std::sync::atomic::AtomicBool>,
     /// Every change that invalidates token answers, committed here or (on
     /// PostgreSQL) by any replica: what `GET /v1/invalidations` streams.
     changes: broadcast::Sender<Invalidation>,
     /// Turns `true` when the server starts to stop: long-lived work (the
     /// invalidation streams, the refresher) winds down.
     stopping: watch::Sender<bool>,
+    /// Work that must not be cut off half-way (refreshes): shutdown waits
+    /// for it.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 #[derive(Debug)]
@@ -73,7 +80,8 @@ impl AppState {
         let providers = nexus_bridge::forward::ProviderClient::new(PROXY_CONNECT_TIMEOUT, PROXY_RESPONSE_TIMEOUT)
             .expect("ring supports rustls' default protocol versions");
         let (audit_tx, audit_rx) = mpsc::channel(16 * 1024);
-        tokio::spawn(audit_writer(store.clone(), audit_rx));
+        let audit_give_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        tokio::spawn(audit_writer(store.clone(), audit_rx, audit_give_up.clone()));
         let invalidations = store.subscribe_invalidations();
         let (changes, _) = broadcast::channel(1024);
         let state = AppState(Arc::new(Inner {
@@ -84,8 +92,10 @@ impl AppState {
             token_cache: TokenCache::new(Duration::from_secs(30)),
             refresh_locks: Default::default(),
             audit_tx,
+            audit_give_up,
             changes,
             stopping: watch::Sender::new(false),
+            tasks: tokio_util::task::TaskTracker::new(),
         }));
         if let Some(mut rx) = invalidations {
             let weak = Arc::downgrade(&state.0);
@@ -119,6 +129,11 @@ impl AppState {
         self.stopping.send_replace(true);
     }
 
+    /// Whether the server has begun to stop.
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
     /// Resolves once the server has begun to stop.
     pub fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut rx = self.stopping.subscribe();
@@ -129,13 +144,20 @@ impl AppState {
 
     /// Records a high-volume event (`token.retrieved`, `auth.rejected`)
     /// without waiting for the database: rows are chained and written in
-    /// batches, in order, repeats merged with a count. When the queue is full (the
-    /// database far behind) this waits for room, so a flood slows its sender
-    /// rather than piling up rows in memory. Events that change state are
-    /// written in their own transaction instead.
-    pub async fn audit_batched(&self, entry: NewAudit) {
-        if self.audit_tx.send(AuditMsg::Entry(entry)).await.is_err() {
-            tracing::error!("the audit writer has stopped; a row was not written");
+    /// batches, in order, repeats merged with a count, retried until the
+    /// database takes them. When the queue is full (the database far
+    /// behind or away) this waits for room, so a flood slows its sender
+    /// rather than piling up rows in memory; after [`AUDIT_QUEUE_WAIT`] the
+    /// request fails with `503` instead of going on unaudited. Events that
+    /// change state are written in their own transaction instead.
+    pub async fn audit_batched(&self, entry: NewAudit) -> Result<(), ApiError> {
+        match self.audit_tx.send_timeout(AuditMsg::Entry(entry), AUDIT_QUEUE_WAIT).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                "the audit log cannot be written right now; retry shortly",
+            )),
         }
     }
 
@@ -146,9 +168,24 @@ impl AppState {
             let _ = rx.await;
         }
     }
+
+    /// At shutdown: waits for every queued row to be written, for up to
+    /// [`AUDIT_CLOSE_GRACE`]; rows the database still refuses after that
+    /// are written to the log, one line each, rather than lost unseen.
+    pub async fn close_audit(&self) {
+        if tokio::time::timeout(AUDIT_CLOSE_GRACE, self.flush_audit()).await.is_err() {
+            self.audit_give_up.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = tokio::time::timeout(Duration::from_secs(10), self.flush_audit()).await;
+        }
+    }
 }
 
-async fn audit_writer(store: Store, mut rx: mpsc::Receiver<AuditMsg>) {
+/// How long a request waits for room in a full audit queue before it fails.
+pub const AUDIT_QUEUE_WAIT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for queued audit rows to be written.
+pub const AUDIT_CLOSE_GRACE: Duration = Duration::from_secs(60);
+
+async fn audit_writer(store: Store, mut rx: mpsc::Receiver<AuditMsg>, give_up: Arc<std::sync::atomic::AtomicBool>) {
     while let Some(first) = rx.recv().await {
         let mut batch = Vec::new();
         let mut waiters = Vec::new();
@@ -168,14 +205,40 @@ async fn audit_writer(store: Store, mut rx: mpsc::Receiver<AuditMsg>) {
                 Ok(None) | Err(_) => break,
             }
         }
-        let batch = coalesce(batch);
+        let mut batch = coalesce(batch);
+        // Ids fixed before the first attempt: a retry after a commit whose
+        // answer was lost finds its rows written and adds none.
+        for entry in &mut batch {
+            entry.id.get_or_insert_with(|| uuid::Uuid::now_v7().to_string());
+        }
         let count = batch.len();
-        for attempt in 0..5u32 {
+        let mut attempt = 0u32;
+        loop {
             match store.append_audit_batch(batch.clone()).await {
                 Ok(()) => break,
+                Err(e) if give_up.load(std::sync::atomic::Ordering::SeqCst) => {
+                    tracing::error!(error = %e, rows = count, "audit rows not written at shutdown; they follow");
+                    for row in &batch {
+                        tracing::error!(
+                            id = row.id.as_deref(),
+                            event_type = row.event_type,
+                            at = row.at,
+                            ip = row.ip.as_deref(),
+                            provider_id = row.provider_id.as_deref(),
+                            connection_id = row.connection_id.as_deref(),
+                            workspace_id = row.workspace_id.as_deref(),
+                            data = %row.data,
+                            "audit row not written"
+                        );
+                    }
+                    break;
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, rows = count, attempt, "audit batch write failed");
-                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                    // Never dropped: retried until the database takes it
+                    // (requests wait, then fail, while the queue is full).
+                    tracing::error!(error = %e, rows = count, attempt, "audit batch write failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100u64 << attempt.min(5))).await;
+                    attempt += 1;
                 }
             }
         }

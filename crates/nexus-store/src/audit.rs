@@ -25,6 +25,9 @@ pub struct NewAudit {
     pub data: Value,
     /// When the event happened (unix microseconds); default: when written.
     pub at: Option<i64>,
+    /// The row's id, when the writer fixes it beforehand (so a retried
+    /// batch can tell it was already written); default: a new UUIDv7.
+    pub id: Option<String>,
 }
 
 /// A stored audit row.
@@ -166,7 +169,7 @@ async fn insert_after(
     let data = audit.data.to_string();
     let mut entry = AuditEntry {
         seq: prev_seq + 1,
-        id: uuid::Uuid::now_v7().to_string(),
+        id: audit.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
         at: audit.at.unwrap_or_else(now_micros),
         event_type: audit.event_type.to_owned(),
         ip: audit.ip,
@@ -214,13 +217,23 @@ impl Store {
         Ok(entry)
     }
 
-    /// Appends several rows in one transaction (in order), for batched writers.
+    /// Appends several rows in one transaction (in order), for batched
+    /// writers. Idempotent when the rows carry ids: a batch whose first row
+    /// is already stored (an earlier attempt committed, but its answer was
+    /// lost) is not written again.
     pub async fn append_audit_batch(&self, audits: Vec<NewAudit>) -> Result<(), StoreError> {
         if audits.is_empty() {
             return Ok(());
         }
         let mut w = self.begin_write().await?;
         let (mut seq, mut hash) = chain_head(&mut w).await?;
+        if let Some(id) = audits[0].id.as_deref() {
+            let written =
+                sqlx::query("SELECT seq FROM audit_log WHERE id = $1").bind(id).fetch_optional(&mut *w.tx).await?;
+            if written.is_some() {
+                return Ok(());
+            }
+        }
         for a in audits {
             let entry = insert_after(&mut w, seq, hash, a).await?;
             (seq, hash) = (entry.seq, entry.hash);

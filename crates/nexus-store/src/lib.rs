@@ -43,6 +43,29 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+impl StoreError {
+    /// Whether the database is away (a lost or refused connection, an
+    /// exhausted pool, a terminated backend, a busy SQLite file) rather than
+    /// the request or the data at fault: worth a retry, nothing was written.
+    pub fn is_unavailable(&self) -> bool {
+        let StoreError::Database(e) = self else { return false };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_) => true,
+            sqlx::Error::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                // PostgreSQL: connection exceptions (08…), admin shutdown and
+                // crash (57P0…); SQLite: busy (5) and locked (6).
+                code.starts_with("08") || code.starts_with("57P0") || code == "5" || code == "6"
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Which database the store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -94,6 +117,7 @@ impl Store {
         };
         let pool = match backend {
             Backend::Sqlite => {
+                private_sqlite_files(url)?;
                 let url = if url.contains('?') { url.to_owned() } else { format!("{url}?mode=rwc") };
                 AnyPoolOptions::new()
                     .max_connections(4)
@@ -154,6 +178,42 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// The database file of a `sqlite:` URL (`None` for an in-memory one).
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && !path.starts_with(":memory:")).then(|| std::path::PathBuf::from(path))
+}
+
+/// Makes the SQLite database (and its `-wal` and `-shm` files, which SQLite
+/// creates with the database's permissions) readable by its owner only:
+/// created `0600` when missing, tightened to `0600` when found wider. It
+/// holds every sealed secret and the audit log.
+fn private_sqlite_files(url: &str) -> Result<(), StoreError> {
+    let Some(path) = sqlite_path(url) else { return Ok(()) };
+    let io =
+        |e: std::io::Error| StoreError::Conflict(format!("the SQLite file {} cannot be prepared: {e}", path.display()));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+        }
+        std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path).map_err(io)?;
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+            if let Ok(meta) = std::fs::metadata(&file) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = io;
+    Ok(())
 }
 
 pub(crate) fn now_micros() -> i64 {

@@ -40,8 +40,12 @@ pub struct TestApp {
     pub state: AppState,
     pub db: Arc<TestDb>,
     raw: RawConfig,
-    bodies: Arc<Mutex<Vec<String>>>,
+    /// Every response body, with the path it answered.
+    bodies: Arc<Mutex<Vec<(String, String)>>>,
     secrets: Arc<Mutex<Vec<String>>>,
+    /// Usage credentials: secret everywhere but in token answers (and what
+    /// a provider answers through the proxy).
+    credentials: Arc<Mutex<Vec<String>>>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -108,6 +112,7 @@ impl TestApp {
             bodies: Arc::default(),
             // The API key is a secret too: no answer or log line may show it.
             secrets: Arc::new(Mutex::new(vec![key_secret])),
+            credentials: Arc::default(),
             shutdown: Some(tx),
             server: Some(server),
         }
@@ -126,23 +131,28 @@ impl TestApp {
         self.secrets.lock().unwrap().push(secret.to_owned());
     }
 
-    /// Marks every string in `credentials` (captured credentials: all secret) as secret.
+    /// Marks every string in `credentials` (captured credentials) as a
+    /// usage credential: it may come back in token answers only, and in no
+    /// log line.
     pub fn remember_credentials(&self, credentials: &Value) {
         if let Value::Object(map) = credentials {
             for v in map.values().filter_map(Value::as_str).filter(|s| s.len() >= 6) {
-                self.remember_secret(v);
+                self.credentials.lock().unwrap().push(v.to_owned());
             }
         }
     }
 
     /// Sends a request built by the caller, records the body, returns it read.
     pub async fn send(&self, req: reqwest::RequestBuilder) -> TestResponse {
-        let resp = req.send().await.expect("request reaches the test server");
+        let (client, req) = req.build_split();
+        let req = req.expect("a well-formed test request");
+        let path = req.url().path().to_owned();
+        let resp = client.execute(req).await.expect("request reaches the test server");
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let text = resp.text().await.unwrap_or_default();
         let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        self.bodies.lock().unwrap().push(text.clone());
+        self.bodies.lock().unwrap().push((path, text.clone()));
         TestResponse { status, headers, text, json }
     }
 
@@ -183,19 +193,25 @@ impl TestApp {
 
     /// Every response body this app has returned so far.
     pub fn bodies(&self) -> Vec<String> {
-        self.bodies.lock().unwrap().clone()
+        self.bodies.lock().unwrap().iter().map(|(_, b)| b.clone()).collect()
     }
 
     /// Panics if any recorded body, or any line logged in this process,
     /// contains any secret sent to this app.
     pub fn assert_no_secret_in_responses(&self) {
         let secrets = self.secrets.lock().unwrap().clone();
-        for body in self.bodies.lock().unwrap().iter() {
+        let credentials = self.credentials.lock().unwrap().clone();
+        for (path, body) in self.bodies.lock().unwrap().iter() {
             for secret in &secrets {
                 assert!(!body.contains(secret.as_str()), "a response body contains a secret: {body}");
             }
+            let usage = ["/v1/token/", "/v1/refresh/", "/v1/proxy/"].iter().any(|p| path.starts_with(p));
+            for credential in credentials.iter().filter(|_| !usage) {
+                assert!(!body.contains(credential.as_str()), "{path} answered with a credential: {body}");
+            }
         }
         crate::logs::assert_none_logged(&secrets);
+        crate::logs::assert_none_logged(&credentials);
     }
 
     /// Number of audit rows written so far.

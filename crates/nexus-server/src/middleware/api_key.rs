@@ -19,7 +19,9 @@ pub async fn require_api_key(State(state): State<AppState>, req: Request, next: 
     };
     if let Some(allowed) = &state.config.allowed_cidrs {
         if !allowed.iter().any(|net| net.contains(&caller.ip)) {
-            audit_rejection(&state, &caller, &target(&req), "ip_not_allowed").await;
+            if let Err(unavailable) = audit_rejection(&state, &caller, &target(&req), "ip_not_allowed").await {
+                return unavailable.into_response();
+            }
             return ApiError::forbidden(format!("caller {} is not in ALLOWED_CIDRS", caller.ip)).into_response();
         }
     }
@@ -30,7 +32,9 @@ pub async fn require_api_key(State(state): State<AppState>, req: Request, next: 
         Some(_) => None,
     };
     if let Some(reason) = reason {
-        audit_rejection(&state, &caller, &target(&req), reason).await;
+        if let Err(unavailable) = audit_rejection(&state, &caller, &target(&req), reason).await {
+            return unavailable.into_response();
+        }
         let message = if reason == "missing_api_key" {
             "the X-API-Key header is required"
         } else {
@@ -46,7 +50,12 @@ fn target(req: &Request) -> (String, String) {
     (req.method().as_str().to_owned(), req.uri().path().chars().take(256).collect())
 }
 
-async fn audit_rejection(state: &AppState, caller: &Caller, target: &(String, String), reason: &str) {
+async fn audit_rejection(
+    state: &AppState,
+    caller: &Caller,
+    target: &(String, String),
+    reason: &str,
+) -> Result<(), ApiError> {
     let entry = NewAudit {
         event_type: AuditEvent::AuthRejected.as_str(),
         ip: Some(caller.ip_string()),
@@ -57,5 +66,5 @@ async fn audit_rejection(state: &AppState, caller: &Caller, target: &(String, St
     };
     // Through the batch writer: a scan of wrong keys costs no transaction
     // per request, and repeats merge into one row with a count.
-    state.audit_batched(entry).await;
+    state.audit_batched(entry).await
 }

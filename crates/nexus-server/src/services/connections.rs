@@ -102,6 +102,7 @@ pub(crate) fn audit(caller: Option<&Caller>, event: AuditEvent, row: &Connection
         workspace_id: Some(row.workspace_id.clone()),
         data,
         at: Some(chrono::Utc::now().timestamp_micros()),
+        id: None,
     }
 }
 

@@ -109,7 +109,21 @@ fn retry_at(failures: i64) -> i64 {
 }
 
 /// Refreshes `id` if `reason` says it is needed, with single flight.
+///
+/// The refresh runs as a task of its own, tracked by the state: if the
+/// caller goes away (a client that hangs up, a request cut off by a
+/// timeout) it still finishes, so a refresh token the provider has already
+/// rotated is stored, and shutdown waits for it.
 pub async fn refresh(state: &AppState, caller: Option<&Caller>, id: &str, reason: Reason) -> Result<Refresh, ApiError> {
+    let (owned, caller, id) = (state.clone(), caller.cloned(), id.to_owned());
+    let task = state.tasks.spawn(async move { refresh_now(&owned, caller.as_ref(), &id, reason).await });
+    task.await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "a refresh task failed");
+        Err(ApiError::internal())
+    })
+}
+
+async fn refresh_now(state: &AppState, caller: Option<&Caller>, id: &str, reason: Reason) -> Result<Refresh, ApiError> {
     let local = state.refresh_locks.lock_for(id);
     let _local = local.lock().await;
     let lock = state.store.lock_for_refresh(id).await?.ok_or_else(|| ApiError::not_found("no such connection"))?;

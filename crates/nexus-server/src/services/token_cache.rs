@@ -6,19 +6,22 @@
 //! `NOTIFY` in the same transaction (other replicas; see
 //! `nexus_store::invalidation`). The TTL is only a backstop, and an OAuth
 //! answer is never served from cache inside its refresh window.
+//!
+//! It is bounded (`moka`: the least useful entries go first when it is
+//! full, each entry expires on its own), so a burst of connections evicts
+//! the coldest answers, not all of them at once.
 
 use axum::body::Bytes;
 use nexus_bridge::TokenAnswer;
 use nexus_store::Invalidation;
-use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-/// The most entries kept; beyond it the cache starts over.
-const MAX_ENTRIES: usize = 100_000;
+/// The most entries kept.
+pub const MAX_ENTRIES: u64 = 100_000;
 
-/// One answer: its JSON as served, and (for the proxy) parsed once.
-#[derive(Debug)]
+/// One answer: its JSON as served, and (for the proxy) parsed once. `Debug`
+/// shows neither: both hold the credentials.
 pub struct Cached {
     pub body: Bytes,
     pub provider_id: String,
@@ -26,6 +29,17 @@ pub struct Cached {
     valid_until: Instant,
     parsed: OnceLock<Option<Arc<TokenAnswer>>>,
     base_allowed: OnceLock<Result<(), String>>,
+}
+
+impl std::fmt::Debug for Cached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cached")
+            .field("body", &format_args!("[{} bytes, redacted]", self.body.len()))
+            .field("provider_id", &self.provider_id)
+            .field("workspace_id", &self.workspace_id)
+            .field("valid_until", &self.valid_until)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Cached {
@@ -58,20 +72,43 @@ impl Cached {
     }
 }
 
-#[derive(Debug)]
+/// Each entry lives until its own `valid_until`.
+struct UntilValid;
+
+impl moka::Expiry<String, Arc<Cached>> for UntilValid {
+    fn expire_after_create(&self, _: &String, value: &Arc<Cached>, created_at: Instant) -> Option<Duration> {
+        Some(value.valid_until.saturating_duration_since(created_at))
+    }
+}
+
 pub struct TokenCache {
-    entries: RwLock<HashMap<String, Arc<Cached>>>,
+    entries: moka::sync::Cache<String, Arc<Cached>>,
     ttl: Duration,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCache").field("entries", &self.entries.entry_count()).field("ttl", &self.ttl).finish()
+    }
 }
 
 impl TokenCache {
     pub fn new(ttl: Duration) -> TokenCache {
-        TokenCache { entries: RwLock::new(HashMap::new()), ttl }
+        TokenCache::with_capacity(ttl, MAX_ENTRIES)
+    }
+
+    /// A cache of at most `capacity` entries.
+    pub fn with_capacity(ttl: Duration, capacity: u64) -> TokenCache {
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(capacity)
+            .expire_after(UntilValid)
+            .support_invalidation_closures()
+            .build();
+        TokenCache { entries, ttl }
     }
 
     pub fn get(&self, connection_id: &str) -> Option<Arc<Cached>> {
-        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
-        entries.get(connection_id).filter(|c| c.valid_until > Instant::now()).cloned()
+        self.entries.get(connection_id).filter(|c| c.valid_until > Instant::now())
     }
 
     /// Caches an answer for at most the TTL and at most `max_age`, and returns it.
@@ -95,23 +132,32 @@ impl TokenCache {
             parsed: OnceLock::new(),
             base_allowed: OnceLock::new(),
         });
-        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= MAX_ENTRIES {
-            entries.clear();
-        }
-        entries.insert(connection_id.to_owned(), cached.clone());
+        self.entries.insert(connection_id.to_owned(), cached.clone());
         cached
     }
 
     pub fn invalidate(&self, what: &Invalidation) {
-        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         match what {
-            Invalidation::Connection(id) => {
-                entries.remove(id);
+            Invalidation::Connection(id) => self.entries.invalidate(id),
+            Invalidation::Provider(id) => {
+                let id = id.clone();
+                // Only fails when closures are not enabled, and they are.
+                if self.entries.invalidate_entries_if(move |_, c| c.provider_id == id).is_err() {
+                    self.entries.invalidate_all();
+                }
             }
-            Invalidation::Provider(id) => entries.retain(|_, c| &c.provider_id != id),
-            Invalidation::All => entries.clear(),
+            Invalidation::All => self.entries.invalidate_all(),
         }
+    }
+
+    /// Entries held (after pending housekeeping).
+    pub fn len(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -161,6 +207,26 @@ mod tests {
         assert_eq!((answer.connection_id(), answer.credentials()["api_key"].as_str()), ("c1", Some("k")));
         assert!(Arc::ptr_eq(&answer, &c.get("c1").unwrap().answer().unwrap()), "parsed once, shared");
         assert!(Cached::uncached(Bytes::from_static(b"{}"), "p", "w").answer().is_none());
+    }
+
+    #[test]
+    fn a_full_cache_evicts_some_entries_not_all() {
+        let c = TokenCache::with_capacity(Duration::from_secs(60), 1000);
+        for n in 0..1500 {
+            c.put(&format!("c{n}"), Bytes::from_static(b"x"), "p", "w", None);
+        }
+        let held = c.len();
+        assert!((900..=1000).contains(&held), "{held} entries held of 1000");
+    }
+
+    #[test]
+    fn debug_shows_no_credentials() {
+        let c = TokenCache::new(Duration::from_secs(60));
+        let body = r#"{"credentials":{"api_key":"sk-debug-secret-1"}}"#;
+        let hit = c.put("c1", Bytes::from_static(body.as_bytes()), "p", "w", None);
+        for shown in [format!("{c:?}"), format!("{hit:?}"), format!("{:?}", c.get("c1"))] {
+            assert!(!shown.contains("sk-debug-secret-1"), "{shown}");
+        }
     }
 
     #[test]

@@ -19,8 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use utoipa::ToSchema;
 
-/// The answer of `GET /v1/token/{connection_id}`.
-#[derive(Debug, Serialize, ToSchema)]
+/// The answer of `GET /v1/token/{connection_id}`. `Debug` names the
+/// credential fields, never their values.
+#[derive(Serialize, ToSchema)]
 pub struct TokenView {
     pub connection_id: String,
     pub provider: String,
@@ -42,8 +43,20 @@ pub struct TokenView {
     pub max_age: i64,
 }
 
-/// Seconds before `expires_at` in which an OAuth answer is not served from cache.
-pub const REFRESH_WINDOW_SECS: i64 = 300;
+impl std::fmt::Debug for TokenView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenView")
+            .field("connection_id", &self.connection_id)
+            .field("provider", &self.provider)
+            .field("auth_type", &self.auth_type)
+            .field("strategy", &self.strategy)
+            .field("credentials", &self.credentials.keys().map(|k| (k, "[redacted]")).collect::<Vec<_>>())
+            .field("expires_at", &self.expires_at)
+            .field("api_base_url", &self.api_base_url)
+            .field("max_age", &self.max_age)
+            .finish()
+    }
+}
 
 /// `POST /v1/refresh/{id}`: refresh now (coalesced with one completed in the
 /// last few seconds), then answer like `GET /v1/token`.
@@ -94,14 +107,16 @@ pub async fn answer(state: &AppState, caller: &Caller, id: &str) -> Result<Arc<C
                 workspace_id: Some(hit.workspace_id.clone()),
                 data: json!({}),
                 at: Some(chrono::Utc::now().timestamp_micros()),
+                ..NewAudit::default()
             })
-            .await;
+            .await?;
         return Ok(hit);
     }
     let view = load(state, caller, id).await?;
     let body = Bytes::from(serde_json::to_vec(&view.0).map_err(|_| ApiError::internal())?);
+    // Not served from cache inside the refresh window: a request there refreshes.
     let max_age = view.0.expires_at.map(|exp| {
-        let left = exp - REFRESH_WINDOW_SECS - chrono::Utc::now().timestamp();
+        let left = exp - state.config.refresh_window_secs - chrono::Utc::now().timestamp();
         Duration::from_secs(left.max(0) as u64)
     });
     Ok(state.token_cache.put(id, body, &view.1, &view.2, max_age))
@@ -164,7 +179,7 @@ async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<(TokenView,
         credentials.insert("expires_at".into(), row.expires_at.map(Value::from).unwrap_or(Value::Null));
     }
     let entry = audit(Some(caller), AuditEvent::TokenRetrieved, &row, json!({}));
-    state.audit_batched(entry).await;
+    state.audit_batched(entry).await?;
     let max_age = match row.expires_at {
         Some(exp) => state.config.token_max_age_secs.min(exp - chrono::Utc::now().timestamp()).max(0),
         None => state.config.token_max_age_secs,

@@ -103,3 +103,117 @@ async fn concurrent_writers_keep_one_chain(backend: Backend) {
 }
 
 both_backends!(audit_filters_and_cursor, concurrent_writers_keep_one_chain);
+
+/// PostgreSQL's backends are terminated again and again while agents fetch
+/// tokens and an operator edits a provider: every answered retrieval and
+/// every accepted edit has its audit row, refused requests are 503 (never a
+/// 500 or a success without a row), and the chain still verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_audit_row_is_lost_while_the_database_drops_connections() {
+    nexus_testkit::run_bounded(async {
+        use nexus_testkit::upstream::{schema, static_connection};
+        use sqlx::Connection;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let app = Arc::new(TestApp::spawn(Backend::Postgres).await);
+        let provider = json!({"auth_type": "api_key", "params": {"credential_schema": schema(&["api_key"])}});
+        let id = static_connection(&app, "outage", provider, json!({"api_key": "k-outage-1"})).await;
+        let database = app.db.url().rsplit('/').next().unwrap().to_owned();
+        let running = Arc::new(AtomicBool::new(true));
+
+        let mut agents = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let (app, id, running) = (app.clone(), id.clone(), running.clone());
+            agents.spawn(async move {
+                let (mut served, mut refused) = (0u64, Vec::new());
+                while running.load(Ordering::SeqCst) {
+                    let url = app.url(&format!("/v1/token/{id}"));
+                    match app.client.get(url).header("x-api-key", &app.api_key).send().await {
+                        Ok(r) if r.status() == 200 => served += 1,
+                        Ok(r) => refused.push(r.status().as_u16()),
+                        Err(_) => refused.push(0),
+                    }
+                }
+                (served, refused)
+            });
+        }
+        let editor = {
+            let (app, running) = (app.clone(), running.clone());
+            tokio::spawn(async move {
+                let (mut accepted, mut refused, mut n) = (0u64, Vec::new(), 0);
+                while running.load(Ordering::SeqCst) {
+                    n += 1;
+                    let req = app
+                        .client
+                        .patch(app.url("/v1/providers/outage"))
+                        .header("x-api-key", &app.api_key)
+                        .json(&json!({"description": format!("edit {n}")}));
+                    match req.send().await {
+                        Ok(r) if r.status() == 200 => accepted += 1,
+                        Ok(r) => refused.push(r.status().as_u16()),
+                        Err(_) => refused.push(0),
+                    }
+                }
+                (accepted, refused)
+            })
+        };
+        let mut terminated = 0;
+        for _ in 0..10 {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            let mut admin = sqlx::PgConnection::connect(&nexus_testkit::db::pg_admin_url()).await.unwrap();
+            let rows = sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            )
+            .bind(&database)
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+            terminated += rows.len();
+            let _ = admin.close().await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        running.store(false, Ordering::SeqCst);
+        let (mut served, mut refused) = (0, Vec::new());
+        while let Some(done) = agents.join_next().await {
+            let (s, r) = done.unwrap();
+            served += s;
+            refused.extend(r);
+        }
+        let (accepted, edit_refused) = editor.await.unwrap();
+        refused.extend(edit_refused);
+        assert!(terminated > 0, "backends were terminated");
+        assert!(served > 0 && accepted > 0, "requests got through between outages: {served} {accepted}");
+        assert!(refused.iter().all(|s| *s == 503), "refused only with 503: {refused:?}");
+
+        app.state.flush_audit().await;
+        use sqlx::Row;
+        let pool = app.store().pool();
+        let retrievals: i64 =
+            sqlx::query("SELECT data FROM audit_log WHERE event_type = 'token.retrieved' AND connection_id = $1")
+                .bind(&id)
+                .fetch_all(pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    serde_json::from_str::<serde_json::Value>(&r.get::<String, _>("data")).unwrap()["count"]
+                        .as_i64()
+                        .unwrap_or(1)
+                })
+                .sum();
+        let edits: i64 = sqlx::query("SELECT COUNT(*) AS n FROM audit_log WHERE event_type = 'provider.updated'")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+            .get("n");
+        println!(
+            "{terminated} backends terminated; {served} retrievals, {accepted} edits answered; {} refused with 503",
+            refused.len()
+        );
+        assert_eq!(retrievals as u64, served, "a row for every answered retrieval");
+        assert_eq!(edits as u64, accepted, "a row for every accepted edit");
+        let report = app.store().verify_audit_chain().await.unwrap();
+        assert_eq!(report.first_broken, None);
+    })
+    .await;
+}

@@ -163,3 +163,74 @@ async fn a_wrong_typed_secret_is_named_not_echoed() {
     })
     .await;
 }
+
+/// `Debug` of the state (its token cache holds served answers) and of a
+/// token view shows no credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_output_shows_no_credential() {
+    nexus_testkit::run_bounded(async {
+        use nexus_testkit::upstream::{schema, static_connection};
+        let app = TestApp::spawn(Backend::Sqlite).await;
+        let provider = json!({"auth_type": "api_key", "params": {"credential_schema": schema(&["api_key"])}});
+        let id = static_connection(&app, "dbg", provider, json!({"api_key": "sk-debugged-4f1d"})).await;
+        let token = app.get(&format!("/v1/token/{id}")).await;
+        assert_eq!(token.status, 200);
+        let cached = app.state.token_cache.get(&id).expect("the answer is cached");
+        for shown in [format!("{:?}", app.state), format!("{:#?}", app.state), format!("{cached:?}")] {
+            assert!(!shown.contains("sk-debugged-4f1d"), "{shown}");
+        }
+        let view: nexus_server::services::tokens::TokenView = nexus_server::services::tokens::TokenView {
+            connection_id: id.clone(),
+            provider: "dbg".into(),
+            auth_type: "api_key".into(),
+            strategy: serde_json::from_value(token.json["strategy"].clone()).unwrap(),
+            credentials: token.json["credentials"].as_object().unwrap().clone(),
+            expires_at: None,
+            api_base_url: None,
+            max_age: 30,
+        };
+        let shown = format!("{view:?}");
+        assert!(shown.contains("api_key") && !shown.contains("sk-debugged-4f1d"), "{shown}");
+    })
+    .await;
+}
+
+/// The SQLite database and its WAL and shared-memory files hold sealed
+/// secrets and the audit log: only their owner may read them.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_files_are_readable_by_their_owner_only() {
+    nexus_testkit::run_bounded(async {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data").join("nexus.db");
+        let url = format!("sqlite://{}", path.display());
+        let app = TestApp::spawn_with(Backend::Sqlite, |c| c.database_url = Some(url.clone())).await;
+        assert_eq!(
+            app.post(
+                "/v1/providers",
+                &json!({"name": "p", "auth_type": "api_key", "params": {"credential_schema": {"type": "object"}}})
+            )
+            .await
+            .status,
+            201
+        );
+        let mut modes = Vec::new();
+        for suffix in ["", "-wal", "-shm"] {
+            let file = format!("{}{suffix}", path.display());
+            let mode = std::fs::metadata(&file).unwrap_or_else(|e| panic!("{file}: {e}")).permissions().mode();
+            modes.push((suffix, mode & 0o777));
+        }
+        assert_eq!(modes, [("", 0o600), ("-wal", 0o600), ("-shm", 0o600)]);
+        let dir_mode = std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(dir_mode, 0o700, "the data directory it created");
+        app.stop().await;
+
+        // A file made readable by others is tightened at the next start.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let again = nexus_store::Store::connect(&url).await.unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        again.close().await;
+    })
+    .await;
+}
