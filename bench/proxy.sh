@@ -77,7 +77,7 @@ wait_http "http://127.0.0.1:$up/"
 wait_http "http://127.0.0.1:$np/"
 
 key=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
-API_KEY=$key ENCRYPTION_KEY=$($BIN keygen | sed -n 's/^ENCRYPTION_KEY=//p') STATE_KEY=$($BIN keygen | sed -n 's/^STATE_KEY=//p') \
+API_KEY=$key ENCRYPTION_KEY=$($BIN keygen | sed -n 's/^ENCRYPTION_KEY=//p') STATE_KEY=$($BIN keygen | sed -n 's/^STATE_KEY=//p') AUDIT_KEYS=$($BIN keygen | sed -n 's/^AUDIT_KEYS=//p') \
   DATABASE_URL="sqlite://$work/nexus.db" BIND=127.0.0.1:$gp RUST_LOG=warn counted gateway "$BIN" serve > "$work/serve.log" 2>&1 & pids+=($!)
 wait_http "http://127.0.0.1:$gp/health"
 g=http://127.0.0.1:$gp

@@ -74,7 +74,7 @@ for backend in $BACKENDS; do
       psql "$PG_ADMIN" -qc "CREATE DATABASE $db_name" >/dev/null
       db_url="${PG_ADMIN%/*}/$db_name" ;;
   esac
-  API_KEY=$key ENCRYPTION_KEY=$($BIN keygen | sed -n 's/^ENCRYPTION_KEY=//p') STATE_KEY=$($BIN keygen | sed -n 's/^STATE_KEY=//p') \
+  API_KEY=$key ENCRYPTION_KEY=$($BIN keygen | sed -n 's/^ENCRYPTION_KEY=//p') STATE_KEY=$($BIN keygen | sed -n 's/^STATE_KEY=//p') AUDIT_KEYS=$($BIN keygen | sed -n 's/^AUDIT_KEYS=//p') \
     DATABASE_URL=$db_url BIND=127.0.0.1:$port RUST_LOG=warn "$BIN" serve > "$work/server.log" 2>&1 &
   pid=$!
   base=http://127.0.0.1:$port

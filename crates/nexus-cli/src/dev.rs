@@ -17,8 +17,12 @@ pub fn prepare(dir: &str, raw: &mut RawConfig) -> Result<DevKeys, String> {
     let dir = PathBuf::from(dir);
     create_private_dir(&dir)?;
     let mut created = Vec::new();
-    let slots: [(&'static str, &mut Option<String>); 3] =
-        [("api_key", &mut raw.api_key), ("encryption_key", &mut raw.encryption_key), ("state_key", &mut raw.state_key)];
+    let slots: [(&'static str, &mut Option<String>); 4] = [
+        ("api_key", &mut raw.api_key),
+        ("encryption_key", &mut raw.encryption_key),
+        ("state_key", &mut raw.state_key),
+        ("audit_key", &mut raw.audit_keys),
+    ];
     for (file, slot) in slots {
         if slot.as_deref().is_some_and(|v| !v.trim().is_empty()) {
             continue;

@@ -41,7 +41,22 @@ enum Command {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Walk the hash chain; exit 1 and name the first broken row if it does not verify.
-    Verify(DbArgs),
+    Verify(VerifyArgs),
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// The audit keys (as `nexus serve` has them; under --data-dir's
+    /// `audit_key` file in dev mode when unset).
+    #[arg(long, env = "AUDIT_KEYS", hide_env_values = true)]
+    audit_keys: Option<String>,
+    /// A head published earlier (`GET /v1/audit/head`, or the log's
+    /// "audit chain head" line) that the chain must still contain: rows cut
+    /// from the end are found only this way.
+    #[arg(long, value_name = "SEQ:HASH")]
+    expect_head: Option<nexus_store::ExpectedHead>,
 }
 
 #[derive(Args)]
@@ -95,6 +110,9 @@ struct ServeArgs {
     /// Comma-separated; the first encrypts, all decrypt (key rotation).
     #[arg(long, env = "ENCRYPTION_KEYS", hide_env_values = true)]
     encryption_keys: Option<String>,
+    /// Comma-separated; the first signs audit rows, all verify.
+    #[arg(long, env = "AUDIT_KEYS", hide_env_values = true)]
+    audit_keys: Option<String>,
     #[arg(long, env = "STATE_KEY", hide_env_values = true)]
     state_key: Option<String>,
     #[arg(long, env = "BASE_URL")]
@@ -134,11 +152,12 @@ fn main() -> ExitCode {
         Command::Keygen => {
             println!("ENCRYPTION_KEY={}", nexus_vault::generate_key());
             println!("STATE_KEY={}", nexus_vault::generate_key());
+            println!("AUDIT_KEYS={}", nexus_vault::generate_key());
             println!("API_KEY={}", nexus_vault::generate_key());
             ExitCode::SUCCESS
         }
         Command::Serve(args) => run(runtime(None), serve(*args)),
-        Command::Audit { command: AuditCommand::Verify(db) } => run(runtime(None), verify(db)),
+        Command::Audit { command: AuditCommand::Verify(args) } => run(runtime(None), verify(args)),
         Command::Providers { command } => run(runtime(None), providers::run(command)),
         Command::Proxy(args) => run(runtime(Some(args.threads)), async move {
             let api_key = args
@@ -206,6 +225,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         api_key: args.api_key,
         encryption_key: args.encryption_key,
         encryption_keys: args.encryption_keys,
+        audit_keys: args.audit_keys,
         state_key: args.state_key,
         base_url: args.base_url,
         redirect_path: args.redirect_path,
@@ -234,15 +254,35 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn verify(db: DbArgs) -> Result<ExitCode, String> {
+async fn verify(args: VerifyArgs) -> Result<ExitCode, String> {
+    let VerifyArgs { db, audit_keys, expect_head } = args;
+    let dev_key = std::path::Path::new(&db.data_dir).join("audit_key");
+    let audit_keys = match audit_keys.filter(|k| !k.trim().is_empty()) {
+        Some(keys) => Some(keys),
+        None => std::fs::read_to_string(&dev_key).ok().map(|k| k.trim().to_owned()),
+    };
+    let keys = match audit_keys {
+        Some(list) => {
+            let list: Vec<&str> = list.split(',').map(str::trim).filter(|k| !k.is_empty()).collect();
+            Some(nexus_vault::AuditKeys::from_base64(&list).map_err(|e| format!("AUDIT_KEYS is malformed ({e})"))?)
+        }
+        None => None,
+    };
     let url = db.database_url.unwrap_or_else(|| format!("sqlite://{}/nexus.db", db.data_dir.trim_end_matches('/')));
     let store =
         nexus_store::Store::connect(&url).await.map_err(|e| format!("DATABASE_URL could not be opened: {e}"))?;
-    let report = store.verify_audit_chain().await.map_err(|e| format!("could not read the audit log: {e}"))?;
+    let report = store
+        .verify_audit_chain(keys.as_ref(), expect_head.as_ref())
+        .await
+        .map_err(|e| format!("could not read the audit log: {e}"))?;
     store.close().await;
     match report.first_broken {
         None => {
-            println!("audit chain OK: {} rows verified", report.rows_checked);
+            let head = match &expect_head {
+                Some(h) => format!(", reaching the expected head {}:{}", h.seq, h.hash),
+                None => String::new(),
+            };
+            println!("audit chain OK: {} rows verified{head}", report.rows_checked);
             Ok(ExitCode::SUCCESS)
         }
         Some((seq, why)) => {

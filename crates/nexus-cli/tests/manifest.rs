@@ -14,6 +14,8 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nexus");
+/// The audit key the servers of these tests sign their logs with.
+const AUDIT_KEY: &str = "YXVkaXQta2V5LW9mLXRoZS1wcm9jZXNzLXRlc3RzLjE=";
 const API_KEY: &str = "manifest-test-api-key-0123456789";
 const USER_AGENT: &str = concat!("nexus-cli/", env!("CARGO_PKG_VERSION"), " (providers apply)");
 const SEED_SECRETS: [(&str, &str); 2] =
@@ -60,7 +62,13 @@ impl Nexus {
     async fn start() -> Nexus {
         let db = TestDb::new(Backend::Sqlite).await.unwrap();
         let (enc, state) = (nexus_vault::generate_key(), nexus_vault::generate_key());
-        let env = [("API_KEY", API_KEY), ("ENCRYPTION_KEY", &enc), ("STATE_KEY", &state), ("DATABASE_URL", db.url())];
+        let env = [
+            ("API_KEY", API_KEY),
+            ("ENCRYPTION_KEY", &enc),
+            ("STATE_KEY", &state),
+            ("AUDIT_KEYS", AUDIT_KEY),
+            ("DATABASE_URL", db.url()),
+        ];
         let server = Server::start(BIN, db.dir(), &env, &[]).await;
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
         Nexus { server, work: tempfile::tempdir().unwrap(), http, _db: db }

@@ -10,6 +10,8 @@ use std::time::Duration;
 use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nexus");
+/// The audit key the servers of these tests sign their logs with.
+const AUDIT_KEY: &str = "YXVkaXQta2V5LW9mLXRoZS1wcm9jZXNzLXRlc3RzLjE=";
 
 fn nexus(dir: &std::path::Path, env: &[(&str, &str)]) -> Command {
     process::nexus(BIN, dir, env)
@@ -30,8 +32,19 @@ async fn serve_refuses_to_start_without_keys_naming_the_variable() {
         (vec![("API_KEY", &api), ("ENCRYPTION_KEY", "c2hvcnQ=")], "ENCRYPTION_KEY"),
         (vec![("API_KEY", &api), ("ENCRYPTION_KEY", &enc)], "STATE_KEY"),
         (vec![("API_KEY", &api), ("ENCRYPTION_KEY", &enc), ("STATE_KEY", "xx")], "STATE_KEY"),
+        (vec![("API_KEY", &api), ("ENCRYPTION_KEY", &enc), ("STATE_KEY", &state)], "AUDIT_KEYS"),
         (
-            vec![("API_KEY", &api), ("ENCRYPTION_KEY", &enc), ("STATE_KEY", &state), ("ALLOWED_CIDRS", "10.0.0.0/40")],
+            vec![("API_KEY", &api), ("ENCRYPTION_KEY", &enc), ("STATE_KEY", &state), ("AUDIT_KEYS", "c2hvcnQ=")],
+            "AUDIT_KEYS",
+        ),
+        (
+            vec![
+                ("API_KEY", &api),
+                ("ENCRYPTION_KEY", &enc),
+                ("STATE_KEY", &state),
+                ("AUDIT_KEYS", AUDIT_KEY),
+                ("ALLOWED_CIDRS", "10.0.0.0/40"),
+            ],
             "ALLOWED_CIDRS",
         ),
     ];
@@ -66,7 +79,7 @@ async fn keygen_prints_usable_keys() {
     .await;
     assert_eq!(code, 0);
     let vars: HashMap<&str, &str> = stdout.lines().filter_map(|l| l.split_once('=')).collect();
-    for var in ["ENCRYPTION_KEY", "STATE_KEY", "API_KEY"] {
+    for var in ["ENCRYPTION_KEY", "STATE_KEY", "API_KEY", "AUDIT_KEYS"] {
         let key = vars.get(var).unwrap_or_else(|| panic!("{var} missing from {stdout}"));
         assert_eq!(nexus_vault::parse_key(key).unwrap().len(), 32);
     }
@@ -145,7 +158,13 @@ async fn sigterm_finishes_in_flight_requests() {
     let dir = tempfile::tempdir().unwrap();
     let db = TestDb::new(Backend::Sqlite).await.unwrap();
     let (enc, state, api) = keys();
-    let env = [("API_KEY", api.as_str()), ("ENCRYPTION_KEY", &enc), ("STATE_KEY", &state), ("DATABASE_URL", db.url())];
+    let env = [
+        ("API_KEY", api.as_str()),
+        ("ENCRYPTION_KEY", &enc),
+        ("STATE_KEY", &state),
+        ("AUDIT_KEYS", AUDIT_KEY),
+        ("DATABASE_URL", db.url()),
+    ];
     let server = start(dir.path(), &env, &[]).await;
     let issuer = slow_issuer(Duration::from_millis(1500)).await;
     let url = server.url("/v1/providers");
@@ -207,9 +226,16 @@ async fn audit_rows_cannot_be_edited_in_place(db: &TestDb) {
 }
 
 async fn verify(dir: &std::path::Path, db: &TestDb) -> (i32, String) {
+    verify_with(dir, db, &[("AUDIT_KEYS", AUDIT_KEY)], &[]).await
+}
+
+/// `nexus audit verify` with `env` and `args`: its exit code and output.
+async fn verify_with(dir: &std::path::Path, db: &TestDb, env: &[(&str, &str)], args: &[&str]) -> (i32, String) {
+    let mut env = env.to_vec();
+    env.push(("DATABASE_URL", db.url()));
     let (code, stdout, stderr) = run_to_end({
-        let mut c = nexus(dir, &[("DATABASE_URL", db.url())]);
-        c.args(["audit", "verify"]);
+        let mut c = nexus(dir, &env);
+        c.args(["audit", "verify"]).args(args);
         c
     })
     .await;
@@ -220,7 +246,13 @@ async fn audit_verify_names_the_edited_row(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let db = TestDb::new(backend).await.unwrap();
     let (enc, state, api) = keys();
-    let env = [("API_KEY", api.as_str()), ("ENCRYPTION_KEY", &enc), ("STATE_KEY", &state), ("DATABASE_URL", db.url())];
+    let env = [
+        ("API_KEY", api.as_str()),
+        ("ENCRYPTION_KEY", &enc),
+        ("STATE_KEY", &state),
+        ("AUDIT_KEYS", AUDIT_KEY),
+        ("DATABASE_URL", db.url()),
+    ];
     let server = start(dir.path(), &env, &[]).await;
     let c = client();
     let body = json!({"name": "gh", "auth_type": "oauth2", "client_id": "c", "client_secret": "first-secret-abc",
@@ -279,7 +311,13 @@ async fn replicas_on_one_postgres_keep_one_audit_chain() {
     let dir = tempfile::tempdir().unwrap();
     let db = TestDb::new(Backend::Postgres).await.unwrap();
     let (enc, state, api) = keys();
-    let env = [("API_KEY", api.as_str()), ("ENCRYPTION_KEY", &enc), ("STATE_KEY", &state), ("DATABASE_URL", db.url())];
+    let env = [
+        ("API_KEY", api.as_str()),
+        ("ENCRYPTION_KEY", &enc),
+        ("STATE_KEY", &state),
+        ("AUDIT_KEYS", AUDIT_KEY),
+        ("DATABASE_URL", db.url()),
+    ];
     let mut replicas = Vec::new();
     for _ in 0..3 {
         replicas.push(start(dir.path(), &env, &[]).await);
@@ -321,7 +359,8 @@ async fn replicas_on_one_postgres_keep_one_audit_chain() {
     let rejections: Vec<_> = rows.iter().filter(|r| r.event_type == "auth.rejected").collect();
     let counted: u64 = rejections.iter().map(|r| r.data["count"].as_u64().unwrap()).sum();
     assert_eq!(counted, rejected as u64, "every rejection accounted for");
-    let report = store.verify_audit_chain().await.unwrap();
+    let audit_keys = nexus_vault::AuditKeys::from_base64(&[AUDIT_KEY]).unwrap();
+    let report = store.verify_audit_chain(Some(&audit_keys), None).await.unwrap();
     assert_eq!(report.first_broken, None);
     assert_eq!(
         report.rows_checked,
@@ -336,4 +375,231 @@ async fn replicas_on_one_postgres_keep_one_audit_chain() {
         assert_eq!(code, 0);
         assert!(!logs.contains("replica-secret-"), "no secret in logs");
     }
+}
+
+/// Runs SQL on the test database with the append-only guard lifted: what an
+/// attacker with the database (and without the audit key) can do.
+async fn as_attacker(db: &TestDb, statements: &[String]) {
+    use sqlx::Connection;
+    match db.backend() {
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(db.url()).await.unwrap();
+            for s in ["DROP TRIGGER IF EXISTS audit_log_no_update", "DROP TRIGGER IF EXISTS audit_log_no_delete"] {
+                sqlx::query(s).execute(&mut conn).await.unwrap();
+            }
+            for s in statements {
+                sqlx::query(s).execute(&mut conn).await.unwrap();
+            }
+            conn.close().await.unwrap();
+        }
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+            sqlx::query("ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_change").execute(&mut conn).await.unwrap();
+            for s in statements {
+                sqlx::query(s).execute(&mut conn).await.unwrap();
+            }
+            sqlx::query("ALTER TABLE audit_log ENABLE TRIGGER audit_log_no_change").execute(&mut conn).await.unwrap();
+            conn.close().await.unwrap();
+        }
+    }
+}
+
+/// The plain SHA-256 of a row as v1 computed it: what an attacker without
+/// the key can recompute (an independent copy of the v1 rule).
+fn v1_hash(row: &Value, prev_hash: &str, ip: &str) -> String {
+    use sha2::Digest;
+    let canonical = json!([
+        prev_hash,
+        row["seq"],
+        row["id"],
+        row["at_micros"],
+        row["event_type"],
+        ip,
+        row["user_agent"],
+        row["provider_id"],
+        row["connection_id"],
+        row["workspace_id"],
+        row["data"]
+    ]);
+    hex::encode(sha2::Sha256::digest(canonical.to_string().as_bytes()))
+}
+
+/// A server that wrote five audit rows (create, three updates, delete),
+/// stopped; the head it published, and its logs.
+async fn five_rows(dir: &std::path::Path, db: &TestDb) -> (Value, String) {
+    let (enc, state, api) = keys();
+    let env = [
+        ("API_KEY", api.as_str()),
+        ("ENCRYPTION_KEY", &enc),
+        ("STATE_KEY", &state),
+        ("AUDIT_KEYS", AUDIT_KEY),
+        ("DATABASE_URL", db.url()),
+    ];
+    let server = start(dir, &env, &[]).await;
+    let c = client();
+    let body = json!({"name": "p", "auth_type": "api_key", "params": {"credential_schema": {"type": "object"}}});
+    assert_eq!(
+        c.post(server.url("/v1/providers")).header("x-api-key", &api).json(&body).send().await.unwrap().status(),
+        201
+    );
+    for n in 0..3 {
+        let edit = c
+            .patch(server.url("/v1/providers/p"))
+            .header("x-api-key", &api)
+            .json(&json!({"description": format!("v{n}")}));
+        assert_eq!(edit.send().await.unwrap().status(), 200);
+    }
+    assert_eq!(c.delete(server.url("/v1/providers/p")).header("x-api-key", &api).send().await.unwrap().status(), 200);
+    let head: Value =
+        c.get(server.url("/v1/audit/head")).header("x-api-key", &api).send().await.unwrap().json().await.unwrap();
+    let rows: Value = c
+        .get(server.url("/v1/audit?api_key=bootstrap"))
+        .header("x-api-key", &api)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entries = rows["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 5, "every row names the key that caused it");
+    for e in entries {
+        assert_eq!(e["api_key"], json!({"id": "bootstrap", "name": "bootstrap"}));
+        assert_eq!(e["hash_version"], 2);
+    }
+    let (code, logs) = server.terminate().await;
+    assert_eq!(code, 0);
+    (head, logs)
+}
+
+/// The rows as the attacker reads them (all fields, times in microseconds).
+async fn rows_of(db: &TestDb) -> Vec<Value> {
+    let store = nexus_store::Store::connect(db.url()).await.unwrap();
+    let page = store.list_audit(&nexus_store::AuditFilter { limit: 1000, ..Default::default() }).await.unwrap();
+    store.close().await;
+    let mut rows: Vec<Value> = page
+        .entries
+        .iter()
+        .map(|e| {
+            json!({"seq": e.seq, "id": e.id, "at_micros": e.at, "event_type": e.event_type, "user_agent": e.user_agent,
+                "provider_id": e.provider_id, "connection_id": e.connection_id, "workspace_id": e.workspace_id,
+                "data": e.data.to_string(), "prev_hash": e.prev_hash, "hash": e.hash})
+        })
+        .collect();
+    rows.reverse();
+    rows
+}
+
+/// Truncation, deletion, edits with the hashes recomputed and edits
+/// without the key: each is found and named by `nexus audit verify`.
+async fn audit_verify_finds_every_kind_of_tampering(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = [("AUDIT_KEYS", AUDIT_KEY)];
+
+    // The published head: in the API and in the log at shutdown.
+    let db = TestDb::new(backend).await.unwrap();
+    let (head, logs) = five_rows(dir.path(), &db).await;
+    assert_eq!(head["seq"], 5);
+    let head_arg = format!("{}:{}", head["seq"], head["hash"].as_str().unwrap());
+    let logged = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["message"] == "audit chain head" && v["seq"] == 5);
+    assert_eq!(logged.expect("the head is logged at shutdown")["hash"], head["hash"]);
+    let (code, out) = verify_with(dir.path(), &db, &keys, &["--expect-head", &head_arg]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("5 rows verified, reaching the expected head 5:"), "{out}");
+    // Without the key, keyed rows cannot be checked: said, not passed.
+    let (code, out) = verify_with(dir.path(), &db, &[("NEXUS_DATA_DIR", "/nonexistent")], &[]).await;
+    assert_ne!(code, 0);
+    assert!(out.contains("row 1") && out.contains("AUDIT_KEYS does not hold"), "{out}");
+
+    // The last row deleted: the chain that is left verifies; the head does not.
+    as_attacker(&db, &["DELETE FROM audit_log WHERE seq = 5".to_owned()]).await;
+    let (code, out) = verify_with(dir.path(), &db, &keys, &["--expect-head", &head_arg]).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("row 5") && out.contains("ends at row 4"), "{out}");
+
+    // A middle row deleted.
+    let db = TestDb::new(backend).await.unwrap();
+    five_rows(dir.path(), &db).await;
+    as_attacker(&db, &["DELETE FROM audit_log WHERE seq = 3".to_owned()]).await;
+    let (code, out) = verify_with(dir.path(), &db, &keys, &[]).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("row 4") && out.contains("missing"), "{out}");
+
+    // Row 2 edited and every later hash recomputed with plain SHA-256 (the
+    // rows made unkeyed, as the attacker has no key).
+    let db = TestDb::new(backend).await.unwrap();
+    five_rows(dir.path(), &db).await;
+    let rows = rows_of(&db).await;
+    let mut prev = rows[0]["hash"].as_str().unwrap().to_owned();
+    let mut statements = Vec::new();
+    for row in &rows[1..] {
+        let hash = v1_hash(row, &prev, "10.6.6.6");
+        statements.push(format!(
+            "UPDATE audit_log SET ip = '10.6.6.6', prev_hash = '{prev}', hash = '{hash}', hash_version = NULL, key_id = NULL, \
+             api_key_id = NULL, api_key_name = NULL WHERE seq = {}",
+            row["seq"]
+        ));
+        prev = hash;
+    }
+    as_attacker(&db, &statements).await;
+    let (code, out) = verify_with(dir.path(), &db, &keys, &[]).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("row 2") && out.contains("unkeyed"), "{out}");
+
+    // Row 3 edited, nothing recomputed (there is no key to do it with).
+    let db = TestDb::new(backend).await.unwrap();
+    five_rows(dir.path(), &db).await;
+    as_attacker(&db, &["UPDATE audit_log SET ip = '10.6.6.6' WHERE seq = 3".to_owned()]).await;
+    let (code, out) = verify_with(dir.path(), &db, &keys, &[]).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("row 3") && out.contains("HMAC"), "{out}");
+}
+
+#[tokio::test]
+async fn audit_verify_finds_every_kind_of_tampering_sqlite() {
+    audit_verify_finds_every_kind_of_tampering(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn audit_verify_finds_every_kind_of_tampering_postgres() {
+    audit_verify_finds_every_kind_of_tampering(Backend::Postgres).await;
+}
+
+/// A log begun before audit keys (v1 rows) goes on keyed: the v1 rows
+/// still verify, the first keyed row covers the last v1 hash, and a v1 row
+/// rewritten with its hash recomputed is found at that keyed row.
+async fn v1_rows_stay_valid_before_the_first_keyed_row(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new(backend).await.unwrap();
+    let old = nexus_store::Store::connect(db.url()).await.unwrap();
+    for n in 0..2 {
+        let row = nexus_store::NewAudit { event_type: "provider.created", data: json!({"n": n}), ..Default::default() };
+        old.append_audit(row).await.unwrap();
+    }
+    old.close().await;
+    five_rows(dir.path(), &db).await;
+    let keys = [("AUDIT_KEYS", AUDIT_KEY)];
+    let (code, out) = verify_with(dir.path(), &db, &keys, &[]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("7 rows verified"), "{out}");
+
+    let rows = rows_of(&db).await;
+    let forged = v1_hash(&rows[1], rows[1]["prev_hash"].as_str().unwrap(), "10.6.6.6");
+    as_attacker(&db, &[format!("UPDATE audit_log SET ip = '10.6.6.6', hash = '{forged}' WHERE seq = 2")]).await;
+    let (code, out) = verify_with(dir.path(), &db, &keys, &[]).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("row 3") && out.contains("prev_hash"), "the first keyed row pins the last v1 hash: {out}");
+}
+
+#[tokio::test]
+async fn v1_rows_stay_valid_before_the_first_keyed_row_sqlite() {
+    v1_rows_stay_valid_before_the_first_keyed_row(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn v1_rows_stay_valid_before_the_first_keyed_row_postgres() {
+    v1_rows_stay_valid_before_the_first_keyed_row(Backend::Postgres).await;
 }

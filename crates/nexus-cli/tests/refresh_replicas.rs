@@ -53,6 +53,7 @@ async fn cluster_refreshing_every(backend: Backend, replicas: usize, interval: &
         ("API_KEY", API_KEY.to_owned()),
         ("ENCRYPTION_KEY", enc),
         ("STATE_KEY", state),
+        ("AUDIT_KEYS", nexus_vault::generate_key()),
         ("DATABASE_URL", db.url().to_owned()),
         ("REFRESH_WINDOW", "1".to_owned()),
         ("REFRESH_INTERVAL", interval.to_owned()),

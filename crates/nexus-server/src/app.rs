@@ -110,6 +110,7 @@ fn v1_routes() -> OpenApiRouter<AppState> {
             providers::delete_provider
         ))
         .routes(routes!(audit::list_audit))
+        .routes(routes!(audit::audit_head))
         .routes(routes!(connections::request_connection))
         .routes(routes!(connections::check_connection))
         .routes(routes!(connections::list_connections))
@@ -124,6 +125,16 @@ fn v1_routes() -> OpenApiRouter<AppState> {
 /// Routes without an API key.
 fn public_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(health::health)).routes(routes!(health::ready))
+}
+
+/// Logs the audit chain's head every minute (SPEC 6b), until stopped.
+async fn log_audit_head(state: AppState) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        crate::services::audit::log_head(&state).await;
+    }
 }
 
 /// How long a stop waits for refreshes in flight (longer than a provider
@@ -148,7 +159,7 @@ pub struct Application {
 impl Application {
     /// Opens the store (applying migrations) and binds the listener.
     pub async fn build(mut config: Config) -> Result<Application, StartError> {
-        let store = Store::connect(&config.database_url).await?;
+        let store = Store::connect(&config.database_url).await?.with_audit_keys(config.audit_keys.clone());
         let listener =
             TcpListener::bind(config.bind).await.map_err(|source| StartError::Bind { addr: config.bind, source })?;
         // `BIND=…:0` picks a free port; a BASE_URL derived from it names the real one.
@@ -176,6 +187,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let state = self.state.clone();
         let refresher = tokio::spawn(crate::services::refresher::run(state.clone()));
+        let head_log = tokio::spawn(log_audit_head(state.clone()));
         let head_timeout = state.config.head_timeout;
         let app = router(self.state);
         let stopping = state.clone();
@@ -199,6 +211,8 @@ impl Application {
             );
         }
         state.close_audit().await;
+        head_log.abort();
+        crate::services::audit::log_head(&state).await;
         state.store.close().await;
         Ok(())
     }

@@ -19,6 +19,8 @@ pub struct RawConfig {
     pub api_key: Option<String>,
     pub encryption_key: Option<String>,
     pub encryption_keys: Option<String>,
+    /// Comma list of base64 32-byte keys; the first signs audit rows, all verify.
+    pub audit_keys: Option<String>,
     pub state_key: Option<String>,
     pub base_url: Option<String>,
     pub redirect_path: Option<String>,
@@ -58,6 +60,8 @@ pub struct Config {
     /// What `X-API-Key` is checked against (the key's digest, computed once).
     pub api_key_check: nexus_vault::SecretCheck,
     pub keyring: Arc<KeyRing>,
+    /// Signs the audit chain (SPEC 6b).
+    pub audit_keys: Arc<nexus_vault::AuditKeys>,
     pub state_signer: Arc<StateSigner>,
     pub base_url: Url,
     pub redirect_path: String,
@@ -86,6 +90,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("api_key", &self.api_key)
             .field("keyring", &self.keyring)
+            .field("audit_keys", &self.audit_keys)
             .field("base_url", &self.base_url.as_str())
             .field("redirect_path", &self.redirect_path)
             .field("database_url", &redact_url(&self.database_url))
@@ -146,6 +151,15 @@ impl RawConfig {
             None | Some("") => return Err(err("STATE_KEY", format!("is not set: {KEYGEN_HINT}"))),
             Some(k) => StateSigner::from_base64(k)
                 .map_err(|e| err("STATE_KEY", format!("is malformed ({e}): {KEYGEN_HINT}")))?,
+        };
+
+        let audit_keys = match self.audit_keys.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+            None => return Err(err("AUDIT_KEYS", format!("is not set: {KEYGEN_HINT}; it signs the audit log"))),
+            Some(list) => {
+                let keys: Vec<&str> = list.split(',').map(str::trim).filter(|k| !k.is_empty()).collect();
+                nexus_vault::AuditKeys::from_base64(&keys)
+                    .map_err(|e| err("AUDIT_KEYS", format!("is malformed ({e}): {KEYGEN_HINT}")))?
+            }
         };
 
         let bind_raw = self.bind.unwrap_or_else(|| "127.0.0.1:8080".into());
@@ -214,6 +228,7 @@ impl RawConfig {
             api_key_check: nexus_vault::SecretCheck::new(api_key.expose().as_bytes()),
             api_key,
             keyring: Arc::new(keyring),
+            audit_keys: Arc::new(audit_keys),
             state_signer: Arc::new(state_signer),
             base_url,
             redirect_path,
@@ -313,6 +328,7 @@ mod tests {
         RawConfig {
             api_key: Some("an-api-key-of-some-length".into()),
             encryption_key: Some(key()),
+            audit_keys: Some(key()),
             state_key: Some(key()),
             ..RawConfig::default()
         }
@@ -335,6 +351,8 @@ mod tests {
             (RawConfig { encryption_key: Some("short".into()), ..full() }, "ENCRYPTION_KEY"),
             (RawConfig { encryption_keys: Some(format!("{},bad", key())), ..full() }, "ENCRYPTION_KEYS"),
             (RawConfig { state_key: None, ..full() }, "STATE_KEY"),
+            (RawConfig { audit_keys: None, ..full() }, "AUDIT_KEYS"),
+            (RawConfig { audit_keys: Some(format!("{},short", key())), ..full() }, "AUDIT_KEYS"),
             (RawConfig { state_key: Some("!!!".into()), ..full() }, "STATE_KEY"),
             (RawConfig { bind: Some("nope".into()), ..full() }, "BIND"),
             (RawConfig { base_url: Some("ftp://x".into()), ..full() }, "BASE_URL"),

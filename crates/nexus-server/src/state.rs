@@ -44,7 +44,7 @@ pub struct Inner {
 
 #[derive(Debug)]
 enum AuditMsg {
-    Entry(NewAudit),
+    Entry(Box<NewAudit>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -151,7 +151,7 @@ impl AppState {
     /// request fails with `503` instead of going on unaudited. Events that
     /// change state are written in their own transaction instead.
     pub async fn audit_batched(&self, entry: NewAudit) -> Result<(), ApiError> {
-        match self.audit_tx.send_timeout(AuditMsg::Entry(entry), AUDIT_QUEUE_WAIT).await {
+        match self.audit_tx.send_timeout(AuditMsg::Entry(Box::new(entry)), AUDIT_QUEUE_WAIT).await {
             Ok(()) => Ok(()),
             Err(_) => Err(ApiError::new(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -193,7 +193,7 @@ async fn audit_writer(store: Store, mut rx: mpsc::Receiver<AuditMsg>, give_up: A
         let mut msg = first;
         loop {
             match msg {
-                AuditMsg::Entry(e) => batch.push(e),
+                AuditMsg::Entry(e) => batch.push(*e),
                 AuditMsg::Flush(w) => waiters.push(w),
             }
             // Rows queued before a flush are already in the batch (the queue is FIFO).
@@ -256,8 +256,8 @@ async fn audit_writer(store: Store, mut rx: mpsc::Receiver<AuditMsg>, give_up: A
 /// one's time. Other events keep their order.
 fn coalesce(batch: Vec<NewAudit>) -> Vec<NewAudit> {
     let mut out: Vec<NewAudit> = Vec::with_capacity(batch.len());
-    /// Event, connection, caller IP, user agent, and the rejection's data.
-    type Key = (&'static str, Option<String>, Option<String>, Option<String>, String);
+    /// Event, connection, caller IP, user agent, API key, and the rejection's data.
+    type Key = (&'static str, Option<String>, Option<String>, Option<String>, Option<String>, String);
     let mut index: std::collections::HashMap<Key, usize> = std::collections::HashMap::new();
     for entry in batch {
         let merged = if entry.event_type == nexus_core::AuditEvent::TokenRetrieved.as_str() {
@@ -268,7 +268,14 @@ fn coalesce(batch: Vec<NewAudit>) -> Vec<NewAudit> {
             out.push(entry);
             continue;
         };
-        let key = (entry.event_type, entry.connection_id.clone(), entry.ip.clone(), entry.user_agent.clone(), merged);
+        let key = (
+            entry.event_type,
+            entry.connection_id.clone(),
+            entry.ip.clone(),
+            entry.user_agent.clone(),
+            entry.api_key.as_ref().map(|k| k.id.clone()),
+            merged,
+        );
         match index.get(&key) {
             Some(&i) => {
                 let n = out[i].data.get("count").and_then(serde_json::Value::as_u64).unwrap_or(1);

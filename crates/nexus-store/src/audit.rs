@@ -4,8 +4,22 @@
 //! that and all its fields, so editing, deleting or reordering any row breaks
 //! the chain from that row on. Appends are serialised (see the crate docs) so
 //! the chain never forks, even with several processes on one PostgreSQL.
+//!
+//! Two hash formats (SPEC 6b):
+//! * v1: SHA-256, which anyone can recompute — a row edited with every later
+//!   hash recomputed would verify. Only rows written before audit keys
+//!   existed are v1, and they stay valid only before the first keyed row.
+//! * v2: HMAC-SHA256 under an audit key (`AUDIT_KEYS`), whose id each row
+//!   stores. Without the key, no row can be rewritten unnoticed. The first
+//!   keyed row's HMAC covers the last v1 hash, so the v1 part cannot be
+//!   rewritten either.
+//!
+//! What no hash can show is rows cut from the end: the head (`seq`, `hash`)
+//! is published (`GET /v1/audit/head`, the log) so that a verifier can
+//! insist the chain still reaches it ([`ExpectedHead`]).
 
 use crate::{get, now_micros, Backend, Store, StoreError, WriteTx};
+use nexus_vault::AuditKeys;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::any::AnyRow;
@@ -28,7 +42,21 @@ pub struct NewAudit {
     /// The row's id, when the writer fixes it beforehand (so a retried
     /// batch can tell it was already written); default: a new UUIDv7.
     pub id: Option<String>,
+    /// The API key that caused the event (`None`: no key, e.g. the
+    /// refresher or a browser's callback).
+    pub api_key: Option<ApiKeyRef>,
 }
+
+/// An API key as audit rows name it: its id and name (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ApiKeyRef {
+    pub id: String,
+    pub name: String,
+}
+
+/// Hash formats.
+pub const HASH_V1: i64 = 1;
+pub const HASH_V2: i64 = 2;
 
 /// A stored audit row.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +73,41 @@ pub struct AuditEntry {
     pub data: Value,
     pub prev_hash: String,
     pub hash: String,
+    /// [`HASH_V1`] or [`HASH_V2`].
+    pub hash_version: i64,
+    /// The audit key that signed a v2 row.
+    pub key_id: Option<String>,
+    pub api_key_id: Option<String>,
+    pub api_key_name: Option<String>,
+}
+
+/// The newest row of the chain, as published for verifiers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainHead {
+    pub seq: i64,
+    pub hash: String,
+    /// Unix microseconds; `None` for the empty chain.
+    pub at: Option<i64>,
+}
+
+/// A head the chain must still contain (`SEQ:HASH`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedHead {
+    pub seq: i64,
+    pub hash: String,
+}
+
+impl std::str::FromStr for ExpectedHead {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ExpectedHead, String> {
+        let (seq, hash) = s.trim().split_once(':').ok_or("expected SEQ:HASH, e.g. 42:9f86d0…")?;
+        let seq: i64 = seq.parse().map_err(|_| format!("'{seq}' is not a row number"))?;
+        let hash = hash.trim().to_ascii_lowercase();
+        if seq < 0 || hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("expected SEQ:HASH with a 64-digit hex hash".into());
+        }
+        Ok(ExpectedHead { seq, hash })
+    }
 }
 
 /// Filters of `GET /v1/audit`. `before_seq` is the page cursor.
@@ -56,6 +119,8 @@ pub struct AuditFilter {
     pub provider_id: Option<String>,
     pub connection_id: Option<String>,
     pub workspace_id: Option<String>,
+    /// Rows caused by this API key id.
+    pub api_key_id: Option<String>,
     pub before_seq: Option<i64>,
     pub limit: i64,
 }
@@ -75,56 +140,50 @@ pub struct ChainReport {
     pub first_broken: Option<(i64, String)>,
 }
 
-/// The hash of a row: SHA-256 over a JSON array of its fields, so no field
-/// boundary is ambiguous.
-#[allow(clippy::too_many_arguments)]
-fn row_hash(
-    prev_hash: &str,
-    seq: i64,
-    id: &str,
-    at: i64,
-    event_type: &str,
-    ip: Option<&str>,
-    user_agent: Option<&str>,
-    provider_id: Option<&str>,
-    connection_id: Option<&str>,
-    workspace_id: Option<&str>,
-    data: &str,
-) -> String {
+/// The v1 hash of a row: SHA-256 over a JSON array of its fields, so no
+/// field boundary is ambiguous.
+fn v1_hash(e: &AuditEntry, data: &str) -> String {
     let canonical = serde_json::json!([
-        prev_hash,
-        seq,
-        id,
-        at,
-        event_type,
-        ip,
-        user_agent,
-        provider_id,
-        connection_id,
-        workspace_id,
+        e.prev_hash,
+        e.seq,
+        e.id,
+        e.at,
+        e.event_type,
+        e.ip,
+        e.user_agent,
+        e.provider_id,
+        e.connection_id,
+        e.workspace_id,
         data
     ]);
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
 
-fn entry_hash(e: &AuditEntry, data: &str) -> String {
-    row_hash(
-        &e.prev_hash,
+/// What the v2 HMAC covers: the version and every field, the key's id and
+/// the API key's, as a JSON array.
+fn v2_input(e: &AuditEntry, data: &str) -> String {
+    serde_json::json!([
+        HASH_V2,
+        e.prev_hash,
         e.seq,
-        &e.id,
+        e.id,
         e.at,
-        &e.event_type,
-        e.ip.as_deref(),
-        e.user_agent.as_deref(),
-        e.provider_id.as_deref(),
-        e.connection_id.as_deref(),
-        e.workspace_id.as_deref(),
+        e.event_type,
+        e.ip,
+        e.user_agent,
+        e.provider_id,
+        e.connection_id,
+        e.workspace_id,
         data,
-    )
+        e.key_id,
+        e.api_key_id,
+        e.api_key_name
+    ])
+    .to_string()
 }
 
-const COLUMNS: &str =
-    "seq, id, at, event_type, ip, user_agent, provider_id, connection_id, workspace_id, data, prev_hash, hash";
+const COLUMNS: &str = "seq, id, at, event_type, ip, user_agent, provider_id, connection_id, workspace_id, data, \
+    prev_hash, hash, hash_version, key_id, api_key_id, api_key_name";
 
 fn from_row(row: &AnyRow) -> Result<(AuditEntry, String), StoreError> {
     let data: String = get(row, "data")?;
@@ -141,6 +200,10 @@ fn from_row(row: &AnyRow) -> Result<(AuditEntry, String), StoreError> {
         data: serde_json::from_str(&data).unwrap_or(Value::String(data.clone())),
         prev_hash: get(row, "prev_hash")?,
         hash: get(row, "hash")?,
+        hash_version: get::<Option<i64>>(row, "hash_version")?.unwrap_or(HASH_V1),
+        key_id: get(row, "key_id")?,
+        api_key_id: get(row, "api_key_id")?,
+        api_key_name: get(row, "api_key_name")?,
     };
     Ok((entry, data))
 }
@@ -159,9 +222,11 @@ async fn chain_head(w: &mut WriteTx) -> Result<(i64, String), StoreError> {
     })
 }
 
-/// Builds the row that follows `(prev_seq, prev_hash)` and inserts it.
+/// Builds the row that follows `(prev_seq, prev_hash)`, signed with `keys`
+/// (v2) or, without keys, hashed as v1, and inserts it.
 async fn insert_after(
     w: &mut WriteTx,
+    keys: Option<&AuditKeys>,
     prev_seq: i64,
     prev_hash: String,
     audit: NewAudit,
@@ -180,10 +245,17 @@ async fn insert_after(
         data: audit.data,
         prev_hash,
         hash: String::new(),
+        hash_version: if keys.is_some() { HASH_V2 } else { HASH_V1 },
+        key_id: keys.map(|k| k.signing_key_id().to_owned()),
+        api_key_id: audit.api_key.as_ref().map(|k| k.id.clone()),
+        api_key_name: audit.api_key.map(|k| k.name),
     };
-    entry.hash = entry_hash(&entry, &data);
+    entry.hash = match keys {
+        Some(keys) => keys.sign(v2_input(&entry, &data).as_bytes()),
+        None => v1_hash(&entry, &data),
+    };
     sqlx::query(&format!(
-        "INSERT INTO audit_log ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        "INSERT INTO audit_log ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
     ))
     .bind(entry.seq)
     .bind(&entry.id)
@@ -197,6 +269,10 @@ async fn insert_after(
     .bind(&data)
     .bind(&entry.prev_hash)
     .bind(&entry.hash)
+    .bind(entry.hash_version)
+    .bind(entry.key_id.as_deref())
+    .bind(entry.api_key_id.as_deref())
+    .bind(entry.api_key_name.as_deref())
     .execute(&mut *w.tx)
     .await?;
     Ok(entry)
@@ -205,7 +281,8 @@ async fn insert_after(
 /// Appends `audit` inside an open write transaction, after the chain head.
 pub(crate) async fn append_in_tx(w: &mut WriteTx, audit: NewAudit) -> Result<AuditEntry, StoreError> {
     let (seq, hash) = chain_head(w).await?;
-    insert_after(w, seq, hash, audit).await
+    let keys = w.audit_keys.clone();
+    insert_after(w, keys.as_deref(), seq, hash, audit).await
 }
 
 impl Store {
@@ -234,8 +311,9 @@ impl Store {
                 return Ok(());
             }
         }
+        let keys = w.audit_keys.clone();
         for a in audits {
-            let entry = insert_after(&mut w, seq, hash, a).await?;
+            let entry = insert_after(&mut w, keys.as_deref(), seq, hash, a).await?;
             (seq, hash) = (entry.seq, entry.hash);
         }
         w.commit().await
@@ -273,6 +351,9 @@ impl Store {
         if let Some(v) = &f.workspace_id {
             add("workspace_id =", Bind::Text(v.clone()));
         }
+        if let Some(v) = &f.api_key_id {
+            add("api_key_id =", Bind::Text(v.clone()));
+        }
         if let Some(v) = f.before_seq {
             add("seq <", Bind::Int(v));
         }
@@ -295,39 +376,110 @@ impl Store {
         Ok(AuditPage { entries, next_before })
     }
 
-    /// Walks the whole chain in order and reports the first row that does not
-    /// verify: a wrong hash (edited row), a wrong back-link or a gap in `seq`
-    /// (deleted or inserted row).
-    pub async fn verify_audit_chain(&self) -> Result<ChainReport, StoreError> {
+    /// The newest row's `seq`, `hash` and time (`seq` 0 and the genesis
+    /// hash for an empty log).
+    pub async fn audit_head(&self) -> Result<ChainHead, StoreError> {
+        let head = sqlx::query("SELECT seq, hash, at FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match head {
+            Some(row) => ChainHead { seq: get(&row, "seq")?, hash: get(&row, "hash")?, at: Some(get(&row, "at")?) },
+            None => ChainHead { seq: 0, hash: GENESIS_HASH.to_owned(), at: None },
+        })
+    }
+
+    /// Walks the whole chain in order and reports the first row that does
+    /// not verify: a wrong hash or HMAC (an edited row), a wrong back-link or
+    /// a gap in `seq` (a deleted or inserted row), an unkeyed row after a
+    /// keyed one (rows rewritten without the audit key), a row signed by a
+    /// key `keys` does not hold; and, with `expected`, a chain that does not
+    /// reach that head or holds another row there (rows cut from its end).
+    pub async fn verify_audit_chain(
+        &self,
+        keys: Option<&AuditKeys>,
+        expected: Option<&ExpectedHead>,
+    ) -> Result<ChainReport, StoreError> {
         let mut expected_prev = GENESIS_HASH.to_owned();
         let mut expected_seq = 1i64;
         let mut checked = 0i64;
+        let mut keyed = false;
+        let mut head_seen = expected.is_none_or(|h| h.seq == 0 && h.hash == GENESIS_HASH);
+        let broken = |seq: i64, why: String, checked: i64| {
+            Ok(ChainReport { rows_checked: checked, first_broken: Some((seq, why)) })
+        };
         loop {
             let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM audit_log WHERE seq >= $1 ORDER BY seq LIMIT 1000"))
                 .bind(expected_seq)
                 .fetch_all(&self.pool)
                 .await?;
             if rows.is_empty() {
-                return Ok(ChainReport { rows_checked: checked, first_broken: None });
+                break;
             }
             for row in &rows {
                 let (entry, data) = from_row(row)?;
-                let broken = if entry.seq != expected_seq {
-                    Some(format!("expected row {expected_seq} next, found {} (a row is missing)", entry.seq))
-                } else if entry.prev_hash != expected_prev {
-                    Some("prev_hash does not match the previous row's hash".to_owned())
-                } else if entry_hash(&entry, &data) != entry.hash {
-                    Some("hash does not match the row's contents (the row was modified)".to_owned())
-                } else {
-                    None
-                };
-                if let Some(why) = broken {
-                    return Ok(ChainReport { rows_checked: checked, first_broken: Some((entry.seq, why)) });
+                if let Some(why) = row_problem(&entry, &data, keys, expected_seq, &expected_prev, keyed) {
+                    return broken(entry.seq, why, checked);
                 }
+                if let Some(head) = expected.filter(|h| h.seq == entry.seq) {
+                    if head.hash != entry.hash {
+                        let why = format!("the expected head says hash {}, the row has {}", head.hash, entry.hash);
+                        return broken(entry.seq, why, checked);
+                    }
+                    head_seen = true;
+                }
+                keyed |= entry.hash_version == HASH_V2;
                 checked += 1;
                 expected_prev = entry.hash;
                 expected_seq += 1;
             }
         }
+        match expected.filter(|_| !head_seen) {
+            Some(head) => {
+                let why = format!(
+                    "the chain ends at row {}, before the expected head (rows were removed from its end)",
+                    expected_seq - 1
+                );
+                broken(head.seq, why, checked)
+            }
+            None => Ok(ChainReport { rows_checked: checked, first_broken: None }),
+        }
+    }
+}
+
+/// Why `entry` does not continue the chain, if it does not.
+fn row_problem(
+    entry: &AuditEntry,
+    data: &str,
+    keys: Option<&AuditKeys>,
+    expected_seq: i64,
+    expected_prev: &str,
+    after_keyed: bool,
+) -> Option<String> {
+    if entry.seq != expected_seq {
+        return Some(format!("expected row {expected_seq} next, found {} (a row is missing)", entry.seq));
+    }
+    if entry.prev_hash != expected_prev {
+        return Some("prev_hash does not match the previous row's hash".to_owned());
+    }
+    match entry.hash_version {
+        HASH_V1 if after_keyed => Some(
+            "an unkeyed (v1) row after a keyed one: rows were written or rewritten without the audit key".to_owned(),
+        ),
+        HASH_V1 if entry.key_id.is_some() || entry.api_key_id.is_some() || entry.api_key_name.is_some() => {
+            Some("a v1 row carries fields that only keyed rows have".to_owned())
+        }
+        HASH_V1 => (v1_hash(entry, data) != entry.hash)
+            .then(|| "hash does not match the row's contents (the row was modified)".to_owned()),
+        HASH_V2 => {
+            let key_id = entry.key_id.as_deref().unwrap_or_default();
+            match keys.and_then(|k| k.sign_with(key_id, v2_input(entry, data).as_bytes())) {
+                None => Some(format!("the row is signed with audit key {key_id}, which AUDIT_KEYS does not hold")),
+                Some(mac) if !nexus_vault::constant_time_eq(mac.as_bytes(), entry.hash.as_bytes()) => Some(
+                    "the HMAC does not match the row's contents (modified, or signed without the audit key)".to_owned(),
+                ),
+                Some(_) => None,
+            }
+        }
+        other => Some(format!("unknown hash format {other}")),
     }
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-pub use audit::{AuditEntry, AuditFilter, AuditPage, ChainReport, NewAudit};
+pub use audit::{ApiKeyRef, AuditEntry, AuditFilter, AuditPage, ChainHead, ChainReport, ExpectedHead, NewAudit};
 pub use connections::{Activation, ConnectionFilter, ConnectionRow, Handshake};
 pub use invalidation::Invalidation;
 pub use providers::{ProviderFilter, ProviderRow};
@@ -81,6 +81,8 @@ pub struct Store {
     url: Arc<str>,
     /// SQLite allows one writer; taking this first avoids busy/upgrade errors.
     writer: Option<Arc<Mutex<()>>>,
+    /// Signs audit rows (v2); `None` writes v1 rows (tools, old data).
+    audit_keys: Option<Arc<nexus_vault::AuditKeys>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -94,6 +96,7 @@ pub struct WriteTx {
     pub(crate) tx: sqlx::Transaction<'static, sqlx::Any>,
     _writer: Option<OwnedMutexGuard<()>>,
     pub(crate) backend: Backend,
+    pub(crate) audit_keys: Option<Arc<nexus_vault::AuditKeys>>,
 }
 
 impl WriteTx {
@@ -147,7 +150,13 @@ impl Store {
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
         let writer = (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(())));
-        Ok(Store { pool, backend, url: Arc::from(url), writer })
+        Ok(Store { pool, backend, url: Arc::from(url), writer, audit_keys: None })
+    }
+
+    /// This store, signing the audit rows it writes with `keys` (v2 rows).
+    pub fn with_audit_keys(mut self, keys: Arc<nexus_vault::AuditKeys>) -> Store {
+        self.audit_keys = Some(keys);
+        self
     }
 
     pub fn backend(&self) -> Backend {
@@ -172,7 +181,7 @@ impl Store {
             None => None,
         };
         let tx = self.pool.begin().await?;
-        Ok(WriteTx { tx, _writer: guard, backend: self.backend })
+        Ok(WriteTx { tx, _writer: guard, backend: self.backend, audit_keys: self.audit_keys.clone() })
     }
 
     pub async fn close(&self) {

@@ -58,6 +58,7 @@ pub fn base_config(db: &TestDb) -> RawConfig {
     RawConfig {
         api_key: Some(TEST_API_KEY.into()),
         encryption_key: Some(nexus_vault::generate_key()),
+        audit_keys: Some(nexus_vault::generate_key()),
         state_key: Some(nexus_vault::generate_key()),
         database_url: Some(db.url().to_owned()),
         bind: Some("127.0.0.1:0".into()),

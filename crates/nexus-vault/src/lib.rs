@@ -198,6 +198,64 @@ impl StateSigner {
     }
 }
 
+/// HMAC-SHA256 keys for the audit chain (`AUDIT_KEYS`): the first signs
+/// new rows, all verify. A key's id is a hash prefix, safe to store and log;
+/// it is derived apart from the encryption keys' ids, so the same bytes used
+/// for both would not show it.
+pub struct AuditKeys {
+    keys: Vec<(String, Zeroizing<Vec<u8>>)>,
+}
+
+impl fmt::Debug for AuditKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ids: Vec<&str> = self.keys.iter().map(|(id, _)| id.as_str()).collect();
+        f.debug_struct("AuditKeys").field("key_ids", &ids).finish()
+    }
+}
+
+impl AuditKeys {
+    /// Keys from base64 (32 bytes each), the first one signing.
+    pub fn from_base64<S: AsRef<str>>(keys: &[S]) -> Result<AuditKeys, VaultError> {
+        if keys.is_empty() {
+            return Err(VaultError::NoKeys);
+        }
+        let keys = keys
+            .iter()
+            .map(|k| {
+                let raw = parse_key(k.as_ref())?;
+                let mut h = Sha256::new();
+                h.update(b"nexus-audit-key-v1\0");
+                h.update(&*raw);
+                Ok((hex_prefix(&h.finalize()), raw))
+            })
+            .collect::<Result<Vec<_>, VaultError>>()?;
+        Ok(AuditKeys { keys })
+    }
+
+    /// The id of the signing key.
+    pub fn signing_key_id(&self) -> &str {
+        &self.keys[0].0
+    }
+
+    /// HMAC-SHA256 of `bytes` under the signing key, hex.
+    pub fn sign(&self, bytes: &[u8]) -> String {
+        Self::mac(&self.keys[0].1, bytes)
+    }
+
+    /// The HMAC of `bytes` under the key `key_id`, hex; `None` when no key
+    /// of that id is held.
+    pub fn sign_with(&self, key_id: &str, bytes: &[u8]) -> Option<String> {
+        self.keys.iter().find(|(id, _)| id == key_id).map(|(_, key)| Self::mac(key, bytes))
+    }
+
+    fn mac(key: &[u8], bytes: &[u8]) -> String {
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
+        mac.update(bytes);
+        let tag = mac.finalize().into_bytes();
+        tag.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
 /// Compares two secrets in time independent of where they differ (and, by
 /// comparing digests, of their lengths).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

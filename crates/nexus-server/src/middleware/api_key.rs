@@ -42,6 +42,10 @@ pub async fn require_api_key(State(state): State<AppState>, req: Request, next: 
         };
         return ApiError::unauthorized(message).into_response();
     }
+    let mut req = req;
+    if let Some(caller) = req.extensions_mut().get_mut::<Caller>() {
+        caller.api_key = Some(crate::middleware::caller::bootstrap_key());
+    }
     next.run(req).await
 }
 

@@ -20,12 +20,19 @@ use std::net::{IpAddr, SocketAddr};
 pub struct Caller {
     pub ip: IpAddr,
     pub user_agent: Option<String>,
+    /// The API key the request presented, once checked (audit rows name it).
+    pub api_key: Option<nexus_store::ApiKeyRef>,
 }
 
 impl Caller {
     pub fn ip_string(&self) -> String {
         self.ip.to_string()
     }
+}
+
+/// How audit rows name the environment's `API_KEY` until named keys exist.
+pub fn bootstrap_key() -> nexus_store::ApiKeyRef {
+    nexus_store::ApiKeyRef { id: "bootstrap".into(), name: "bootstrap".into() }
 }
 
 /// Determines the caller IP from the peer address and, for trusted peers, the header.
@@ -74,7 +81,7 @@ pub async fn identify(State(state): State<AppState>, mut req: Request, next: Nex
         .get(axum::http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(|ua| ua.chars().take(512).collect());
-    req.extensions_mut().insert(Caller { ip, user_agent });
+    req.extensions_mut().insert(Caller { ip, user_agent, api_key: None });
     next.run(req).await
 }
 

@@ -2,7 +2,7 @@
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::Query;
-use crate::services::audit::{self, AuditPageView, AuditQuery};
+use crate::services::audit::{self, AuditHeadView, AuditPageView, AuditQuery};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::Json;
@@ -22,4 +22,18 @@ pub async fn list_audit(
     // Rows queued for the batch writer before this request are part of the answer.
     state.flush_audit().await;
     audit::list(&state, q).await.map(Json)
+}
+
+/// The newest row of the hash chain (`seq`, `hash`, `at`): keep it, and
+/// `nexus audit verify --expect-head SEQ:HASH` later proves the chain still
+/// reaches it (no row cut from its end).
+#[utoipa::path(get, path = "/v1/audit/head", tag = "audit",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = AuditHeadView),
+        (status = 401, body = ErrorBody)
+    ))]
+pub async fn audit_head(State(state): State<AppState>) -> Result<Json<AuditHeadView>, ApiError> {
+    state.flush_audit().await;
+    audit::head(&state).await.map(Json)
 }

@@ -27,6 +27,8 @@ pub struct AuditQuery {
     pub provider: Option<String>,
     pub connection_id: Option<String>,
     pub workspace_id: Option<String>,
+    /// Rows caused by this API key (its id; `bootstrap` is the environment's `API_KEY`).
+    pub api_key: Option<String>,
     /// Default 50, at most 1000 (larger values are capped).
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
@@ -51,6 +53,25 @@ pub struct AuditEntryView {
     pub data: Value,
     pub prev_hash: String,
     pub hash: String,
+    /// 1: unkeyed SHA-256 (rows from before audit keys); 2: HMAC-SHA256 under `key_id`.
+    pub hash_version: i64,
+    /// The audit key that signed the row (v2).
+    pub key_id: Option<String>,
+    /// The API key that caused the event: `{id, name}` (`bootstrap` is the environment's `API_KEY`).
+    #[schema(value_type = Option<Object>)]
+    pub api_key: Option<Value>,
+}
+
+/// The newest row of the audit chain: a verifier keeps it and later runs
+/// `nexus audit verify --expect-head SEQ:HASH` to prove no row was cut
+/// from the end since.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditHeadView {
+    /// 0 when the log is empty.
+    pub seq: i64,
+    pub hash: String,
+    /// RFC 3339; `null` when the log is empty.
+    pub at: Option<String>,
 }
 
 /// A page of rows, newest first.
@@ -75,6 +96,24 @@ fn view(e: AuditEntry) -> AuditEntryView {
         data: e.data,
         prev_hash: e.prev_hash,
         hash: e.hash,
+        hash_version: e.hash_version,
+        key_id: e.key_id,
+        api_key: e.api_key_id.map(|id| serde_json::json!({ "id": id, "name": e.api_key_name })),
+    }
+}
+
+/// `GET /v1/audit/head`.
+pub async fn head(state: &AppState) -> Result<AuditHeadView, ApiError> {
+    let head = state.store.audit_head().await?;
+    Ok(AuditHeadView { seq: head.seq, hash: head.hash, at: head.at.map(rfc3339) })
+}
+
+/// Logs the chain head (SPEC 6b: at least every minute, and at shutdown),
+/// so a copy of it lives outside the database.
+pub async fn log_head(state: &AppState) {
+    match state.store.audit_head().await {
+        Ok(head) => tracing::info!(seq = head.seq, hash = %head.hash, at = head.at.map(rfc3339), "audit chain head"),
+        Err(e) => tracing::warn!(error = %e, "the audit chain head could not be read"),
     }
 }
 
@@ -127,6 +166,7 @@ pub async fn list(state: &AppState, q: AuditQuery) -> Result<AuditPageView, ApiE
             provider_id,
             connection_id: q.connection_id,
             workspace_id: q.workspace_id,
+            api_key_id: q.api_key.filter(|k| !k.is_empty()),
             before_seq,
             limit,
         })

@@ -103,6 +103,7 @@ pub(crate) fn audit(caller: Option<&Caller>, event: AuditEvent, row: &Connection
         data,
         at: Some(chrono::Utc::now().timestamp_micros()),
         id: None,
+        api_key: caller.and_then(|c| c.api_key.clone()),
     }
 }
 

@@ -88,6 +88,7 @@ fn audit(caller: &Caller, event: AuditEvent, provider_id: &str, data: Value) -> 
         user_agent: caller.user_agent.clone(),
         provider_id: Some(provider_id.to_owned()),
         data,
+        api_key: caller.api_key.clone(),
         ..NewAudit::default()
     }
 }

@@ -107,6 +107,7 @@ pub async fn answer(state: &AppState, caller: &Caller, id: &str) -> Result<Arc<C
                 workspace_id: Some(hit.workspace_id.clone()),
                 data: json!({}),
                 at: Some(chrono::Utc::now().timestamp_micros()),
+                api_key: caller.api_key.clone(),
                 ..NewAudit::default()
             })
             .await?;

@@ -97,7 +97,7 @@ async fn concurrent_writers_keep_one_chain(backend: Backend) {
     assert_eq!(created.len(), 30);
     assert_eq!(rejected.iter().map(|r| r.data["count"].as_u64().unwrap()).sum::<u64>(), 10, "every rejection counted");
     assert_eq!(app.audit_count().await, rows.entries.len() as i64);
-    let report = app.store().verify_audit_chain().await.unwrap();
+    let report = app.store().verify_audit_chain(Some(&app.state.config.audit_keys), None).await.unwrap();
     assert_eq!(report.rows_checked, rows.entries.len() as i64);
     assert_eq!(report.first_broken, None);
 }
@@ -212,7 +212,7 @@ async fn no_audit_row_is_lost_while_the_database_drops_connections() {
         );
         assert_eq!(retrievals as u64, served, "a row for every answered retrieval");
         assert_eq!(edits as u64, accepted, "a row for every accepted edit");
-        let report = app.store().verify_audit_chain().await.unwrap();
+        let report = app.store().verify_audit_chain(Some(&app.state.config.audit_keys), None).await.unwrap();
         assert_eq!(report.first_broken, None);
     })
     .await;
