@@ -254,3 +254,26 @@ async fn rows_active(app: &TestApp) -> usize {
 }
 
 both_backends!(background_refresher_renews_500_connections);
+
+/// The token cache honours the configured refresh window (not a fixed
+/// 300 s): with a window wider than 300 s, an answer is not served from
+/// cache once it is inside the window, so a request then refreshes.
+async fn the_token_cache_keeps_to_the_configured_refresh_window(backend: Backend) {
+    // 600 s tokens and a 598 s window: inside it 2 s after the grant.
+    let (app, _idp) = lifecycle_setup(backend, 600, "598", "3600").await;
+    let id = connect(&app, "idp", json!(["openid", "offline_access"])).await;
+    let first = token(&app, &id).await["credentials"]["access_token"].as_str().unwrap().to_owned();
+    let started = std::time::Instant::now();
+    loop {
+        let now = token(&app, &id).await["credentials"]["access_token"].as_str().unwrap().to_owned();
+        if now != first {
+            break;
+        }
+        // A cache that kept the answer its full 30 s would hold it past this.
+        assert!(started.elapsed() < Duration::from_secs(15), "still served from cache inside the refresh window");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("refreshed {:?} after the first answer", started.elapsed());
+}
+
+both_backends!(the_token_cache_keeps_to_the_configured_refresh_window);
