@@ -140,46 +140,37 @@ pub struct ChainReport {
     pub first_broken: Option<(i64, String)>,
 }
 
+/// A row's own fields with the previous hash, in the order both formats
+/// hash them.
+fn chained_fields(e: &AuditEntry, data: &str) -> Vec<Value> {
+    vec![
+        e.prev_hash.clone().into(),
+        e.seq.into(),
+        e.id.clone().into(),
+        e.at.into(),
+        e.event_type.clone().into(),
+        e.ip.clone().into(),
+        e.user_agent.clone().into(),
+        e.provider_id.clone().into(),
+        e.connection_id.clone().into(),
+        e.workspace_id.clone().into(),
+        data.into(),
+    ]
+}
+
 /// The v1 hash of a row: SHA-256 over a JSON array of its fields, so no
 /// field boundary is ambiguous.
 fn v1_hash(e: &AuditEntry, data: &str) -> String {
-    let canonical = serde_json::json!([
-        e.prev_hash,
-        e.seq,
-        e.id,
-        e.at,
-        e.event_type,
-        e.ip,
-        e.user_agent,
-        e.provider_id,
-        e.connection_id,
-        e.workspace_id,
-        data
-    ]);
-    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    hex::encode(Sha256::digest(Value::Array(chained_fields(e, data)).to_string().as_bytes()))
 }
 
-/// What the v2 HMAC covers: the version and every field, the key's id and
-/// the API key's, as a JSON array.
+/// What the v2 HMAC covers: the version, every field, the audit key's id
+/// and the API key's, as a JSON array.
 fn v2_input(e: &AuditEntry, data: &str) -> String {
-    serde_json::json!([
-        HASH_V2,
-        e.prev_hash,
-        e.seq,
-        e.id,
-        e.at,
-        e.event_type,
-        e.ip,
-        e.user_agent,
-        e.provider_id,
-        e.connection_id,
-        e.workspace_id,
-        data,
-        e.key_id,
-        e.api_key_id,
-        e.api_key_name
-    ])
-    .to_string()
+    let mut fields = vec![Value::from(HASH_V2)];
+    fields.extend(chained_fields(e, data));
+    fields.extend([e.key_id.clone().into(), e.api_key_id.clone().into(), e.api_key_name.clone().into()]);
+    Value::Array(fields).to_string()
 }
 
 const COLUMNS: &str = "seq, id, at, event_type, ip, user_agent, provider_id, connection_id, workspace_id, data, \

@@ -90,15 +90,11 @@ impl KeyRing {
         if keys.is_empty() {
             return Err(VaultError::NoKeys);
         }
-        let keys = keys
-            .iter()
-            .map(|k| {
-                let raw = parse_key(k.as_ref())?;
-                let id = hex_prefix(&Sha256::digest(&*raw));
-                let cipher = Aes256Gcm::new_from_slice(&raw).map_err(|_| VaultError::KeyWrongLength(raw.len()))?;
-                Ok(RingKey { id, cipher })
-            })
-            .collect::<Result<Vec<_>, VaultError>>()?;
+        let keys = parse_keys(keys, |raw| {
+            let id = hex_prefix(&Sha256::digest(raw));
+            let cipher = Aes256Gcm::new_from_slice(raw).map_err(|_| VaultError::KeyWrongLength(raw.len()))?;
+            Ok(RingKey { id, cipher })
+        })?;
         Ok(KeyRing { keys })
     }
 
@@ -151,6 +147,14 @@ impl KeyRing {
     pub fn needs_reseal(&self, envelope: &str) -> bool {
         envelope.split(':').nth(1) != Some(self.current_key_id())
     }
+}
+
+/// Each base64 key parsed (32 bytes) and made into a `T`.
+fn parse_keys<S: AsRef<str>, T>(
+    keys: &[S],
+    make: impl Fn(&[u8]) -> Result<T, VaultError>,
+) -> Result<Vec<T>, VaultError> {
+    keys.iter().map(|k| make(&parse_key(k.as_ref())?)).collect()
 }
 
 fn hex_prefix(bytes: &[u8]) -> String {
@@ -219,16 +223,12 @@ impl AuditKeys {
         if keys.is_empty() {
             return Err(VaultError::NoKeys);
         }
-        let keys = keys
-            .iter()
-            .map(|k| {
-                let raw = parse_key(k.as_ref())?;
-                let mut h = Sha256::new();
-                h.update(b"nexus-audit-key-v1\0");
-                h.update(&*raw);
-                Ok((hex_prefix(&h.finalize()), raw))
-            })
-            .collect::<Result<Vec<_>, VaultError>>()?;
+        let keys = parse_keys(keys, |raw| {
+            let mut h = Sha256::new();
+            h.update(b"nexus-audit-key-v1\0");
+            h.update(raw);
+            Ok((hex_prefix(&h.finalize()), Zeroizing::new(raw.to_vec())))
+        })?;
         Ok(AuditKeys { keys })
     }
 
