@@ -144,6 +144,12 @@ struct ServeArgs {
     /// Seconds a proxy or the Bridge may reuse a token answer (default 30).
     #[arg(long, env = "TOKEN_MAX_AGE")]
     token_max_age: Option<String>,
+    /// Background refreshes in flight at once (default 16).
+    #[arg(long, env = "REFRESH_CONCURRENCY")]
+    refresh_concurrency: Option<String>,
+    /// Background refreshes in flight at once per token-endpoint host (default 8).
+    #[arg(long, env = "REFRESH_PER_HOST")]
+    refresh_per_host: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -240,6 +246,8 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         refresh_interval: args.refresh_interval,
         head_timeout: args.head_timeout,
         token_max_age: args.token_max_age,
+        refresh_concurrency: args.refresh_concurrency,
+        refresh_per_host: args.refresh_per_host,
     };
     let dev_keys = if args.dev { Some(dev::prepare(&args.db.data_dir, &mut raw)?) } else { None };
     let config = raw.build().map_err(|e| e.to_string())?;

@@ -40,6 +40,10 @@ pub struct RawConfig {
     pub head_timeout: Option<String>,
     /// Seconds a proxy or the Bridge may reuse a token answer (default 30).
     pub token_max_age: Option<String>,
+    /// Background refreshes in flight at once per process (default 16).
+    pub refresh_concurrency: Option<String>,
+    /// Background refreshes in flight at once per token-endpoint host (default 8).
+    pub refresh_per_host: Option<String>,
 }
 
 impl std::fmt::Debug for RawConfig {
@@ -83,6 +87,9 @@ pub struct Config {
     /// Seconds a proxy or the Bridge may reuse a token answer (`max_age`,
     /// SPEC 5b; never beyond the answer's `expires_at`).
     pub token_max_age_secs: i64,
+    /// Background refreshes in flight at once, per process and per token-endpoint host.
+    pub refresh_concurrency: usize,
+    pub refresh_per_host: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -103,6 +110,8 @@ impl std::fmt::Debug for Config {
             .field("refresh_interval_secs", &self.refresh_interval_secs)
             .field("head_timeout", &self.head_timeout)
             .field("token_max_age_secs", &self.token_max_age_secs)
+            .field("refresh_concurrency", &self.refresh_concurrency)
+            .field("refresh_per_host", &self.refresh_per_host)
             .finish()
     }
 }
@@ -219,6 +228,8 @@ impl RawConfig {
         let refresh_interval_secs =
             parse_secs("REFRESH_INTERVAL", self.refresh_interval.as_deref(), 15, 1, 3_600)? as u64;
         let token_max_age_secs = parse_secs("TOKEN_MAX_AGE", self.token_max_age.as_deref(), 30, 0, 3_600)?;
+        let refresh_concurrency = parse_count("REFRESH_CONCURRENCY", self.refresh_concurrency.as_deref(), 16, 4_096)?;
+        let refresh_per_host = parse_count("REFRESH_PER_HOST", self.refresh_per_host.as_deref(), 8, 1_024)?;
         let head_timeout =
             std::time::Duration::from_secs(
                 parse_secs("HEAD_TIMEOUT", self.head_timeout.as_deref(), 30, 1, 3_600)? as u64
@@ -243,6 +254,8 @@ impl RawConfig {
             refresh_interval_secs,
             head_timeout,
             token_max_age_secs,
+            refresh_concurrency,
+            refresh_per_host,
         })
     }
 }
@@ -256,6 +269,17 @@ fn parse_secs(variable: &'static str, raw: Option<&str>, default: i64, min: i64,
             .ok()
             .filter(|n| (min..=max).contains(n))
             .ok_or_else(|| err(variable, format!("'{s}' is not a number of seconds from {min} to {max}"))),
+    }
+}
+
+fn parse_count(variable: &'static str, raw: Option<&str>, default: usize, max: usize) -> Result<usize, ConfigError> {
+    match raw.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(default),
+        Some(s) => s
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| err(variable, format!("'{s}' is not a number from 1 to {max}"))),
     }
 }
 

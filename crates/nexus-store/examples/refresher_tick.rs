@@ -61,7 +61,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     })
     .await;
     let none_due = time(50, || async {
-        let claimed = store.claim_due_refreshes(now, 60, 200).await.unwrap();
+        let claimed = store.claim_due_refreshes(now, 60, 200, &[]).await.unwrap();
         assert!(claimed.is_empty());
     })
     .await;
@@ -76,7 +76,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t = Instant::now();
         let mut n = 0;
         loop {
-            let claimed = store.claim_due_refreshes(now, 60, 200).await?;
+            let claimed = store.claim_due_refreshes(now, 60, 200, &[]).await?;
             if claimed.is_empty() {
                 break;
             }

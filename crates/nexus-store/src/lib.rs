@@ -142,7 +142,10 @@ impl Store {
                     .await?
             }
             Backend::Postgres => {
-                AnyPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(10)).connect(url).await?
+                // Room for the background refresher (each refresh in flight
+                // holds its row lock, so a connection, while the provider
+                // answers) and the API beside it.
+                AnyPoolOptions::new().max_connections(32).acquire_timeout(Duration::from_secs(10)).connect(url).await?
             }
         };
         match backend {

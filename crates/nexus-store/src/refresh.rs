@@ -143,18 +143,30 @@ impl Store {
         now_secs: i64,
         lease_secs: i64,
         limit: i64,
-    ) -> Result<Vec<String>, StoreError> {
+        skip_providers: &[String],
+    ) -> Result<Vec<(String, String)>, StoreError> {
         // `next_refresh_at` is NULL unless the connection is active (every other
         // transition clears it), so the partial index alone finds the due ones.
         // `now` is a literal (an integer, never user input) so PostgreSQL plans
         // with the real bound instead of a generic plan that would scan.
-        let due = format!(
+        let mut due = format!(
             "next_refresh_at IS NOT NULL AND next_refresh_at <= {now_secs} AND (lease_until IS NULL OR lease_until < {now_secs})"
         );
+        // Providers whose token endpoint is saturated or failing: their
+        // connections stay due, untouched, for a later claim.
+        if !skip_providers.is_empty() {
+            let params: Vec<String> = (1..=skip_providers.len()).map(|n| format!("${n}")).collect();
+            due.push_str(&format!(" AND provider_id NOT IN ({})", params.join(", ")));
+        }
+        fn bind_all<'q>(
+            sql: &'q str,
+            skip: &[String],
+        ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+            skip.iter().fold(sqlx::query(sql), |q, p| q.bind(p.clone()))
+        }
         // The common case, nothing due, costs one indexed read and no write transaction.
-        let probe = sqlx::query(&format!("SELECT id FROM connections WHERE {due} ORDER BY next_refresh_at LIMIT 1"))
-            .fetch_optional(&self.pool)
-            .await?;
+        let probe_sql = format!("SELECT id FROM connections WHERE {due} ORDER BY next_refresh_at LIMIT 1");
+        let probe = bind_all(&probe_sql, skip_providers).fetch_optional(&self.pool).await?;
         if probe.is_none() {
             return Ok(Vec::new());
         }
@@ -163,14 +175,38 @@ impl Store {
             "UPDATE connections SET lease_until = {} WHERE id IN (
                  SELECT id FROM connections WHERE {due} AND status = 'active'
                  ORDER BY next_refresh_at LIMIT {}{lock})
-             RETURNING id",
+             RETURNING id, provider_id",
             now_secs + lease_secs,
             limit.clamp(1, 10_000)
         );
         let mut w = self.begin_write().await?;
-        let rows = sqlx::query(&sql).fetch_all(&mut *w.tx).await?;
+        let rows = bind_all(&sql, skip_providers).fetch_all(&mut *w.tx).await?;
         w.commit().await?;
-        rows.iter().map(|r| get::<String>(r, "id")).collect()
+        rows.iter().map(|r| Ok((get::<String>(r, "id")?, get::<String>(r, "provider_id")?))).collect()
+    }
+
+    /// Releases claims without working on them: the connections stay due
+    /// as they were, for the next claim (of any replica).
+    pub async fn release_refresh_claims(&self, ids: &[String]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let params: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+        let sql = format!("UPDATE connections SET lease_until = NULL WHERE id IN ({})", params.join(", "));
+        let mut w = self.begin_write().await?;
+        ids.iter().fold(sqlx::query(&sql), |q, id| q.bind(id.clone())).execute(&mut *w.tx).await?;
+        w.commit().await
+    }
+
+    /// How many seconds late the oldest due renewal is (0 when none is due).
+    pub async fn refresh_lag(&self, now_secs: i64) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT MIN(next_refresh_at) AS due FROM connections WHERE next_refresh_at IS NOT NULL AND next_refresh_at <= $1 AND status = 'active'",
+        )
+        .bind(now_secs)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(get::<Option<i64>>(&row, "due")?.map_or(0, |due| now_secs - due))
     }
 
     /// How many active connections are due (for metrics and tests).

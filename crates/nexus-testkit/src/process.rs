@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-pub const CONFIG_VARS: [&str; 25] = [
+pub const CONFIG_VARS: [&str; 27] = [
     "API_KEY",
     "ENCRYPTION_KEY",
     "ENCRYPTION_KEYS",
@@ -30,6 +30,8 @@ pub const CONFIG_VARS: [&str; 25] = [
     "REFRESH_INTERVAL",
     "HEAD_TIMEOUT",
     "TOKEN_MAX_AGE",
+    "REFRESH_CONCURRENCY",
+    "REFRESH_PER_HOST",
     "AUDIT_KEYS",
     "NEXUS_PROXY_THREADS",
     "NEXUS_PROXY_MAX_CONNECTIONS",

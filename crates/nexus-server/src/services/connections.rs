@@ -510,7 +510,7 @@ async fn complete(state: &AppState, caller: &Caller, conn: &ConnectionRow, q: &C
             .refresh_token
             .as_ref()
             .and(tokens.expires_in)
-            .map(|s| now_secs() + s as i64 - state.config.refresh_window_secs),
+            .map(|s| crate::services::refresh::renew_at(now_secs() + s as i64, state.config.refresh_window_secs)),
     };
     let data = json!({ "auth_type": "oauth2", "id_token_verified": id_token_verified, "refresh_token": tokens.refresh_token.is_some() });
     let stored = state

@@ -101,6 +101,16 @@ fn needs_refresh(state: &AppState, row: &ConnectionRow, reason: Reason) -> bool 
     }
 }
 
+/// When the background refresher should renew a token that expires at
+/// `expires_at`: at a random point in the first half of the refresh
+/// window, so connections created together (an import, a launch) do not
+/// stay due together forever.
+pub(crate) fn renew_at(expires_at: i64, window: i64) -> i64 {
+    let spread = window / 2;
+    let jitter = if spread > 0 { (rand::random::<u64>() % (spread as u64 + 1)) as i64 } else { 0 };
+    expires_at - window + jitter
+}
+
 /// Backoff after the `failures`-th consecutive failure: 15 s doubling to 1 h, ±20 % jitter.
 fn retry_at(failures: i64) -> i64 {
     let base = (15i64 << failures.clamp(0, 8)).min(3600);
@@ -199,7 +209,7 @@ async fn refresh_now(state: &AppState, caller: Option<&Caller>, id: &str, reason
                     .refresh_token
                     .map(|r| keyring.seal(&context(&row.id, "refresh_token"), r.expose().as_bytes())),
                 expires_at,
-                next_refresh_at: expires_at.map(|e| e - state.config.refresh_window_secs),
+                next_refresh_at: expires_at.map(|e| renew_at(e, state.config.refresh_window_secs)),
             };
             let a = audit(
                 caller,
