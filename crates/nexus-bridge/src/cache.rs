@@ -14,7 +14,7 @@ use crate::client::{GatewayClient, GatewayError, TokenAnswer};
 use crate::invalidations::Invalidation;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Refresh this many seconds before `expires_at`.
@@ -106,14 +106,15 @@ pub struct CredentialCache {
     client: GatewayClient,
     backoff: Backoff,
     slots: Arc<Slots>,
-    /// Whether to follow the invalidation stream, and its task once started.
+    /// Whether to follow the invalidation stream, and its task once started
+    /// (started again if it ended, e.g. with the runtime it ran on).
     follow: bool,
-    follower: OnceLock<Option<tokio::task::AbortHandle>>,
+    follower: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl Drop for CredentialCache {
     fn drop(&mut self) {
-        if let Some(Some(task)) = self.follower.get() {
+        if let Some(task) = self.follower.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
             task.abort();
         }
     }
@@ -135,7 +136,7 @@ impl CredentialCache {
     }
 
     pub fn with_backoff(client: GatewayClient, backoff: Backoff) -> CredentialCache {
-        CredentialCache { client, backoff, slots: Arc::default(), follow: true, follower: OnceLock::new() }
+        CredentialCache { client, backoff, slots: Arc::default(), follow: true, follower: Mutex::new(None) }
     }
 
     /// This cache without the invalidation stream: answers live their
@@ -157,12 +158,17 @@ impl CredentialCache {
         slots.entry(id.to_owned()).or_default().clone()
     }
 
-    /// Starts following the invalidation stream (once; needs a Tokio runtime).
+    /// Follows the invalidation stream: starts it, or starts it again if it
+    /// ended (needs a Tokio runtime).
     fn follow_invalidations(&self) {
         if !self.follow {
             return;
         }
-        self.follower.get_or_init(|| {
+        let mut follower = self.follower.lock().unwrap_or_else(|p| p.into_inner());
+        if follower.as_ref().is_some_and(|task| !task.is_finished()) {
+            return;
+        }
+        *follower = (|| {
             let handle = tokio::runtime::Handle::try_current().ok()?;
             let (alive, feed) = (Arc::downgrade(&self.slots), Arc::downgrade(&self.slots));
             let client = self.client.clone();
@@ -178,7 +184,7 @@ impl CredentialCache {
                 client.follow_invalidations(alive, apply).await;
             });
             Some(task.abort_handle())
-        });
+        })();
     }
 
     /// Current credentials for `connection_id` (cached while fresh).

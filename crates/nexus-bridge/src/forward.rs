@@ -106,7 +106,9 @@ impl ProviderClient {
         let pool = self.pools.get_with_by_ref(connection_id, || {
             Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(60))
-                .pool_max_idle_per_host(8)
+                // An agent rarely needs more at once per connection; with
+                // up to `POOLS` pools, this bounds the idle sockets kept.
+                .pool_max_idle_per_host(2)
                 .build(self.connector.clone())
         });
         let req = req.map(Full::new);

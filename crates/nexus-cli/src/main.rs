@@ -144,10 +144,10 @@ struct ServeArgs {
     /// Seconds a proxy or the Bridge may reuse a token answer (default 30).
     #[arg(long, env = "TOKEN_MAX_AGE")]
     token_max_age: Option<String>,
-    /// Background refreshes in flight at once (default 16).
+    /// Background refreshes in flight at once (default 8).
     #[arg(long, env = "REFRESH_CONCURRENCY")]
     refresh_concurrency: Option<String>,
-    /// Background refreshes in flight at once per token-endpoint host (default 8).
+    /// Background refreshes in flight at once per token-endpoint host (default 4).
     #[arg(long, env = "REFRESH_PER_HOST")]
     refresh_per_host: Option<String>,
 }

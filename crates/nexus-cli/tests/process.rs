@@ -549,6 +549,27 @@ async fn audit_verify_finds_every_kind_of_tampering(backend: Backend) {
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("row 2") && out.contains("unkeyed"), "{out}");
 
+    // Every row rewritten as v1 from the start, the whole chain recomputed
+    // with plain SHA-256: consistent, but it ends unkeyed.
+    let db = TestDb::new(backend).await.unwrap();
+    five_rows(dir.path(), &db).await;
+    let rows = rows_of(&db).await;
+    let mut prev = "0".repeat(64);
+    let mut statements = Vec::new();
+    for row in &rows {
+        let hash = v1_hash(row, &prev, "10.6.6.6");
+        statements.push(format!(
+            "UPDATE audit_log SET ip = '10.6.6.6', prev_hash = '{prev}', hash = '{hash}', hash_version = NULL, key_id = NULL, \
+             api_key_id = NULL, api_key_name = NULL WHERE seq = {}",
+            row["seq"]
+        ));
+        prev = hash;
+    }
+    as_attacker(&db, &statements).await;
+    let (code, out) = verify_with(dir.path(), &db, &keys, &[]).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("row 5") && out.contains("ends with unkeyed"), "{out}");
+
     // Row 3 edited, nothing recomputed (there is no key to do it with).
     let db = TestDb::new(backend).await.unwrap();
     five_rows(dir.path(), &db).await;
@@ -584,7 +605,7 @@ async fn v1_rows_stay_valid_before_the_first_keyed_row(backend: Backend) {
     let keys = [("AUDIT_KEYS", AUDIT_KEY)];
     let (code, out) = verify_with(dir.path(), &db, &keys, &[]).await;
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("7 rows verified"), "{out}");
+    assert!(out.contains("8 rows verified"), "two v1 rows, the row that starts signing, five keyed: {out}");
 
     let rows = rows_of(&db).await;
     let forged = v1_hash(&rows[1], rows[1]["prev_hash"].as_str().unwrap(), "10.6.6.6");

@@ -30,10 +30,15 @@ pub enum AuditEvent {
     TokenRefreshFailed,
     #[serde(rename = "auth.rejected")]
     AuthRejected,
+    /// A server with audit keys found the chain ending in unkeyed rows (the
+    /// first start after an upgrade) and signed this row after them, so
+    /// the end of the chain is always keyed (SPEC 6b).
+    #[serde(rename = "audit.signing_started")]
+    AuditSigningStarted,
 }
 
 impl AuditEvent {
-    pub const ALL: [AuditEvent; 13] = [
+    pub const ALL: [AuditEvent; 14] = [
         AuditEvent::ProviderCreated,
         AuditEvent::ProviderUpdated,
         AuditEvent::ProviderDeleted,
@@ -47,6 +52,7 @@ impl AuditEvent {
         AuditEvent::TokenRefreshed,
         AuditEvent::TokenRefreshFailed,
         AuditEvent::AuthRejected,
+        AuditEvent::AuditSigningStarted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +70,7 @@ impl AuditEvent {
             AuditEvent::TokenRefreshed => "token.refreshed",
             AuditEvent::TokenRefreshFailed => "token.refresh_failed",
             AuditEvent::AuthRejected => "auth.rejected",
+            AuditEvent::AuditSigningStarted => "audit.signing_started",
         }
     }
 

@@ -50,7 +50,9 @@ impl Masker {
         let percent = form.replace('+', "%20");
         let json = serde_json::Value::String(secret.to_owned()).to_string();
         let json = json[1..json.len() - 1].to_owned();
-        for variant in [secret.to_owned(), form, percent, json] {
+        // Some encoders write percent escapes in lower case (`%2b`).
+        let (form_lower, percent_lower) = (lower_escapes(&form), lower_escapes(&percent));
+        for variant in [secret.to_owned(), form, percent, json, form_lower, percent_lower] {
             if !self.forms.contains(&variant) {
                 self.forms.push(variant);
             }
@@ -82,6 +84,24 @@ impl Masker {
         }
         bounded(&out, MAX_PROVIDER_TEXT)
     }
+}
+
+/// `text` with the hex digits of its `%XX` escapes in lower case.
+fn lower_escapes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut after_percent = 0;
+    for c in text.chars() {
+        if after_percent > 0 {
+            out.push(c.to_ascii_lowercase());
+            after_percent -= 1;
+        } else {
+            out.push(c);
+            if c == '%' {
+                after_percent = 2;
+            }
+        }
+    }
+    out
 }
 
 /// `text` without control characters (a provider's text must not forge a
@@ -141,6 +161,7 @@ mod tests {
         let masker = Masker::new().with(["s3cr+t/&=x", "code-123456"]);
         for echoed in [
             "client_secret=s3cr%2Bt%2F%26%3Dx&code=code-123456",
+            "client_secret=s3cr%2bt%2f%26%3dx",
             "bad secret s3cr+t/&=x",
             r#"{"client_secret":"s3cr+t/&=x"}"#,
             "s3cr%2Bt%2F%26%3Dx",

@@ -145,8 +145,11 @@ fn sent_secrets(headers: &http::HeaderMap, body: &[u8]) -> Masker {
 /// and any the reply itself carries), and bounds their length.
 fn mask_provider_text(reply: &mut Map<String, Value>, masker: &mut Masker) {
     for field in SECRET_FIELDS {
-        if let Some(Value::String(v)) = reply.get(field) {
-            masker.add(&v.clone());
+        match reply.get(field) {
+            Some(Value::String(v)) => masker.add(&v.clone()),
+            // A secret of the wrong type is a secret still.
+            Some(Value::Number(n)) => masker.add(&n.to_string()),
+            _ => {}
         }
     }
     for field in ["error", "error_description", "error_uri"] {

@@ -91,6 +91,15 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/capture", axum::routing::get(capture::capture_page).post(capture::capture_form))
         .fallback(|| async { ApiError::not_found("no such endpoint").into_response() })
         .layer(DefaultBodyLimit::max(body_limit))
+        // A body that pauses longer than HEAD_TIMEOUT, and a request that has no answer head
+        // after REQUEST_DEADLINE (the body sent byte by byte, say), are cut
+        // off instead of holding a connection and a task (a refresh it
+        // started still finishes: it runs on its own).
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(state.config.head_timeout))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            REQUEST_DEADLINE,
+        ))
         .layer(mw::from_fn_with_state(state.clone(), body_limit::refuse_declared_excess))
         .layer(mw::map_response(error_json::json_errors))
         .layer(mw::from_fn_with_state(state.clone(), caller::identify))
@@ -137,6 +146,10 @@ async fn log_audit_head(state: AppState) {
     }
 }
 
+/// How long a request may take to its answer's head: reading its body,
+/// a provider's 60 s, a refresh.
+pub const REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// How long a stop waits for refreshes in flight (longer than a provider
 /// call may take: the outbound client gives up after 15 s).
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -160,6 +173,17 @@ impl Application {
     /// Opens the store (applying migrations) and binds the listener.
     pub async fn build(mut config: Config) -> Result<Application, StartError> {
         let store = Store::connect(&config.database_url).await?.with_audit_keys(config.audit_keys.clone());
+        // After an upgrade the chain ends in unkeyed rows: sign after them.
+        let signed = store
+            .sign_unkeyed_tail(nexus_store::NewAudit {
+                event_type: nexus_core::AuditEvent::AuditSigningStarted.as_str(),
+                data: serde_json::json!({ "key_id": config.audit_keys.signing_key_id() }),
+                ..nexus_store::NewAudit::default()
+            })
+            .await?;
+        if signed {
+            tracing::info!(key_id = config.audit_keys.signing_key_id(), "audit rows are signed from now on");
+        }
         let listener =
             TcpListener::bind(config.bind).await.map_err(|source| StartError::Bind { addr: config.bind, source })?;
         // `BIND=…:0` picks a free port; a BASE_URL derived from it names the real one.

@@ -35,14 +35,14 @@ pub struct RawConfig {
     pub refresh_window: Option<String>,
     /// Seconds between background refresher ticks (default 15).
     pub refresh_interval: Option<String>,
-    /// Seconds a client may take to send a request head, or stay idle
-    /// between requests (default 30).
+    /// Seconds a client may take to send a request head, pause while
+    /// sending a body, or stay idle between requests (default 30).
     pub head_timeout: Option<String>,
     /// Seconds a proxy or the Bridge may reuse a token answer (default 30).
     pub token_max_age: Option<String>,
-    /// Background refreshes in flight at once per process (default 16).
+    /// Background refreshes in flight at once per process (default 8).
     pub refresh_concurrency: Option<String>,
-    /// Background refreshes in flight at once per token-endpoint host (default 8).
+    /// Background refreshes in flight at once per token-endpoint host (default 4).
     pub refresh_per_host: Option<String>,
 }
 
@@ -228,8 +228,8 @@ impl RawConfig {
         let refresh_interval_secs =
             parse_secs("REFRESH_INTERVAL", self.refresh_interval.as_deref(), 15, 1, 3_600)? as u64;
         let token_max_age_secs = parse_secs("TOKEN_MAX_AGE", self.token_max_age.as_deref(), 30, 0, 3_600)?;
-        let refresh_concurrency = parse_count("REFRESH_CONCURRENCY", self.refresh_concurrency.as_deref(), 16, 4_096)?;
-        let refresh_per_host = parse_count("REFRESH_PER_HOST", self.refresh_per_host.as_deref(), 8, 1_024)?;
+        let refresh_concurrency = parse_count("REFRESH_CONCURRENCY", self.refresh_concurrency.as_deref(), 8, 4_096)?;
+        let refresh_per_host = parse_count("REFRESH_PER_HOST", self.refresh_per_host.as_deref(), 4, 1_024)?;
         let head_timeout =
             std::time::Duration::from_secs(
                 parse_secs("HEAD_TIMEOUT", self.head_timeout.as_deref(), 30, 1, 3_600)? as u64

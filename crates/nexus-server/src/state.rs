@@ -161,6 +161,18 @@ impl AppState {
         }
     }
 
+    /// [`AppState::flush_audit`] for a request: waits at most
+    /// [`AUDIT_QUEUE_WAIT`], then answers `503` (the database is away).
+    pub async fn flush_audit_for_request(&self) -> Result<(), ApiError> {
+        tokio::time::timeout(AUDIT_QUEUE_WAIT, self.flush_audit()).await.map_err(|_| {
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                "the audit log cannot be read right now; retry shortly",
+            )
+        })
+    }
+
     /// Waits until every row queued before this call is written.
     pub async fn flush_audit(&self) {
         let (tx, rx) = oneshot::channel();
@@ -184,6 +196,8 @@ impl AppState {
 pub const AUDIT_QUEUE_WAIT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for queued audit rows to be written.
 pub const AUDIT_CLOSE_GRACE: Duration = Duration::from_secs(60);
+/// How long one attempt to write a batch may take.
+const AUDIT_ATTEMPT: Duration = Duration::from_secs(30);
 
 async fn audit_writer(store: Store, mut rx: mpsc::Receiver<AuditMsg>, give_up: Arc<std::sync::atomic::AtomicBool>) {
     while let Some(first) = rx.recv().await {
@@ -214,7 +228,16 @@ async fn audit_writer(store: Store, mut rx: mpsc::Receiver<AuditMsg>, give_up: A
         let count = batch.len();
         let mut attempt = 0u32;
         loop {
-            match store.append_audit_batch(batch.clone()).await {
+            let attempt_result = if give_up.load(std::sync::atomic::Ordering::SeqCst) {
+                Err("shutdown's grace for the audit log is over".to_owned())
+            } else {
+                match tokio::time::timeout(AUDIT_ATTEMPT, store.append_audit_batch(batch.clone())).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer from the database in {AUDIT_ATTEMPT:?}")),
+                }
+            };
+            match attempt_result {
                 Ok(()) => break,
                 Err(e) if give_up.load(std::sync::atomic::Ordering::SeqCst) => {
                     tracing::error!(error = %e, rows = count, "audit rows not written at shutdown; they follow");

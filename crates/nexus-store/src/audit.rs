@@ -367,6 +367,35 @@ impl Store {
         Ok(AuditPage { entries, next_before })
     }
 
+    /// When the chain ends in an unkeyed (v1) row and this store signs rows:
+    /// appends `audit` (keyed) after it, so the chain's end is keyed. A
+    /// verifier with the keys refuses a chain that ends unkeyed (a log
+    /// rewritten whole as v1 would otherwise verify). `Ok(true)` when the
+    /// row was written.
+    pub async fn sign_unkeyed_tail(&self, audit: NewAudit) -> Result<bool, StoreError> {
+        if self.audit_keys.is_none() {
+            return Ok(false);
+        }
+        let mut w = self.begin_write().await?;
+        let (seq, hash) = chain_head(&mut w).await?;
+        let version: Option<i64> = match seq {
+            0 => None,
+            _ => sqlx::query("SELECT hash_version FROM audit_log WHERE seq = $1")
+                .bind(seq)
+                .fetch_one(&mut *w.tx)
+                .await
+                .and_then(|row| sqlx::Row::try_get::<Option<i64>, _>(&row, "hash_version"))?
+                .or(Some(HASH_V1)),
+        };
+        if version != Some(HASH_V1) {
+            return Ok(false);
+        }
+        let keys = w.audit_keys.clone();
+        insert_after(&mut w, keys.as_deref(), seq, hash, audit).await?;
+        w.commit().await?;
+        Ok(true)
+    }
+
     /// The newest row's `seq`, `hash` and time (`seq` 0 and the genesis
     /// hash for an empty log).
     pub async fn audit_head(&self) -> Result<ChainHead, StoreError> {
@@ -394,6 +423,7 @@ impl Store {
         let mut expected_seq = 1i64;
         let mut checked = 0i64;
         let mut keyed = false;
+        let mut last: Option<(i64, i64)> = None;
         let mut head_seen = expected.is_none_or(|h| h.seq == 0 && h.hash == GENESIS_HASH);
         let broken = |seq: i64, why: String, checked: i64| {
             Ok(ChainReport { rows_checked: checked, first_broken: Some((seq, why)) })
@@ -419,10 +449,19 @@ impl Store {
                     head_seen = true;
                 }
                 keyed |= entry.hash_version == HASH_V2;
+                last = Some((entry.seq, entry.hash_version));
                 checked += 1;
                 expected_prev = entry.hash;
                 expected_seq += 1;
             }
+        }
+        // Keyed servers sign after any unkeyed rows they find, so with the
+        // keys at hand a chain that ends unkeyed was rewritten without them.
+        if let (Some(_), Some((seq, HASH_V1))) = (keys, last) {
+            let why = "the chain ends with unkeyed (v1) rows: rows after the audit keys took effect were written \
+                       or rewritten without them (or no keyed server has run since the upgrade)"
+                .to_owned();
+            return broken(seq, why, checked);
         }
         match expected.filter(|_| !head_seen) {
             Some(head) => {

@@ -57,9 +57,11 @@ impl StoreError {
             | sqlx::Error::Protocol(_) => true,
             sqlx::Error::Database(db) => {
                 let code = db.code().unwrap_or_default();
+                // SQLite reports extended codes: the primary one is the low byte.
+                let sqlite_primary = code.parse::<i64>().ok().map(|c| c & 0xff);
                 // PostgreSQL: connection exceptions (08…), admin shutdown and
                 // crash (57P0…); SQLite: busy (5) and locked (6).
-                code.starts_with("08") || code.starts_with("57P0") || code == "5" || code == "6"
+                code.starts_with("08") || code.starts_with("57P0") || matches!(sqlite_primary, Some(5 | 6))
             }
             _ => false,
         }
@@ -142,10 +144,11 @@ impl Store {
                     .await?
             }
             Backend::Postgres => {
-                // Room for the background refresher (each refresh in flight
-                // holds its row lock, so a connection, while the provider
-                // answers) and the API beside it.
-                AnyPoolOptions::new().max_connections(32).acquire_timeout(Duration::from_secs(10)).connect(url).await?
+                // Each background refresh in flight holds its row lock, so a
+                // connection, while the provider answers: REFRESH_CONCURRENCY
+                // (8) leaves the API half of them. Several replicas share the
+                // server's max_connections (100 by default).
+                AnyPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(10)).connect(url).await?
             }
         };
         match backend {

@@ -20,7 +20,7 @@ pub async fn list_audit(
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<AuditPageView>, ApiError> {
     // Rows queued for the batch writer before this request are part of the answer.
-    state.flush_audit().await;
+    state.flush_audit_for_request().await?;
     audit::list(&state, q).await.map(Json)
 }
 
@@ -34,6 +34,6 @@ pub async fn list_audit(
         (status = 401, body = ErrorBody)
     ))]
 pub async fn audit_head(State(state): State<AppState>) -> Result<Json<AuditHeadView>, ApiError> {
-    state.flush_audit().await;
+    state.flush_audit_for_request().await?;
     audit::head(&state).await.map(Json)
 }

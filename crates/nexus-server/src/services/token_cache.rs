@@ -84,6 +84,9 @@ impl moka::Expiry<String, Arc<Cached>> for UntilValid {
 pub struct TokenCache {
     entries: moka::sync::Cache<String, Arc<Cached>>,
     ttl: Duration,
+    /// Bumped by every invalidation, before it clears: an answer built
+    /// from a read that an invalidation overtook is not kept.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -104,14 +107,21 @@ impl TokenCache {
             .expire_after(UntilValid)
             .support_invalidation_closures()
             .build();
-        TokenCache { entries, ttl }
+        TokenCache { entries, ttl, generation: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    /// Read before reading what [`TokenCache::put`] will cache.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn get(&self, connection_id: &str) -> Option<Arc<Cached>> {
         self.entries.get(connection_id).filter(|c| c.valid_until > Instant::now())
     }
 
-    /// Caches an answer for at most the TTL and at most `max_age`, and returns it.
+    /// Caches an answer for at most the TTL and at most `max_age`, and
+    /// returns it; not kept when an invalidation came after `generation`
+    /// was read (the answer may predate the change).
     pub fn put(
         &self,
         connection_id: &str,
@@ -119,6 +129,7 @@ impl TokenCache {
         provider_id: &str,
         workspace_id: &str,
         max_age: Option<Duration>,
+        generation: u64,
     ) -> Arc<Cached> {
         let age = max_age.map_or(self.ttl, |m| m.min(self.ttl));
         if age.is_zero() {
@@ -133,10 +144,17 @@ impl TokenCache {
             base_allowed: OnceLock::new(),
         });
         self.entries.insert(connection_id.to_owned(), cached.clone());
+        // Checked after the insert: an invalidation that bumped before this
+        // check is seen here; one that bumps after it clears after it, so
+        // after the insert too.
+        if self.generation() != generation {
+            self.entries.invalidate(connection_id);
+        }
         cached
     }
 
     pub fn invalidate(&self, what: &Invalidation) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         match what {
             Invalidation::Connection(id) => self.entries.invalidate(id),
             Invalidation::Provider(id) => {
@@ -186,14 +204,14 @@ mod tests {
     #[test]
     fn invalidation_by_connection_provider_and_all() {
         let c = TokenCache::new(Duration::from_secs(60));
-        c.put("c1", Bytes::from_static(b"1"), "p1", "w", None);
-        c.put("c2", Bytes::from_static(b"2"), "p2", "w", None);
-        c.put("c3", Bytes::from_static(b"3"), "p1", "w", None);
+        c.put("c1", Bytes::from_static(b"1"), "p1", "w", None, c.generation());
+        c.put("c2", Bytes::from_static(b"2"), "p2", "w", None, c.generation());
+        c.put("c3", Bytes::from_static(b"3"), "p1", "w", None, c.generation());
         c.invalidate(&Invalidation::Connection("c2".into()));
         assert!(c.get("c2").is_none() && c.get("c1").is_some());
         c.invalidate(&Invalidation::Provider("p1".into()));
         assert!(c.get("c1").is_none() && c.get("c3").is_none());
-        c.put("c4", Bytes::from_static(b"4"), "p3", "w", None);
+        c.put("c4", Bytes::from_static(b"4"), "p3", "w", None, c.generation());
         c.invalidate(&Invalidation::All);
         assert!(c.get("c4").is_none());
     }
@@ -202,7 +220,7 @@ mod tests {
     fn the_parsed_answer_is_the_body() {
         let c = TokenCache::new(Duration::from_secs(60));
         let body = r#"{"connection_id":"c1","provider":"p","auth_type":"api_key","strategy":{"type":"header","config":{}},"credentials":{"api_key":"k"},"expires_at":null}"#;
-        let hit = c.put("c1", Bytes::from_static(body.as_bytes()), "p", "w", None);
+        let hit = c.put("c1", Bytes::from_static(body.as_bytes()), "p", "w", None, c.generation());
         let answer = hit.answer().unwrap();
         assert_eq!((answer.connection_id(), answer.credentials()["api_key"].as_str()), ("c1", Some("k")));
         assert!(Arc::ptr_eq(&answer, &c.get("c1").unwrap().answer().unwrap()), "parsed once, shared");
@@ -213,7 +231,7 @@ mod tests {
     fn a_full_cache_evicts_some_entries_not_all() {
         let c = TokenCache::with_capacity(Duration::from_secs(60), 1000);
         for n in 0..1500 {
-            c.put(&format!("c{n}"), Bytes::from_static(b"x"), "p", "w", None);
+            c.put(&format!("c{n}"), Bytes::from_static(b"x"), "p", "w", None, c.generation());
         }
         let held = c.len();
         assert!((900..=1000).contains(&held), "{held} entries held of 1000");
@@ -223,19 +241,32 @@ mod tests {
     fn debug_shows_no_credentials() {
         let c = TokenCache::new(Duration::from_secs(60));
         let body = r#"{"credentials":{"api_key":"sk-debug-secret-1"}}"#;
-        let hit = c.put("c1", Bytes::from_static(body.as_bytes()), "p", "w", None);
+        let hit = c.put("c1", Bytes::from_static(body.as_bytes()), "p", "w", None, c.generation());
         for shown in [format!("{c:?}"), format!("{hit:?}"), format!("{:?}", c.get("c1"))] {
             assert!(!shown.contains("sk-debug-secret-1"), "{shown}");
         }
     }
 
     #[test]
+    fn an_answer_read_before_an_invalidation_is_not_kept() {
+        let c = TokenCache::new(Duration::from_secs(60));
+        let seen = c.generation();
+        // The connection changes while its answer is being built.
+        c.invalidate(&Invalidation::Connection("c1".into()));
+        let served = c.put("c1", Bytes::from_static(b"old"), "p", "w", None, seen);
+        assert_eq!(served.body, "old", "the caller still gets its answer");
+        assert!(c.get("c1").is_none(), "but it is not cached");
+        c.put("c1", Bytes::from_static(b"new"), "p", "w", None, c.generation());
+        assert_eq!(c.get("c1").unwrap().body, "new");
+    }
+
+    #[test]
     fn entries_expire() {
         let c = TokenCache::new(Duration::from_secs(60));
-        c.put("c1", Bytes::from_static(b"1"), "p", "w", Some(Duration::ZERO));
+        c.put("c1", Bytes::from_static(b"1"), "p", "w", Some(Duration::ZERO), c.generation());
         assert!(c.get("c1").is_none(), "zero max age is not cached");
         let short = TokenCache::new(Duration::from_millis(1));
-        short.put("c1", Bytes::from_static(b"1"), "p", "w", None);
+        short.put("c1", Bytes::from_static(b"1"), "p", "w", None, short.generation());
         std::thread::sleep(Duration::from_millis(5));
         assert!(short.get("c1").is_none());
     }

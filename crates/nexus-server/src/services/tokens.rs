@@ -113,6 +113,7 @@ pub async fn answer(state: &AppState, caller: &Caller, id: &str) -> Result<Arc<C
             .await?;
         return Ok(hit);
     }
+    let generation = state.token_cache.generation();
     let view = load(state, caller, id).await?;
     let body = Bytes::from(serde_json::to_vec(&view.0).map_err(|_| ApiError::internal())?);
     // Not served from cache inside the refresh window: a request there refreshes.
@@ -120,7 +121,7 @@ pub async fn answer(state: &AppState, caller: &Caller, id: &str) -> Result<Arc<C
         let left = exp - state.config.refresh_window_secs - chrono::Utc::now().timestamp();
         Duration::from_secs(left.max(0) as u64)
     });
-    Ok(state.token_cache.put(id, body, &view.1, &view.2, max_age))
+    Ok(state.token_cache.put(id, body, &view.1, &view.2, max_age, generation))
 }
 
 /// Reads, checks and decrypts; returns the view with its provider and workspace ids.

@@ -58,3 +58,22 @@ async fn a_body_announced_too_large_is_refused_before_it_is_read() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_arriving_is_cut_off() {
+    nexus_testkit::run_bounded(async {
+        let app = TestApp::spawn_with(Backend::Sqlite, |c| c.head_timeout = Some("1".into())).await;
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        let head = format!(
+            "POST /v1/providers HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: {}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"name\"",
+            app.api_key
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let started = Instant::now();
+        let answer = read_until_closed(&mut stream, Duration::from_secs(10)).await.expect("cut off, not kept waiting");
+        assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
+        println!("a stalled body was answered after {:?}: {}", started.elapsed(), answer.lines().next().unwrap_or(""));
+        assert_eq!(app.audit_count().await, 0, "nothing was done");
+    })
+    .await;
+}
