@@ -172,7 +172,13 @@ pub struct Application {
 impl Application {
     /// Opens the store (applying migrations) and binds the listener.
     pub async fn build(mut config: Config) -> Result<Application, StartError> {
-        let store = Store::connect(&config.database_url).await?.with_audit_keys(config.audit_keys.clone());
+        // Each background refresh in flight holds its row lock, so a pooled
+        // connection, while the provider answers: the pool keeps 8 more
+        // than REFRESH_CONCURRENCY for the API. Replicas share PostgreSQL's
+        // max_connections (100 by default).
+        let pool = config.refresh_concurrency as u32 + 8;
+        let store =
+            Store::connect_with_pool(&config.database_url, pool).await?.with_audit_keys(config.audit_keys.clone());
         // After an upgrade the chain ends in unkeyed rows: sign after them.
         let signed = store
             .sign_unkeyed_tail(nexus_store::NewAudit {

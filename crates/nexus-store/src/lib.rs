@@ -112,6 +112,12 @@ impl Store {
     /// Connects to `url` (`sqlite://path` or `postgres://…`), creating a missing
     /// SQLite file, and applies the embedded migrations.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        Store::connect_with_pool(url, 16).await
+    }
+
+    /// [`Store::connect`] with at most `pg_pool` connections to PostgreSQL
+    /// (SQLite keeps its own small pool: one writer at a time anyway).
+    pub async fn connect_with_pool(url: &str, pg_pool: u32) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Backend::Postgres
@@ -144,11 +150,11 @@ impl Store {
                     .await?
             }
             Backend::Postgres => {
-                // Each background refresh in flight holds its row lock, so a
-                // connection, while the provider answers: REFRESH_CONCURRENCY
-                // (8) leaves the API half of them. Several replicas share the
-                // server's max_connections (100 by default).
-                AnyPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(10)).connect(url).await?
+                AnyPoolOptions::new()
+                    .max_connections(pg_pool.max(2))
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(url)
+                    .await?
             }
         };
         match backend {

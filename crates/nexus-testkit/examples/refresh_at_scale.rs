@@ -76,6 +76,9 @@ async fn main() -> anyhow::Result<()> {
     };
     let (replicas, connections, latency): (usize, usize, u64) =
         (replicas.parse()?, connections.parse()?, latency_ms.parse()?);
+    // The servers run in a directory of their own.
+    let bin = std::fs::canonicalize(bin)?;
+    let bin = bin.to_str().ok_or_else(|| anyhow::anyhow!("the binary's path is not UTF-8"))?;
     let dir = tempfile::tempdir()?;
     let db = TestDb::new(Backend::Postgres).await?;
     let (enc, state, audit, api) = (
@@ -95,7 +98,6 @@ async fn main() -> anyhow::Result<()> {
         ("AUDIT_KEYS", audit.as_str()),
         ("DATABASE_URL", db.url()),
         ("REFRESH_WINDOW", "60"),
-        ("RUST_LOG", "warn"),
     ];
     base_env.extend(passed.iter().map(|(k, v)| (*k, v.as_str())));
 
