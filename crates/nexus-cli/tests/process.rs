@@ -490,6 +490,27 @@ async fn rows_of(db: &TestDb) -> Vec<Value> {
     rows
 }
 
+/// As an attacker without the key: every row from index `from` on edited
+/// (its `ip`) and made unkeyed, the chain recomputed with plain SHA-256.
+async fn rewrite_as_v1(db: &TestDb, from: usize) {
+    let rows = rows_of(db).await;
+    let mut prev = match from {
+        0 => "0".repeat(64),
+        n => rows[n - 1]["hash"].as_str().unwrap().to_owned(),
+    };
+    let mut statements = Vec::new();
+    for row in &rows[from..] {
+        let hash = v1_hash(row, &prev, "10.6.6.6");
+        statements.push(format!(
+            "UPDATE audit_log SET ip = '10.6.6.6', prev_hash = '{prev}', hash = '{hash}', hash_version = NULL, key_id = NULL, \
+             api_key_id = NULL, api_key_name = NULL WHERE seq = {}",
+            row["seq"]
+        ));
+        prev = hash;
+    }
+    as_attacker(db, &statements).await;
+}
+
 /// Truncation, deletion, edits with the hashes recomputed and edits
 /// without the key: each is found and named by `nexus audit verify`.
 async fn audit_verify_finds_every_kind_of_tampering(backend: Backend) {
@@ -532,19 +553,7 @@ async fn audit_verify_finds_every_kind_of_tampering(backend: Backend) {
     // rows made unkeyed, as the attacker has no key).
     let db = TestDb::new(backend).await.unwrap();
     five_rows(dir.path(), &db).await;
-    let rows = rows_of(&db).await;
-    let mut prev = rows[0]["hash"].as_str().unwrap().to_owned();
-    let mut statements = Vec::new();
-    for row in &rows[1..] {
-        let hash = v1_hash(row, &prev, "10.6.6.6");
-        statements.push(format!(
-            "UPDATE audit_log SET ip = '10.6.6.6', prev_hash = '{prev}', hash = '{hash}', hash_version = NULL, key_id = NULL, \
-             api_key_id = NULL, api_key_name = NULL WHERE seq = {}",
-            row["seq"]
-        ));
-        prev = hash;
-    }
-    as_attacker(&db, &statements).await;
+    rewrite_as_v1(&db, 1).await;
     let (code, out) = verify_with(dir.path(), &db, &keys, &[]).await;
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("row 2") && out.contains("unkeyed"), "{out}");
@@ -553,19 +562,7 @@ async fn audit_verify_finds_every_kind_of_tampering(backend: Backend) {
     // with plain SHA-256: consistent, but it ends unkeyed.
     let db = TestDb::new(backend).await.unwrap();
     five_rows(dir.path(), &db).await;
-    let rows = rows_of(&db).await;
-    let mut prev = "0".repeat(64);
-    let mut statements = Vec::new();
-    for row in &rows {
-        let hash = v1_hash(row, &prev, "10.6.6.6");
-        statements.push(format!(
-            "UPDATE audit_log SET ip = '10.6.6.6', prev_hash = '{prev}', hash = '{hash}', hash_version = NULL, key_id = NULL, \
-             api_key_id = NULL, api_key_name = NULL WHERE seq = {}",
-            row["seq"]
-        ));
-        prev = hash;
-    }
-    as_attacker(&db, &statements).await;
+    rewrite_as_v1(&db, 0).await;
     let (code, out) = verify_with(dir.path(), &db, &keys, &[]).await;
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("row 5") && out.contains("ends with unkeyed"), "{out}");
