@@ -38,7 +38,7 @@ pub async fn get_token(
         (status = 200, body = TokenView),
         (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody),
-        (status = 502, description = "provider unreachable", body = ErrorBody)
+        (status = 503, description = "provider_unavailable: the provider could not be reached", body = ErrorBody)
     ))]
 pub async fn refresh_token(
     State(state): State<AppState>,

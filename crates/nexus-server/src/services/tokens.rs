@@ -78,8 +78,10 @@ pub async fn refresh_rejected(
 async fn refresh_then_answer(state: &AppState, caller: &Caller, id: &str, reason: Reason) -> Result<Bytes, ApiError> {
     let outcome = refresh(state, Some(caller), id, reason).await?;
     if let Refresh::ProviderDown(code) = &outcome {
+        // SPEC 5b: a provider away while Nexus needs a token from it is 503
+        // everywhere (v1 answered a forced refresh with 502).
         return Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
+            StatusCode::SERVICE_UNAVAILABLE,
             "provider_unavailable",
             "the provider could not be reached to refresh the token",
         )

@@ -152,6 +152,9 @@ async fn provider_down_serves_valid_tokens_and_503s_expired_ones(backend: Backen
     tokio::time::sleep(Duration::from_secs(wait.max(0) as u64)).await;
     let down = app.get(&format!("/v1/token/{id}")).await;
     assert_eq!((down.status, down.code()), (503, "provider_unavailable"), "{}", down.text);
+    // A forced refresh gets the same status (SPEC 5b; v1 answered 502).
+    let forced = app.post(&format!("/v1/refresh/{id}"), &json!({})).await;
+    assert_eq!((forced.status, forced.code()), (503, "provider_unavailable"), "{}", forced.text);
     assert_eq!(app.get(&format!("/v1/check-connection/{id}")).await.json["status"], "active");
     let row = app.store().connection_by_id(&id).await.unwrap().unwrap();
     assert!(row.refresh_failures >= 1 && row.next_refresh_at.is_some(), "rescheduled with backoff");
