@@ -110,6 +110,18 @@ pub struct CredentialCache {
     /// (started again if it ended, e.g. with the runtime it ran on).
     follow: bool,
     follower: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Set while the follower runs (cleared when its task ends or is
+    /// dropped): every `get` checks this, not the lock.
+    following: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Clears `following` when the follower's task ends, however it ends.
+struct Following(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Drop for CredentialCache {
@@ -136,7 +148,14 @@ impl CredentialCache {
     }
 
     pub fn with_backoff(client: GatewayClient, backoff: Backoff) -> CredentialCache {
-        CredentialCache { client, backoff, slots: Arc::default(), follow: true, follower: Mutex::new(None) }
+        CredentialCache {
+            client,
+            backoff,
+            slots: Arc::default(),
+            follow: true,
+            follower: Mutex::new(None),
+            following: Arc::default(),
+        }
     }
 
     /// This cache without the invalidation stream: answers live their
@@ -161,18 +180,21 @@ impl CredentialCache {
     /// Follows the invalidation stream: starts it, or starts it again if it
     /// ended (needs a Tokio runtime).
     fn follow_invalidations(&self) {
-        if !self.follow {
+        if !self.follow || self.following.load(Ordering::SeqCst) {
             return;
         }
         let mut follower = self.follower.lock().unwrap_or_else(|p| p.into_inner());
-        if follower.as_ref().is_some_and(|task| !task.is_finished()) {
+        if self.following.load(Ordering::SeqCst) {
             return;
         }
         *follower = (|| {
             let handle = tokio::runtime::Handle::try_current().ok()?;
             let (alive, feed) = (Arc::downgrade(&self.slots), Arc::downgrade(&self.slots));
             let client = self.client.clone();
+            self.following.store(true, Ordering::SeqCst);
+            let running = Following(self.following.clone());
             let task = handle.spawn(async move {
+                let _running = running;
                 let alive = move || alive.strong_count() > 0;
                 let apply = move |what: Invalidation| match feed.upgrade() {
                     Some(slots) => {

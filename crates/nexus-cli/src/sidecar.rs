@@ -88,18 +88,9 @@ pub async fn serve(listen: SocketAddr, gateway: String, api_key: String, options
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of file descriptors, for instance: wait instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            (stream, _) = nexus_server::serve::accept(&listener) => stream,
             () = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
         let Ok(permit) = serving.clone().try_acquire_owned() else {
             if let Ok(refusal) = refusing.clone().try_acquire_owned() {
                 tokio::spawn(async move {

@@ -541,39 +541,36 @@ async fn audit_verify_finds_every_kind_of_tampering(backend: Backend) {
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("row 5") && out.contains("ends at row 4"), "{out}");
 
-    // A middle row deleted.
-    let db = TestDb::new(backend).await.unwrap();
-    five_rows(dir.path(), &db).await;
-    as_attacker(&db, &["DELETE FROM audit_log WHERE seq = 3".to_owned()]).await;
-    let (code, out) = verify_with(dir.path(), &db, &keys, &[]).await;
-    assert_ne!(code, 0, "{out}");
-    assert!(out.contains("row 4") && out.contains("missing"), "{out}");
+    // On a fresh log each: (what the attacker does, what verify must say).
+    let cases: [(Tamper, &[&str]); 4] = [
+        // A middle row deleted.
+        (Tamper::Sql("DELETE FROM audit_log WHERE seq = 3"), &["row 4", "missing"]),
+        // Row 2 edited and every later hash recomputed with plain SHA-256.
+        (Tamper::AsV1From(1), &["row 2", "unkeyed"]),
+        // Every row rewritten as v1: consistent, but it ends unkeyed.
+        (Tamper::AsV1From(0), &["row 5", "ends with unkeyed"]),
+        // Row 3 edited, nothing recomputed (there is no key to do it with).
+        (Tamper::Sql("UPDATE audit_log SET ip = '10.6.6.6' WHERE seq = 3"), &["row 3", "HMAC"]),
+    ];
+    for (tamper, said) in cases {
+        let db = TestDb::new(backend).await.unwrap();
+        five_rows(dir.path(), &db).await;
+        match tamper {
+            Tamper::Sql(sql) => as_attacker(&db, &[sql.to_owned()]).await,
+            Tamper::AsV1From(from) => rewrite_as_v1(&db, from).await,
+        }
+        let (code, out) = verify_with(dir.path(), &db, &keys, &[]).await;
+        assert_ne!(code, 0, "{tamper:?}: {out}");
+        assert!(said.iter().all(|s| out.contains(s)), "{tamper:?}: {out}");
+    }
+}
 
-    // Row 2 edited and every later hash recomputed with plain SHA-256 (the
-    // rows made unkeyed, as the attacker has no key).
-    let db = TestDb::new(backend).await.unwrap();
-    five_rows(dir.path(), &db).await;
-    rewrite_as_v1(&db, 1).await;
-    let (code, out) = verify_with(dir.path(), &db, &keys, &[]).await;
-    assert_ne!(code, 0, "{out}");
-    assert!(out.contains("row 2") && out.contains("unkeyed"), "{out}");
-
-    // Every row rewritten as v1 from the start, the whole chain recomputed
-    // with plain SHA-256: consistent, but it ends unkeyed.
-    let db = TestDb::new(backend).await.unwrap();
-    five_rows(dir.path(), &db).await;
-    rewrite_as_v1(&db, 0).await;
-    let (code, out) = verify_with(dir.path(), &db, &keys, &[]).await;
-    assert_ne!(code, 0, "{out}");
-    assert!(out.contains("row 5") && out.contains("ends with unkeyed"), "{out}");
-
-    // Row 3 edited, nothing recomputed (there is no key to do it with).
-    let db = TestDb::new(backend).await.unwrap();
-    five_rows(dir.path(), &db).await;
-    as_attacker(&db, &["UPDATE audit_log SET ip = '10.6.6.6' WHERE seq = 3".to_owned()]).await;
-    let (code, out) = verify_with(dir.path(), &db, &keys, &[]).await;
-    assert_ne!(code, 0, "{out}");
-    assert!(out.contains("row 3") && out.contains("HMAC"), "{out}");
+/// What an attacker with the database, and without the audit key, does.
+#[derive(Debug, Clone, Copy)]
+enum Tamper {
+    Sql(&'static str),
+    /// [`rewrite_as_v1`] from this row index on.
+    AsV1From(usize),
 }
 
 #[tokio::test]

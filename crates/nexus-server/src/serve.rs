@@ -21,6 +21,24 @@ use tower::ServiceExt;
 /// How long a stop waits for requests in flight.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The next connection on `listener` (with `TCP_NODELAY`). A failed accept
+/// (out of file descriptors, say) is logged and tried again after 50 ms,
+/// not spun on. `nexus proxy` accepts the same way.
+pub async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                return (stream, peer);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves, then stops
 /// accepting and waits (up to [`DRAIN_TIMEOUT`]) for connections to finish
 /// the requests they are serving.
@@ -34,18 +52,9 @@ pub async fn serve(listener: TcpListener, app: Router, head_timeout: Duration, s
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors, for instance: wait instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = accept(&listener) => accepted,
             () = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
         // What `into_make_service_with_connect_info` would add: the peer,
         // which `middleware::caller` reads.
         let service = app.clone().map_request(move |mut req: axum::extract::Request<hyper::body::Incoming>| {

@@ -169,13 +169,10 @@ impl TokenCache {
     }
 
     /// Entries held (after pending housekeeping).
-    pub fn len(&self) -> u64 {
+    #[cfg(test)]
+    fn len(&self) -> u64 {
         self.entries.run_pending_tasks();
         self.entries.entry_count()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
