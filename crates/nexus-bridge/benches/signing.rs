@@ -20,7 +20,7 @@ fn request() -> http::Request<Vec<u8>> {
 }
 
 fn strategies() -> Vec<(&'static str, Strategy, Map<String, Value>)> {
-    let s = |kind, config: Value| Strategy { kind, config: obj(config) };
+    let s = |kind, config: Value| Strategy::from_parts(kind, obj(config)).unwrap();
     vec![
         ("oauth2", s(StrategyType::Oauth2, json!({})), obj(json!({"access_token": "at-123"}))),
         (

@@ -5,6 +5,8 @@ use crate::strategies::{static_header, BridgeError};
 use crate::target::Base;
 use http::{HeaderName, HeaderValue};
 use nexus_core::strategy::Strategy;
+use nexus_core::wire::{self, ErrorBody, ErrorCode};
+use nexus_core::AuthType;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;
@@ -19,26 +21,27 @@ use std::time::{Duration, Instant};
 /// from it once — the parsed base URL, a static signature header — always
 /// matches its strategy and credentials.
 #[derive(Clone, Deserialize, Serialize)]
+#[serde(from = "wire::TokenAnswer", into = "wire::TokenAnswer")]
 pub struct TokenAnswer {
-    connection_id: String,
-    provider: String,
-    auth_type: String,
-    strategy: Strategy,
-    credentials: Map<String, Value>,
-    expires_at: Option<i64>,
-    #[serde(default)]
-    api_base_url: Option<String>,
-    /// Seconds this answer may be reused (SPEC 5b); `None` from a Gateway
-    /// that does not say, read as [`DEFAULT_MAX_AGE`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    max_age: Option<u64>,
+    /// What the Gateway sent (the shared wire type).
+    wire: wire::TokenAnswer,
     /// When this answer was received (or made).
-    #[serde(skip, default = "Instant::now")]
     received: Instant,
     /// Worked out on first use, once per answer: what a proxy would
     /// otherwise redo on every request.
-    #[serde(skip)]
     prepared: OnceLock<Prepared>,
+}
+
+impl From<wire::TokenAnswer> for TokenAnswer {
+    fn from(wire: wire::TokenAnswer) -> TokenAnswer {
+        TokenAnswer { wire, received: Instant::now(), prepared: OnceLock::new() }
+    }
+}
+
+impl From<TokenAnswer> for wire::TokenAnswer {
+    fn from(answer: TokenAnswer) -> wire::TokenAnswer {
+        answer.wire
+    }
 }
 
 /// How long an answer is reused when the Gateway gives no `max_age`.
@@ -56,34 +59,32 @@ impl TokenAnswer {
     pub fn new(
         connection_id: impl Into<String>,
         provider: impl Into<String>,
-        auth_type: impl Into<String>,
+        auth_type: AuthType,
         strategy: Strategy,
         credentials: Map<String, Value>,
     ) -> TokenAnswer {
-        TokenAnswer {
+        TokenAnswer::from(wire::TokenAnswer {
             connection_id: connection_id.into(),
             provider: provider.into(),
-            auth_type: auth_type.into(),
+            auth_type,
             strategy,
             credentials,
             expires_at: None,
             api_base_url: None,
             max_age: None,
-            received: Instant::now(),
-            prepared: OnceLock::new(),
-        }
+        })
     }
 
     /// This answer, reusable for `max_age` from now.
     pub fn with_max_age(mut self, max_age: Duration) -> TokenAnswer {
-        self.max_age = Some(max_age.as_secs());
+        self.wire.max_age = Some(max_age.as_secs());
         self.received = Instant::now();
         self
     }
 
     /// How long this answer may be reused from when it was received.
     pub fn max_age(&self) -> Duration {
-        self.max_age.map_or(DEFAULT_MAX_AGE, Duration::from_secs)
+        self.wire.max_age.map_or(DEFAULT_MAX_AGE, Duration::from_secs)
     }
 
     /// Whether it is older than its `max_age`.
@@ -93,54 +94,54 @@ impl TokenAnswer {
 
     /// This answer expiring at `expires_at` (Unix seconds; `None`: never).
     pub fn with_expires_at(mut self, expires_at: Option<i64>) -> TokenAnswer {
-        self.expires_at = expires_at;
+        self.wire.expires_at = expires_at;
         self
     }
 
     /// This answer for a provider whose API lives under `api_base_url`.
     pub fn with_api_base_url(mut self, api_base_url: Option<String>) -> TokenAnswer {
-        self.api_base_url = api_base_url;
+        self.wire.api_base_url = api_base_url;
         self.prepared = OnceLock::new();
         self
     }
 
     pub fn connection_id(&self) -> &str {
-        &self.connection_id
+        &self.wire.connection_id
     }
 
     /// The provider's name.
     pub fn provider(&self) -> &str {
-        &self.provider
+        &self.wire.provider
     }
 
-    pub fn auth_type(&self) -> &str {
-        &self.auth_type
+    pub fn auth_type(&self) -> AuthType {
+        self.wire.auth_type
     }
 
     /// How requests are signed.
     pub fn strategy(&self) -> &Strategy {
-        &self.strategy
+        &self.wire.strategy
     }
 
     /// The usage credentials the strategy reads (secret: never log them).
     pub fn credentials(&self) -> &Map<String, Value> {
-        &self.credentials
+        &self.wire.credentials
     }
 
     /// Unix seconds, or `None` when the credentials do not expire.
     pub fn expires_at(&self) -> Option<i64> {
-        self.expires_at
+        self.wire.expires_at
     }
 
     /// Where the provider's API lives, as the operator registered it.
     pub fn api_base_url(&self) -> Option<&str> {
-        self.api_base_url.as_deref()
+        self.wire.api_base_url.as_deref()
     }
 
     fn prepared(&self) -> &Prepared {
         self.prepared.get_or_init(|| Prepared {
-            base: self.api_base_url.as_deref().map(Base::parse),
-            signature: static_header(&self.strategy, &self.credentials),
+            base: self.wire.api_base_url.as_deref().map(Base::parse),
+            signature: static_header(&self.wire.strategy, &self.wire.credentials),
         })
     }
 
@@ -159,16 +160,7 @@ impl TokenAnswer {
 
 impl fmt::Debug for TokenAnswer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenAnswer")
-            .field("connection_id", &self.connection_id)
-            .field("provider", &self.provider)
-            .field("auth_type", &self.auth_type)
-            .field("strategy", &self.strategy)
-            .field("credentials", &self.credentials.keys().map(|k| (k, "<redacted>")).collect::<Vec<_>>())
-            .field("expires_at", &self.expires_at)
-            .field("api_base_url", &self.api_base_url)
-            .field("max_age", &self.max_age)
-            .finish()
+        self.wire.fmt(f)
     }
 }
 
@@ -182,7 +174,7 @@ pub enum GatewayError {
     NotFound(String),
     /// The connection is pending, failed or revoked (`code`, `message`).
     #[error("{code}: {message}")]
-    Conflict { code: String, message: String },
+    Conflict { code: ErrorCode, message: String },
     #[error("gone: {0}")]
     Gone(String),
     #[error("the Gateway refused the API key")]
@@ -214,12 +206,6 @@ impl fmt::Debug for GatewayClient {
     }
 }
 
-#[derive(Deserialize)]
-struct ErrorBody {
-    code: Option<String>,
-    message: Option<String>,
-}
-
 impl GatewayClient {
     /// `base`: e.g. `http://127.0.0.1:8080`.
     pub fn new(base: impl Into<String>, api_key: impl Into<String>) -> GatewayClient {
@@ -243,18 +229,24 @@ impl GatewayClient {
             return serde_json::from_slice(&bytes)
                 .map_err(|e| GatewayError::Unavailable(format!("unreadable answer: {e}")));
         }
-        let err: ErrorBody = serde_json::from_slice(&bytes).unwrap_or(ErrorBody { code: None, message: None });
-        let code = err.code.unwrap_or_default();
-        let message = err.message.unwrap_or_else(|| format!("HTTP {status}"));
-        Err(match (status, code.as_str()) {
-            (_, "attention_required") => {
+        // The same codes the server maps to statuses, mapped back; a body
+        // that is not ours (a proxy in between) goes by its status.
+        let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => (body.code, body.message),
+            Err(_) => (ErrorCode::for_status(status).0, format!("HTTP {status}")),
+        };
+        Err(match code {
+            ErrorCode::AttentionRequired => {
                 GatewayError::AttentionRequired(path.rsplit('/').next().unwrap_or_default().to_owned())
             }
-            (401, _) => GatewayError::Unauthorized,
-            (404, _) => GatewayError::NotFound(message),
-            (409, _) => GatewayError::Conflict { code, message },
-            (410, _) => GatewayError::Gone(message),
-            (s, _) if s >= 500 => GatewayError::Unavailable(message),
+            ErrorCode::Unauthorized => GatewayError::Unauthorized,
+            ErrorCode::NotFound => GatewayError::NotFound(message),
+            ErrorCode::ProviderDeleted => GatewayError::Gone(message),
+            _ if status >= 500 => GatewayError::Unavailable(message),
+            _ if status == 409 => GatewayError::Conflict { code, message },
+            _ if status == 401 => GatewayError::Unauthorized,
+            _ if status == 404 => GatewayError::NotFound(message),
+            _ if status == 410 => GatewayError::Gone(message),
             _ => GatewayError::Invalid(message),
         })
     }

@@ -241,8 +241,8 @@ mod tests {
 
     fn answer(kind: StrategyType, config: serde_json::Value, credentials: serde_json::Value) -> TokenAnswer {
         serde_json::from_value(json!({
-            "connection_id": "c", "provider": "p", "auth_type": "x",
-            "strategy": Strategy { kind, config: config.as_object().unwrap().clone() },
+            "connection_id": "c", "provider": "p", "auth_type": "api_key",
+            "strategy": Strategy::from_parts(kind, config.as_object().unwrap().clone()).unwrap(),
             "credentials": credentials, "expires_at": null
         }))
         .unwrap()

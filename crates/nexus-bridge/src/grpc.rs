@@ -46,7 +46,7 @@ pub enum GrpcAuthError {
     #[error(transparent)]
     Gateway(#[from] GatewayError),
     /// The connection's strategy signs the URL or body, which gRPC metadata cannot carry.
-    #[error("the {} strategy signs the URL or body; gRPC metadata can carry only oauth2, header and basic_auth", wire_name(*.0))]
+    #[error("the {} strategy signs the URL or body; gRPC metadata can carry only oauth2, header and basic_auth", .0.as_str())]
     Unsupported(StrategyType),
     #[error(transparent)]
     Sign(#[from] BridgeError),
@@ -106,7 +106,7 @@ impl Signed {
         // strategies that add one header, worked out once per answer.
         let (name, value) = match answer.static_header() {
             Ok(Some(header)) => header,
-            Ok(None) => return Err(GrpcAuthError::Unsupported(answer.strategy().kind)),
+            Ok(None) => return Err(GrpcAuthError::Unsupported(answer.strategy().kind())),
             Err(e) => return Err(e.clone().into()),
         };
         let key = MetadataKey::from_bytes(name.as_str().as_bytes())
@@ -119,10 +119,6 @@ impl Signed {
         value.set_sensitive(true);
         Ok(Signed { answer, metadata: (key, value) })
     }
-}
-
-fn wire_name(kind: StrategyType) -> String {
-    serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
 fn now_secs() -> i64 {
@@ -213,12 +209,14 @@ impl tonic::service::Interceptor for GrpcAuth {
 mod tests {
     use super::*;
     use nexus_core::strategy::Strategy;
+    use nexus_core::AuthType;
     use serde_json::{json, Map, Value};
     use tonic::service::Interceptor;
 
     fn answer(kind: StrategyType, config: Value, credentials: Value, expires_at: Option<i64>) -> Arc<TokenAnswer> {
         let (Value::Object(config), Value::Object(credentials)) = (config, credentials) else { unreachable!() };
-        Arc::new(TokenAnswer::new("c1", "p", "x", Strategy { kind, config }, credentials).with_expires_at(expires_at))
+        let strategy = Strategy::from_parts(kind, config).unwrap();
+        Arc::new(TokenAnswer::new("c1", "p", AuthType::ApiKey, strategy, credentials).with_expires_at(expires_at))
     }
 
     fn auth(answer: Arc<TokenAnswer>) -> Result<GrpcAuth, GrpcAuthError> {
@@ -267,7 +265,7 @@ mod tests {
         for kind in [StrategyType::QueryParam, StrategyType::HmacPayload, StrategyType::AwsSigv4] {
             let err = auth(answer(kind, json!({}), json!({}), None)).unwrap_err();
             assert!(matches!(err, GrpcAuthError::Unsupported(k) if k == kind), "{err}");
-            assert!(err.to_string().starts_with(&format!("the {} strategy", wire_name(kind))), "{err}");
+            assert!(err.to_string().starts_with(&format!("the {} strategy", kind.as_str())), "{err}");
         }
     }
 

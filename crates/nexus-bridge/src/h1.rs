@@ -8,6 +8,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
+use nexus_core::wire::ErrorCode;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
@@ -21,16 +22,22 @@ const MAX_CHUNK_LINE: usize = 4096;
 /// Why a request cannot be served: the status and what to tell the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    pub status: StatusCode,
+    pub code: ErrorCode,
     pub message: &'static str,
 }
 
-fn refuse(status: StatusCode, message: &'static str) -> Refusal {
-    Refusal { status, message }
+impl Refusal {
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::BAD_REQUEST)
+    }
+}
+
+fn refuse(code: ErrorCode, message: &'static str) -> Refusal {
+    Refusal { code, message }
 }
 
 fn bad(message: &'static str) -> Refusal {
-    refuse(StatusCode::BAD_REQUEST, message)
+    refuse(ErrorCode::InvalidInput, message)
 }
 
 /// How a request body is delimited.
@@ -65,16 +72,16 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, Refusal
     let len = match req.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-            return Err(refuse(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "the request head is too large"))
+            return Err(refuse(ErrorCode::HeadersTooLarge, "the request head is too large"))
         }
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(refuse(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "the request has too many header fields"))
+            return Err(refuse(ErrorCode::HeadersTooLarge, "the request has too many header fields"))
         }
         Err(_) => return Err(bad("the request head is not valid HTTP/1.1")),
     };
     if len > MAX_HEAD {
-        return Err(refuse(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "the request head is too large"));
+        return Err(refuse(ErrorCode::HeadersTooLarge, "the request head is too large"));
     }
     let http10 = req.version == Some(0);
     let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes()).map_err(|_| bad("bad method"))?;
@@ -527,12 +534,15 @@ mod tests {
             "GET * HTTP/1.1\r\n\r\n",
             "GET / HTTP/1.1\r\nbad name: x\r\n\r\n",
         ] {
-            assert_eq!(body(refused).map_err(|r| r.status), Err(StatusCode::BAD_REQUEST), "{refused:?}");
+            assert_eq!(body(refused).map_err(|r| r.status()), Err(StatusCode::BAD_REQUEST), "{refused:?}");
         }
         let many = format!("GET / HTTP/1.1\r\n{}\r\n", "a: b\r\n".repeat(MAX_HEADERS + 1));
-        assert_eq!(body(&many).map_err(|r| r.status), Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
+        assert_eq!(body(&many).map_err(|r| r.status()), Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
         let huge = format!("GET / HTTP/1.1\r\na: {}", "b".repeat(MAX_HEAD));
-        assert_eq!(request(&huge).map(|_| ()).map_err(|r| r.status), Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
+        assert_eq!(
+            request(&huge).map(|_| ()).map_err(|r| r.status()),
+            Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        );
     }
 
     #[test]

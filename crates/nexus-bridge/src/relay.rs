@@ -20,6 +20,8 @@ use crate::h1::{self, Agent, BodyReader, RequestBody, RequestHead, ResponseHead}
 use crate::upstream::{Origin, Upstream, Upstreams};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, StatusCode};
+use nexus_core::wire::{ErrorBody, ErrorCode};
+use nexus_core::AuthType;
 use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,9 +41,10 @@ struct Own {
     close: bool,
 }
 
-fn own(status: StatusCode, code: &str, message: impl Into<String>) -> Own {
-    let body = serde_json::json!({ "code": code, "message": message.into() }).to_string();
-    Own { status, body, close: false }
+fn own(code: ErrorCode, message: impl Into<String>) -> Own {
+    let body = ErrorBody { code, message: message.into(), details: None };
+    let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    Own { status, body: serde_json::to_string(&body).unwrap_or_default(), close: false }
 }
 
 impl Own {
@@ -73,13 +76,13 @@ impl Own {
 
 fn gateway_error(e: &GatewayError) -> Own {
     match e {
-        GatewayError::AttentionRequired(_) => own(StatusCode::CONFLICT, "attention_required", e.to_string()),
-        GatewayError::NotFound(m) => own(StatusCode::NOT_FOUND, "not_found", m.clone()),
-        GatewayError::Conflict { code, message } => own(StatusCode::CONFLICT, code, message.clone()),
-        GatewayError::Gone(m) => own(StatusCode::GONE, "provider_deleted", m.clone()),
-        GatewayError::Unauthorized => own(StatusCode::BAD_GATEWAY, "gateway_refused_api_key", e.to_string()),
-        GatewayError::Invalid(m) => own(StatusCode::BAD_REQUEST, "invalid_input", m.clone()),
-        GatewayError::Unavailable(m) => own(StatusCode::BAD_GATEWAY, "gateway_unavailable", m.clone()),
+        GatewayError::AttentionRequired(_) => own(ErrorCode::AttentionRequired, e.to_string()),
+        GatewayError::NotFound(m) => own(ErrorCode::NotFound, m.clone()),
+        GatewayError::Conflict { code, message } => own(*code, message.clone()),
+        GatewayError::Gone(m) => own(ErrorCode::ProviderDeleted, m.clone()),
+        GatewayError::Unauthorized => own(ErrorCode::GatewayRefusedApiKey, e.to_string()),
+        GatewayError::Invalid(m) => own(ErrorCode::InvalidInput, m.clone()),
+        GatewayError::Unavailable(m) => own(ErrorCode::GatewayUnavailable, m.clone()),
     }
 }
 
@@ -106,13 +109,11 @@ impl From<ProviderError> for Failed {
 impl Failed {
     fn answer(self) -> Own {
         match self {
-            Failed::Timeout => {
-                own(StatusCode::GATEWAY_TIMEOUT, "provider_timeout", "the provider did not answer in time")
-            }
+            Failed::Timeout => own(ErrorCode::ProviderTimeout, "the provider did not answer in time"),
             Failed::Unreachable | Failed::BeforeAnswer => {
-                own(StatusCode::BAD_GATEWAY, "provider_unreachable", "the provider could not be reached")
+                own(ErrorCode::ProviderUnreachable, "the provider could not be reached")
             }
-            Failed::Bad(m) => own(StatusCode::BAD_GATEWAY, "provider_unreachable", m),
+            Failed::Bad(m) => own(ErrorCode::ProviderUnreachable, m),
         }
     }
 }
@@ -152,15 +153,12 @@ impl Admission {
         match text(http::header::HOST) {
             Some(host) if !self.host_allowed(host) => {
                 return Err(own(
-                    StatusCode::FORBIDDEN,
-                    "host_not_allowed",
+                    ErrorCode::HostNotAllowed,
                     "this proxy answers to its own address only (an IP address or localhost); \
                      start it with --allow-host NAME to accept another name",
                 ))
             }
-            None if !head.http10 => {
-                return Err(own(StatusCode::BAD_REQUEST, "invalid_input", "the request has no Host"))
-            }
+            None if !head.http10 => return Err(own(ErrorCode::InvalidInput, "the request has no Host")),
             _ => {}
         }
         let origin = text(http::header::ORIGIN);
@@ -195,8 +193,7 @@ impl Admission {
 
 fn origin_refused() -> Own {
     own(
-        StatusCode::FORBIDDEN,
-        "origin_not_allowed",
+        ErrorCode::OriginNotAllowed,
         "requests from web pages are refused: a page must not spend the connections' credentials; \
          start the proxy with --allow-origin ORIGIN to accept one",
     )
@@ -279,7 +276,7 @@ impl Relay {
                 Ok(Some(head)) => head,
                 Ok(None) => break,
                 Err(refusal) => {
-                    let answer = own(refusal.status, "invalid_input", refusal.message).closing();
+                    let answer = own(refusal.code, refusal.message).closing();
                     if agent.write_all(&answer.bytes(None)).await.is_ok() {
                         linger(&mut agent).await;
                     }
@@ -365,7 +362,7 @@ impl Relay {
     ) -> Result<Result<Bytes, Own>, ()> {
         let too_large = || {
             let message = format!("request bodies are limited to {BODY_LIMIT} bytes");
-            Ok(Err(own(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message).closing()))
+            Ok(Err(own(ErrorCode::PayloadTooLarge, message).closing()))
         };
         match head.body {
             RequestBody::Length(0) => return Ok(Ok(Bytes::new())),
@@ -381,7 +378,7 @@ impl Relay {
         loop {
             let used = match reader.advance(&buf[..], |r| body.extend_from_slice(&buf[r])) {
                 Ok(used) => used,
-                Err(bad) => return Ok(Err(own(StatusCode::BAD_REQUEST, "invalid_input", bad.0).closing())),
+                Err(bad) => return Ok(Err(own(ErrorCode::InvalidInput, bad.0).closing())),
             };
             buf.advance(used);
             if body.len() > BODY_LIMIT {
@@ -410,29 +407,23 @@ impl Relay {
     ) -> Result<(Upstream, ResponseHead), Own> {
         let (id, path) = crate::target::split_connection_path(head.target.path().trim_start_matches('/'));
         if id.is_empty() {
-            return Err(own(StatusCode::NOT_FOUND, "not_found", "call /{connection_id}/{path} on this proxy"));
+            return Err(own(ErrorCode::NotFound, "call /{connection_id}/{path} on this proxy"));
         }
         let mut answer = self.bridge.credentials(id).await.map_err(|e| gateway_error(&e))?;
         let base = match answer.base() {
             Some(Ok(base)) => base,
             Some(Err(m)) => {
-                return Err(own(StatusCode::CONFLICT, "provider_misconfigured", format!("api_base_url: {m}")));
+                return Err(own(ErrorCode::ProviderMisconfigured, format!("api_base_url: {m}")));
             }
-            None => {
-                return Err(own(
-                    StatusCode::CONFLICT,
-                    "no_api_base_url",
-                    "the provider has no api_base_url to proxy to",
-                ))
-            }
+            None => return Err(own(ErrorCode::NoApiBaseUrl, "the provider has no api_base_url to proxy to")),
         };
         let fwd = Forward::to(base, path, head.target.query(), head.method, head.headers, body)
-            .map_err(|m| own(StatusCode::BAD_REQUEST, "invalid_input", m))?;
+            .map_err(|m| own(ErrorCode::InvalidInput, m))?;
         let mut retried = false;
         loop {
             let (mut up, resp) = self.send(link, id, &fwd, &answer, framing).await?;
             // Only OAuth2 credentials can be refreshed (as in the Gateway's proxy).
-            if resp.status != 401 || retried || answer.auth_type() != "oauth2" {
+            if resp.status != 401 || retried || answer.auth_type() != AuthType::Oauth2 {
                 return Ok((up, resp));
             }
             // Keep the connection if the 401's body is already here whole.
@@ -464,7 +455,7 @@ impl Relay {
         answer: &TokenAnswer,
         framing: Agent,
     ) -> Result<(Upstream, ResponseHead), Own> {
-        let req = fwd.signed(answer).map_err(|e| own(StatusCode::CONFLICT, "cannot_sign", e.to_string()))?;
+        let req = fwd.signed(answer).map_err(|e| own(ErrorCode::CannotSign, e.to_string()))?;
         let origin = Origin::of(req.uri()).map_err(|e| Failed::from(e).answer())?;
         let head = request_head(&req);
         let body = req.body().as_ref();

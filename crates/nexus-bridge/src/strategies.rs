@@ -6,7 +6,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use http::header::{HeaderName, HeaderValue};
-use nexus_core::strategy::{Strategy, StrategyType};
+use nexus_core::strategy::{Encoding, HmacAlgo, Strategy};
 use serde_json::{Map, Value};
 use std::time::SystemTime;
 
@@ -52,19 +52,19 @@ pub fn static_header(
     strategy: &Strategy,
     creds: &Map<String, Value>,
 ) -> Result<Option<(HeaderName, HeaderValue)>, BridgeError> {
-    let (name, value) = match strategy.kind {
-        StrategyType::Oauth2 => ("authorization", format!("Bearer {}", credential(creds, "access_token")?)),
-        StrategyType::Header => {
-            let value = credential(creds, strategy.get("credential_field").unwrap_or("api_key"))?;
-            let prefix = strategy.config.get("value_prefix").and_then(Value::as_str).unwrap_or("");
-            (strategy.get("header_name").unwrap_or("Authorization"), format!("{prefix}{value}"))
+    let (name, value) = match strategy {
+        Strategy::Oauth2(c) => {
+            (c.header_name.as_str(), format!("{}{}", c.value_prefix, credential(creds, &c.credential_field)?))
         }
-        StrategyType::BasicAuth => {
-            let user = credential(creds, strategy.get("username_field").unwrap_or("username"))?;
-            let pass = credential(creds, strategy.get("password_field").unwrap_or("password"))?;
+        Strategy::Header(c) => {
+            (c.header_name.as_str(), format!("{}{}", c.value_prefix, credential(creds, &c.credential_field)?))
+        }
+        Strategy::BasicAuth(c) => {
+            let user = credential(creds, &c.username_field)?;
+            let pass = credential(creds, &c.password_field)?;
             ("authorization", format!("Basic {}", STANDARD.encode(format!("{user}:{pass}"))))
         }
-        StrategyType::QueryParam | StrategyType::HmacPayload | StrategyType::AwsSigv4 => return Ok(None),
+        Strategy::QueryParam(_) | Strategy::HmacPayload(_) | Strategy::AwsSigv4(_) => return Ok(None),
     };
     header(name, &value).map(Some)
 }
@@ -89,17 +89,18 @@ pub fn apply_at<B: AsRef<[u8]>>(
         req.headers_mut().insert(name, value);
         return Ok(());
     }
-    match strategy.kind {
-        StrategyType::QueryParam => {
-            let value = credential(creds, strategy.get("credential_field").unwrap_or("api_key"))?;
-            let name =
-                strategy.get("param_name").ok_or_else(|| BridgeError::Config("param_name is required".into()))?;
+    match strategy {
+        Strategy::QueryParam(c) => {
+            let value = credential(creds, &c.credential_field)?;
+            if c.param_name.is_empty() {
+                return Err(BridgeError::Config("param_name is required".into()));
+            }
             // Appended to the query as sent, form-encoded, the rest of the URL untouched.
             let mut parts = req.uri().clone().into_parts();
             let (path, query) =
                 parts.path_and_query.as_ref().map_or(("/", ""), |pq| (pq.path(), pq.query().unwrap_or("")));
             let mut query = url::form_urlencoded::Serializer::for_suffix(query.to_owned(), 0);
-            query.append_pair(name, value);
+            query.append_pair(&c.param_name, value);
             let path_and_query = format!("{path}?{}", query.finish());
             parts.path_and_query =
                 Some(path_and_query.parse().map_err(|_| BridgeError::Request("could not rebuild the URL".into()))?);
@@ -107,35 +108,31 @@ pub fn apply_at<B: AsRef<[u8]>>(
                 http::Uri::from_parts(parts).map_err(|_| BridgeError::Request("could not rebuild the URL".into()))?;
             Ok(())
         }
-        StrategyType::HmacPayload => {
-            let secret = credential(creds, strategy.get("secret_field").unwrap_or("api_secret"))?;
-            let mac = hmac_bytes(strategy.get("algo").unwrap_or("sha256"), secret.as_bytes(), req.body().as_ref())?;
-            let encoded = match strategy.get("encoding").unwrap_or("hex") {
-                "hex" => hex::encode(mac),
-                "base64" => STANDARD.encode(mac),
-                other => return Err(BridgeError::Config(format!("unsupported encoding '{other}'"))),
+        Strategy::HmacPayload(c) => {
+            let secret = credential(creds, &c.secret_field)?;
+            let mac = hmac_bytes(c.algo, secret.as_bytes(), req.body().as_ref());
+            let encoded = match c.encoding {
+                Encoding::Hex => hex::encode(mac),
+                Encoding::Base64 => STANDARD.encode(mac),
             };
-            let prefix = strategy.get("value_prefix").unwrap_or("");
-            let header =
-                strategy.get("header_name").ok_or_else(|| BridgeError::Config("header_name is required".into()))?;
-            set_header(req, header, &format!("{prefix}{encoded}"))
+            let prefix = c.value_prefix.as_deref().unwrap_or("");
+            set_header(req, &c.header_name, &format!("{prefix}{encoded}"))
         }
-        StrategyType::AwsSigv4 => sigv4(req, strategy, creds, now),
-        StrategyType::Oauth2 | StrategyType::Header | StrategyType::BasicAuth => Ok(()), // signed above
+        Strategy::AwsSigv4(c) => sigv4(req, &c.service, &c.region, creds, now),
+        Strategy::Oauth2(_) | Strategy::Header(_) | Strategy::BasicAuth(_) => Ok(()), // signed above
     }
 }
 
-fn hmac_bytes(algo: &str, key: &[u8], body: &[u8]) -> Result<Vec<u8>, BridgeError> {
+fn hmac_bytes(algo: HmacAlgo, key: &[u8], body: &[u8]) -> Vec<u8> {
     fn run<M: Mac + hmac::digest::KeyInit>(key: &[u8], body: &[u8]) -> Vec<u8> {
         let mut mac = <M as hmac::digest::KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
         mac.update(body);
         mac.finalize().into_bytes().to_vec()
     }
     match algo {
-        "sha256" => Ok(run::<Hmac<sha2::Sha256>>(key, body)),
-        "sha1" => Ok(run::<Hmac<sha1::Sha1>>(key, body)),
-        "sha512" => Ok(run::<Hmac<sha2::Sha512>>(key, body)),
-        other => Err(BridgeError::Config(format!("unsupported algo '{other}'"))),
+        HmacAlgo::Sha256 => run::<Hmac<sha2::Sha256>>(key, body),
+        HmacAlgo::Sha1 => run::<Hmac<sha1::Sha1>>(key, body),
+        HmacAlgo::Sha512 => run::<Hmac<sha2::Sha512>>(key, body),
     }
 }
 
@@ -159,7 +156,8 @@ fn signing_settings(service: &str) -> aws_sigv4::http_request::SigningSettings {
 
 fn sigv4<B: AsRef<[u8]>>(
     req: &mut http::Request<B>,
-    strategy: &Strategy,
+    service: &str,
+    region: &str,
     creds: &Map<String, Value>,
     now: SystemTime,
 ) -> Result<(), BridgeError> {
@@ -168,8 +166,9 @@ fn sigv4<B: AsRef<[u8]>>(
     let access_key = credential(creds, "access_key")?;
     let secret_key = credential(creds, "secret_key")?;
     let session_token = creds.get("session_token").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
-    let service = strategy.get("service").ok_or_else(|| BridgeError::Config("service is required".into()))?;
-    let region = strategy.get("region").unwrap_or("us-east-1");
+    if service.is_empty() {
+        return Err(BridgeError::Config("service is required".into()));
+    }
     let identity = aws_credential_types::Credentials::new(access_key, secret_key, session_token, None, "nexus").into();
     let params = v4::SigningParams::builder()
         .identity(&identity)
@@ -199,6 +198,7 @@ fn sigv4<B: AsRef<[u8]>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nexus_core::strategy::StrategyType;
     use serde_json::json;
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -210,7 +210,7 @@ mod tests {
     }
 
     fn strategy(kind: StrategyType, config: Value) -> Strategy {
-        Strategy { kind, config: obj(config) }
+        Strategy::from_parts(kind, obj(config)).unwrap()
     }
 
     fn get(url: &str) -> http::Request<Vec<u8>> {
@@ -313,7 +313,8 @@ mod tests {
     #[test]
     fn query_param_requires_a_param_name() {
         let mut req = get("https://api.example.com/");
-        let err = apply(&mut req, &strategy(StrategyType::QueryParam, json!({})), &obj(json!({"api_key": "k"})));
+        let s = strategy(StrategyType::QueryParam, json!({"param_name": ""}));
+        let err = apply(&mut req, &s, &obj(json!({"api_key": "k"})));
         assert!(matches!(err, Err(BridgeError::Config(m)) if m.contains("param_name")));
     }
 
@@ -358,18 +359,20 @@ mod tests {
     }
 
     #[test]
-    fn unknown_hmac_algo_or_encoding_is_a_config_error() {
-        let creds = obj(json!({"api_secret": "s"}));
+    fn unknown_hmac_algo_or_encoding_is_refused_when_read() {
         for config in [
             json!({"header_name": "X-Sig", "algo": "md5"}),
             json!({"header_name": "X-Sig", "encoding": "base32"}),
-            json!({"algo": "sha256"}),
+            json!({"header_name": 7}),
         ] {
-            let mut req = get("https://api.example.com/");
-            let err = apply(&mut req, &strategy(StrategyType::HmacPayload, config.clone()), &creds).unwrap_err();
-            assert!(matches!(err, BridgeError::Config(_)), "{config}: {err:?}");
-            assert!(req.headers().is_empty(), "nothing is half-applied");
+            let err = Strategy::from_parts(StrategyType::HmacPayload, obj(config.clone())).unwrap_err();
+            assert!(err.starts_with("strategy config:"), "{config}: {err}");
         }
+        // A strategy without a header takes the one default (X-Signature).
+        let mut req = get("https://api.example.com/");
+        let s = strategy(StrategyType::HmacPayload, json!({"algo": "sha256"}));
+        apply(&mut req, &s, &obj(json!({"api_secret": "s"}))).unwrap();
+        assert!(req.headers().contains_key("x-signature"));
     }
 
     #[test]
@@ -386,7 +389,7 @@ mod tests {
             for creds in [json!({}), json!({field: ""}), json!({field: 42}), json!({field: null})] {
                 let mut req = get("https://api.example.com/");
                 let err = apply(&mut req, &s, &obj(creds.clone())).unwrap_err();
-                assert_eq!(err, BridgeError::MissingCredential(field.to_owned()), "{:?} with {creds}", s.kind);
+                assert_eq!(err, BridgeError::MissingCredential(field.to_owned()), "{:?} with {creds}", s.kind());
                 assert!(!err.to_string().contains("42"), "errors name fields, never values");
             }
         }

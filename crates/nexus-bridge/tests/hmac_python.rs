@@ -60,7 +60,7 @@ fn sign_with_bridge(case: &Case) -> String {
     if !case.prefix.is_empty() {
         config["value_prefix"] = case.prefix.into();
     }
-    let strategy = Strategy { kind: StrategyType::HmacPayload, config: json_object(config) };
+    let strategy = Strategy::from_parts(StrategyType::HmacPayload, json_object(config)).unwrap();
     let mut req =
         http::Request::post("https://hooks.example.com/in").body(hex::decode(&case.body_hex).unwrap()).unwrap();
     let creds = json_object(json!({"api_secret": case.secret}));

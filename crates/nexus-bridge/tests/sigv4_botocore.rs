@@ -155,10 +155,11 @@ fn sign_with_bridge(case: &Case) -> BTreeMap<String, Vec<String>> {
         builder = builder.header(*name, *value);
     }
     let mut req = builder.body(hex::decode(&case.body_hex).unwrap()).unwrap();
-    let strategy = Strategy {
-        kind: StrategyType::AwsSigv4,
-        config: json_object(json!({"service": case.service, "region": case.region})),
-    };
+    let strategy = Strategy::from_parts(
+        StrategyType::AwsSigv4,
+        json_object(json!({"service": case.service, "region": case.region})),
+    )
+    .unwrap();
     let mut creds = json_object(json!({"access_key": case.access_key, "secret_key": case.secret_key}));
     if let Some(token) = case.session_token {
         creds.insert("session_token".into(), token.into());

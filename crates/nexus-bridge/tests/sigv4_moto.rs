@@ -35,10 +35,11 @@ impl BridgeCalls for Moto {
 
     /// Signs `req` for `service` with the Bridge and sends it.
     async fn send(&self, mut req: http::Request<Vec<u8>>, service: &str, creds: &Map<String, Value>) -> (u16, String) {
-        let strategy = Strategy {
-            kind: StrategyType::AwsSigv4,
-            config: json_object(json!({"service": service, "region": "us-east-1"})),
-        };
+        let strategy = Strategy::from_parts(
+            StrategyType::AwsSigv4,
+            json_object(json!({"service": service, "region": "us-east-1"})),
+        )
+        .unwrap();
         nexus_bridge::strategies::apply(&mut req, &strategy, creds).expect("the bridge signs");
         let (parts, body) = req.into_parts();
         let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).no_proxy().build().unwrap();

@@ -591,7 +591,10 @@ async fn v1_rows_stay_valid_before_the_first_keyed_row(backend: Backend) {
     let db = TestDb::new(backend).await.unwrap();
     let old = nexus_store::Store::connect(db.url()).await.unwrap();
     for n in 0..2 {
-        let row = nexus_store::NewAudit { event_type: "provider.created", data: json!({"n": n}), ..Default::default() };
+        let row = nexus_store::NewAudit {
+            data: json!({"n": n}),
+            ..nexus_store::NewAudit::new(nexus_core::AuditEvent::ProviderCreated)
+        };
         old.append_audit(row).await.unwrap();
     }
     old.close().await;

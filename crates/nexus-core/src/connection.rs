@@ -8,6 +8,7 @@ use url::{Host, Url};
 
 /// `pending → active | failed`, `active → attention_required | revoked`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ConnectionStatus {
     Pending,

@@ -13,6 +13,7 @@ pub mod redact;
 pub mod secret;
 pub mod strategy;
 pub mod url_policy;
+pub mod wire;
 
 pub use audit::AuditEvent;
 pub use connection::ConnectionStatus;

@@ -13,6 +13,7 @@ use std::fmt;
 
 /// The six authentication families (`header` is accepted as an alias of `api_key`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AuthType {
     Oauth2,
@@ -68,6 +69,7 @@ impl fmt::Display for AuthType {
 /// A provider name: `^[a-z0-9][a-z0-9._-]{0,62}$`, not a reserved path word and
 /// not shaped like a UUID (so `{id}` path segments stay unambiguous).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$"))]
 #[serde(try_from = "String", into = "String")]
 pub struct ProviderName(String);
 
@@ -126,30 +128,56 @@ impl fmt::Display for ProviderName {
 /// The body of `POST /v1/providers` (and, after merging, of `PATCH`/`PUT`).
 /// Unknown top-level fields are refused so a typo never silently drops a setting.
 #[derive(Debug, Clone, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ProviderInput {
+    /// Unique among live providers; also accepted wherever an `{id}` is.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$", max_length = 63))]
     pub name: String,
+    /// `oauth2`, `api_key` (alias `header`), `basic_auth`, `aws_sigv4`, `query_param` or `hmac_payload`.
+    #[cfg_attr(feature = "openapi", schema(value_type = AuthType))]
     pub auth_type: String,
+    /// What a person sees; defaults to `name`.
+    #[cfg_attr(feature = "openapi", schema(max_length = 200))]
+    pub display_name: Option<String>,
     pub client_id: Option<String>,
+    /// Write-only: stored encrypted, never returned.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, write_only))]
     pub client_secret: Option<SecretString>,
+    #[cfg_attr(feature = "openapi", schema(pattern = "^https?://"))]
     pub issuer: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(pattern = "^https?://"))]
     pub auth_url: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(pattern = "^https?://"))]
     pub token_url: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(pattern = "^https?://"))]
     pub api_base_url: Option<String>,
+    /// A path under `api_base_url` or an https URL.
     pub user_info_endpoint: Option<String>,
     pub enable_discovery: Option<bool>,
     pub scopes: Option<Vec<String>>,
+    /// oauth2: `client_secret_post` or `client_secret_basic`; api_key: the header name.
     pub auth_header: Option<String>,
+    /// Per type: `credential_schema` (a JSON Schema, required for static
+    /// types), strategy settings and OAuth quirks (SPEC section 3). Unknown
+    /// keys are kept.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub params: Option<Map<String, Value>>,
+    #[cfg_attr(feature = "openapi", schema(max_length = 1024))]
     pub description: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(max_length = 1024))]
     pub category: Option<String>,
 }
 
 /// The validated, non-secret configuration of a provider, as stored and served.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProviderConfig {
     pub name: ProviderName,
     pub auth_type: AuthType,
+    /// What a person sees; absent: the name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -166,6 +194,7 @@ pub struct ProviderConfig {
     pub scopes: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_header: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub params: Map<String, Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -175,6 +204,7 @@ pub struct ProviderConfig {
 
 /// Endpoints learned from `{issuer}/.well-known/openid-configuration`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Discovery {
     pub authorization_endpoint: String,
     pub token_endpoint: String,
@@ -206,6 +236,7 @@ pub struct ValidatedProvider {
 
 const MAX_URL_LEN: usize = 2048;
 const MAX_TEXT_LEN: usize = 1024;
+const MAX_DISPLAY_NAME: usize = 200;
 
 impl ProviderInput {
     /// Reads a JSON body, accepting the flat shape or `{"profile": {...}}`.
@@ -216,16 +247,7 @@ impl ProviderInput {
                 body = map.remove("profile").unwrap_or(Value::Null);
             }
         }
-        if !body.is_object() {
-            return Err(ValidationErrors::single("body", "must be a JSON object"));
-        }
-        serde_path_to_error::deserialize(body).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." { "body".to_owned() } else { path };
-            // The message names what was expected, never the value sent
-            // (which may be a secret: `"client_secret": 12345`).
-            ValidationErrors::single(field, crate::redact::serde_message(&e.into_inner()))
-        })
+        crate::wire::from_body(body)
     }
 
     /// Applies every registration rule. `has_stored_secret` says whether a secret
@@ -267,6 +289,15 @@ impl ProviderInput {
         check_known_params(&mut errs, &params);
         let description = non_empty(self.description);
         let category = non_empty(self.category);
+        let display_name = non_empty(self.display_name);
+        if let Some(d) = &display_name {
+            if d.chars().count() > MAX_DISPLAY_NAME || d.chars().any(char::is_control) {
+                errs.push(
+                    "display_name",
+                    format!("must be at most {MAX_DISPLAY_NAME} characters without control characters"),
+                );
+            }
+        }
         for (field, value) in [("description", &description), ("category", &category)] {
             if value.as_ref().is_some_and(|v| v.len() > MAX_TEXT_LEN) {
                 errs.push(field, format!("must be at most {MAX_TEXT_LEN} bytes"));
@@ -345,6 +376,7 @@ impl ProviderInput {
             config: ProviderConfig {
                 name,
                 auth_type,
+                display_name,
                 client_id,
                 issuer,
                 auth_url,
@@ -364,6 +396,11 @@ impl ProviderInput {
 }
 
 impl ProviderConfig {
+    /// What a person sees: `display_name`, or the name.
+    pub fn display_name(&self) -> &str {
+        self.display_name.as_deref().unwrap_or(self.name.as_str())
+    }
+
     /// The configuration in input shape (without any secret), the base onto which
     /// `PATCH` merges its body before validating the result again.
     pub fn to_input_json(&self) -> Value {

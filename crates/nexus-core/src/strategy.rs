@@ -7,10 +7,11 @@
 
 use crate::provider::{AuthType, ProviderConfig};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 /// The strategy names of the wire format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum StrategyType {
     Oauth2,
@@ -21,30 +22,225 @@ pub enum StrategyType {
     HmacPayload,
 }
 
-/// `{"type": …, "config": {…}}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Strategy {
+impl StrategyType {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StrategyType::Oauth2 => "oauth2",
+            StrategyType::Header => "header",
+            StrategyType::QueryParam => "query_param",
+            StrategyType::BasicAuth => "basic_auth",
+            StrategyType::AwsSigv4 => "aws_sigv4",
+            StrategyType::HmacPayload => "hmac_payload",
+        }
+    }
+}
+
+// Every default of every strategy is here, once: `strategy_for` starts from
+// these, and a strategy read from the wire without a field gets the same.
+
+/// `oauth2`: the access token as a bearer token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default)]
+pub struct BearerConfig {
+    pub header_name: String,
+    pub value_prefix: String,
+    pub credential_field: String,
+}
+
+impl Default for BearerConfig {
+    fn default() -> Self {
+        BearerConfig {
+            header_name: "Authorization".into(),
+            value_prefix: "Bearer ".into(),
+            credential_field: "access_token".into(),
+        }
+    }
+}
+
+/// `header`: a captured key in a header (api_key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default)]
+pub struct HeaderConfig {
+    pub header_name: String,
+    /// Defaults to `Bearer ` when the header is `Authorization`, else empty.
+    pub value_prefix: String,
+    pub credential_field: String,
+}
+
+impl Default for HeaderConfig {
+    fn default() -> Self {
+        HeaderConfig {
+            header_name: "Authorization".into(),
+            value_prefix: String::new(),
+            credential_field: "api_key".into(),
+        }
+    }
+}
+
+/// `query_param`: a captured key appended to the query.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default)]
+pub struct QueryParamConfig {
+    pub param_name: String,
+    pub credential_field: String,
+}
+
+impl Default for QueryParamConfig {
+    fn default() -> Self {
+        QueryParamConfig { param_name: "api_key".into(), credential_field: "api_key".into() }
+    }
+}
+
+/// `basic_auth`: two captured fields as `Authorization: Basic`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default)]
+pub struct BasicAuthConfig {
+    pub username_field: String,
+    pub password_field: String,
+}
+
+impl Default for BasicAuthConfig {
+    fn default() -> Self {
+        BasicAuthConfig { username_field: "username".into(), password_field: "password".into() }
+    }
+}
+
+/// `aws_sigv4`: AWS Signature Version 4 with `access_key`, `secret_key` and
+/// an optional `session_token`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default)]
+pub struct AwsSigv4Config {
+    /// Required: an empty service cannot sign.
+    pub service: String,
+    pub region: String,
+}
+
+impl Default for AwsSigv4Config {
+    fn default() -> Self {
+        AwsSigv4Config { service: String::new(), region: "us-east-1".into() }
+    }
+}
+
+/// The HMAC of `hmac_payload`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum HmacAlgo {
+    #[default]
+    Sha256,
+    Sha1,
+    Sha512,
+}
+
+/// How `hmac_payload` writes the MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    #[default]
+    Hex,
+    Base64,
+}
+
+/// `hmac_payload`: an HMAC of the body in a header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default)]
+pub struct HmacConfig {
+    pub header_name: String,
+    pub algo: HmacAlgo,
+    pub encoding: Encoding,
+    pub secret_field: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_prefix: Option<String>,
+}
+
+impl Default for HmacConfig {
+    fn default() -> Self {
+        HmacConfig {
+            header_name: "X-Signature".into(),
+            algo: HmacAlgo::Sha256,
+            encoding: Encoding::Hex,
+            secret_field: "api_secret".into(),
+            value_prefix: None,
+        }
+    }
+}
+
+/// `{"type": …, "config": {…}}`: how to apply credentials, with every
+/// setting typed. A missing `config`, or a missing setting in it, takes the
+/// defaults above.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "type", content = "config", rename_all = "snake_case", try_from = "RawStrategy")]
+pub enum Strategy {
+    Oauth2(BearerConfig),
+    Header(HeaderConfig),
+    QueryParam(QueryParamConfig),
+    BasicAuth(BasicAuthConfig),
+    AwsSigv4(AwsSigv4Config),
+    HmacPayload(HmacConfig),
+}
+
+/// The wire form before its config is typed (`config` may be absent).
+#[derive(Deserialize)]
+struct RawStrategy {
     #[serde(rename = "type")]
-    pub kind: StrategyType,
+    kind: StrategyType,
     #[serde(default)]
-    pub config: Map<String, Value>,
+    config: Map<String, Value>,
+}
+
+impl TryFrom<RawStrategy> for Strategy {
+    type Error = String;
+    fn try_from(raw: RawStrategy) -> Result<Strategy, String> {
+        Strategy::from_parts(raw.kind, raw.config)
+    }
 }
 
 impl Strategy {
-    /// A string setting of the config, if present and non-empty.
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.config.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
+    /// A strategy of `kind` read from its wire `config`.
+    pub fn from_parts(kind: StrategyType, config: Map<String, Value>) -> Result<Strategy, String> {
+        fn read<T: serde::de::DeserializeOwned>(config: Map<String, Value>) -> Result<T, String> {
+            serde_json::from_value(Value::Object(config))
+                .map_err(|e| format!("strategy config: {}", crate::redact::serde_message(&e)))
+        }
+        Ok(match kind {
+            StrategyType::Oauth2 => Strategy::Oauth2(read(config)?),
+            StrategyType::Header => Strategy::Header(read(config)?),
+            StrategyType::QueryParam => Strategy::QueryParam(read(config)?),
+            StrategyType::BasicAuth => Strategy::BasicAuth(read(config)?),
+            StrategyType::AwsSigv4 => Strategy::AwsSigv4(read(config)?),
+            StrategyType::HmacPayload => Strategy::HmacPayload(read(config)?),
+        })
+    }
+
+    pub fn kind(&self) -> StrategyType {
+        match self {
+            Strategy::Oauth2(_) => StrategyType::Oauth2,
+            Strategy::Header(_) => StrategyType::Header,
+            Strategy::QueryParam(_) => StrategyType::QueryParam,
+            Strategy::BasicAuth(_) => StrategyType::BasicAuth,
+            Strategy::AwsSigv4(_) => StrategyType::AwsSigv4,
+            Strategy::HmacPayload(_) => StrategyType::HmacPayload,
+        }
     }
 
     /// The credential fields this strategy reads (to check a capture up front).
     pub fn required_fields(&self) -> Vec<String> {
-        let field = |k: &str, d: &str| self.get(k).unwrap_or(d).to_owned();
-        match self.kind {
-            StrategyType::Oauth2 => vec!["access_token".into()],
-            StrategyType::Header | StrategyType::QueryParam => vec![field("credential_field", "api_key")],
-            StrategyType::BasicAuth => vec![field("username_field", "username"), field("password_field", "password")],
-            StrategyType::AwsSigv4 => vec!["access_key".into(), "secret_key".into()],
-            StrategyType::HmacPayload => vec![field("secret_field", "api_secret")],
+        match self {
+            Strategy::Oauth2(c) => vec![c.credential_field.clone()],
+            Strategy::Header(c) => vec![c.credential_field.clone()],
+            Strategy::QueryParam(c) => vec![c.credential_field.clone()],
+            Strategy::BasicAuth(c) => vec![c.username_field.clone(), c.password_field.clone()],
+            Strategy::AwsSigv4(_) => vec!["access_key".into(), "secret_key".into()],
+            Strategy::HmacPayload(c) => vec![c.secret_field.clone()],
         }
     }
 }
@@ -53,70 +249,60 @@ fn param<'a>(p: &'a ProviderConfig, key: &str) -> Option<&'a str> {
     p.params.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
 }
 
-fn obj(v: Value) -> Map<String, Value> {
-    match v {
-        Value::Object(m) => m,
-        _ => Map::new(),
+fn set(slot: &mut String, value: Option<&str>) {
+    if let Some(v) = value {
+        *slot = v.to_owned();
     }
 }
 
-/// The strategy of a provider, with every default filled in.
+/// The strategy of a provider: the defaults, overridden by its `params`.
 pub fn strategy_for(p: &ProviderConfig) -> Strategy {
-    let credential_field = param(p, "credential_field").unwrap_or("api_key");
+    let query_param = || {
+        let mut c = QueryParamConfig::default();
+        set(&mut c.param_name, param(p, "param_name"));
+        set(&mut c.credential_field, param(p, "credential_field"));
+        Strategy::QueryParam(c)
+    };
     match p.auth_type {
-        AuthType::Oauth2 => Strategy {
-            kind: StrategyType::Oauth2,
-            config: obj(
-                json!({"header_name": "Authorization", "value_prefix": "Bearer ", "credential_field": "access_token"}),
-            ),
-        },
-        AuthType::ApiKey if param(p, "auth_strategy") == Some("query_param") => Strategy {
-            kind: StrategyType::QueryParam,
-            config: obj(
-                json!({"param_name": param(p, "param_name").unwrap_or("api_key"), "credential_field": credential_field}),
-            ),
-        },
+        AuthType::Oauth2 => Strategy::Oauth2(BearerConfig::default()),
+        AuthType::ApiKey if param(p, "auth_strategy") == Some("query_param") => query_param(),
+        AuthType::QueryParam => query_param(),
         AuthType::ApiKey => {
-            let header = param(p, "header_name").or(p.auth_header.as_deref()).unwrap_or("Authorization");
-            let default_prefix = if header.eq_ignore_ascii_case("authorization") { "Bearer " } else { "" };
-            let prefix = p.params.get("value_prefix").and_then(Value::as_str).unwrap_or(default_prefix);
-            Strategy {
-                kind: StrategyType::Header,
-                config: obj(
-                    json!({"header_name": header, "value_prefix": prefix, "credential_field": credential_field}),
-                ),
-            }
+            let mut c = HeaderConfig::default();
+            set(&mut c.header_name, param(p, "header_name").or(p.auth_header.as_deref()));
+            set(&mut c.credential_field, param(p, "credential_field"));
+            // An `Authorization` header carries a scheme; a custom header the bare key.
+            c.value_prefix = match p.params.get("value_prefix").and_then(Value::as_str) {
+                Some(prefix) => prefix.to_owned(),
+                None if c.header_name.eq_ignore_ascii_case("authorization") => "Bearer ".into(),
+                None => String::new(),
+            };
+            Strategy::Header(c)
         }
-        AuthType::QueryParam => Strategy {
-            kind: StrategyType::QueryParam,
-            config: obj(
-                json!({"param_name": param(p, "param_name").unwrap_or("api_key"), "credential_field": credential_field}),
-            ),
-        },
-        AuthType::BasicAuth => Strategy {
-            kind: StrategyType::BasicAuth,
-            config: obj(json!({
-                "username_field": param(p, "username_field").unwrap_or("username"),
-                "password_field": param(p, "password_field").unwrap_or("password"),
-            })),
-        },
-        AuthType::AwsSigv4 => Strategy {
-            kind: StrategyType::AwsSigv4,
-            config: obj(
-                json!({"service": param(p, "service").unwrap_or_default(), "region": param(p, "region").unwrap_or("us-east-1")}),
-            ),
-        },
+        AuthType::BasicAuth => {
+            let mut c = BasicAuthConfig::default();
+            set(&mut c.username_field, param(p, "username_field"));
+            set(&mut c.password_field, param(p, "password_field"));
+            Strategy::BasicAuth(c)
+        }
+        AuthType::AwsSigv4 => {
+            let mut c = AwsSigv4Config::default();
+            set(&mut c.service, param(p, "service"));
+            set(&mut c.region, param(p, "region"));
+            Strategy::AwsSigv4(c)
+        }
         AuthType::HmacPayload => {
-            let mut config = obj(json!({
-                "header_name": param(p, "header_name").or(p.auth_header.as_deref()).unwrap_or("X-Signature"),
-                "algo": param(p, "algo").unwrap_or("sha256"),
-                "encoding": param(p, "encoding").unwrap_or("hex"),
-                "secret_field": param(p, "secret_field").unwrap_or("api_secret"),
-            }));
-            if let Some(prefix) = param(p, "value_prefix") {
-                config.insert("value_prefix".into(), Value::String(prefix.to_owned()));
-            }
-            Strategy { kind: StrategyType::HmacPayload, config }
+            let mut c = HmacConfig::default();
+            set(&mut c.header_name, param(p, "header_name").or(p.auth_header.as_deref()));
+            set(&mut c.secret_field, param(p, "secret_field"));
+            // Validation admits only the known names.
+            c.algo =
+                param(p, "algo").and_then(|a| serde_json::from_value(Value::String(a.into())).ok()).unwrap_or_default();
+            c.encoding = param(p, "encoding")
+                .and_then(|e| serde_json::from_value(Value::String(e.into())).ok())
+                .unwrap_or_default();
+            c.value_prefix = param(p, "value_prefix").map(str::to_owned);
+            Strategy::HmacPayload(c)
         }
     }
 }
@@ -132,8 +318,7 @@ pub fn check_credentials(strategy: &Strategy, credentials: &Map<String, Value>) 
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(format!("{}: required by the provider's {:?} strategy", missing.join(", "), strategy.kind)
-            .replace("Header", "header"))
+        Err(format!("{}: required by the provider's {} strategy", missing.join(", "), strategy.kind().as_str()))
     }
 }
 
@@ -141,6 +326,7 @@ pub fn check_credentials(strategy: &Strategy, credentials: &Map<String, Value>) 
 mod tests {
     use super::*;
     use crate::provider::ProviderInput;
+    use serde_json::json;
 
     fn provider(v: Value) -> ProviderConfig {
         ProviderInput::from_json(v).unwrap().validate(false).unwrap().config
@@ -150,15 +336,19 @@ mod tests {
         json!({"type": "object"})
     }
 
+    fn wire(s: &Strategy) -> Value {
+        serde_json::to_value(s).unwrap()
+    }
+
     #[test]
     fn api_key_defaults_to_bearer_authorization() {
         let s = strategy_for(&provider(
             json!({"name": "a", "auth_type": "api_key", "params": {"credential_schema": schema()}}),
         ));
-        assert_eq!(s.kind, StrategyType::Header);
-        assert_eq!(s.config["header_name"], "Authorization");
-        assert_eq!(s.config["value_prefix"], "Bearer ");
-        assert_eq!(s.config["credential_field"], "api_key");
+        assert_eq!(
+            wire(&s),
+            json!({"type": "header", "config": {"header_name": "Authorization", "value_prefix": "Bearer ", "credential_field": "api_key"}})
+        );
     }
 
     #[test]
@@ -167,14 +357,14 @@ mod tests {
             json!({"name": "a", "auth_type": "header", "auth_header": "X-Api-Key", "params": {"credential_schema": schema()}}),
         ));
         assert_eq!(
-            (s.config["header_name"].as_str(), s.config["value_prefix"].as_str()),
-            (Some("X-Api-Key"), Some(""))
+            (wire(&s)["config"]["header_name"].clone(), wire(&s)["config"]["value_prefix"].clone()),
+            (json!("X-Api-Key"), json!(""))
         );
         let q = strategy_for(&provider(
             json!({"name": "a", "auth_type": "api_key", "params": {"credential_schema": schema(), "auth_strategy": "query_param", "param_name": "key"}}),
         ));
-        assert_eq!(q.kind, StrategyType::QueryParam);
-        assert_eq!(q.config["param_name"], "key");
+        assert_eq!(q.kind(), StrategyType::QueryParam);
+        assert_eq!(wire(&q)["config"]["param_name"], "key");
     }
 
     #[test]
@@ -183,17 +373,45 @@ mod tests {
             json!({"name": "h", "auth_type": "hmac_payload", "params": {"credential_schema": schema(), "header_name": "X-Sig"}}),
         ));
         assert_eq!(
-            h.config,
-            obj(json!({"header_name": "X-Sig", "algo": "sha256", "encoding": "hex", "secret_field": "api_secret"}))
+            wire(&h)["config"],
+            json!({"header_name": "X-Sig", "algo": "sha256", "encoding": "hex", "secret_field": "api_secret"})
         );
         let a = strategy_for(&provider(
             json!({"name": "s", "auth_type": "aws_sigv4", "params": {"credential_schema": schema(), "service": "bedrock", "region": "eu-west-1"}}),
         ));
-        assert_eq!(a.config, obj(json!({"service": "bedrock", "region": "eu-west-1"})));
+        assert_eq!(wire(&a)["config"], json!({"service": "bedrock", "region": "eu-west-1"}));
         let w = strategy_for(&provider(
             json!({"name": "w", "auth_type": "query_param", "params": {"credential_schema": schema(), "param_name": "api_token"}}),
         ));
-        assert_eq!(w.config["param_name"], "api_token");
+        assert_eq!(wire(&w)["config"]["param_name"], "api_token");
+    }
+
+    #[test]
+    fn the_wire_form_round_trips_and_missing_settings_take_the_same_defaults() {
+        for auth_type in AuthType::ALL {
+            let mut body = json!({"name": "p", "auth_type": auth_type.as_str(), "params": {"credential_schema": schema(), "service": "s3", "region": "eu-west-1"}});
+            if auth_type == AuthType::Oauth2 {
+                body = json!({"name": "p", "auth_type": "oauth2", "client_id": "c", "client_secret": "s", "auth_url": "https://a.example/auth", "token_url": "https://a.example/token"});
+            }
+            let s = strategy_for(&provider(body));
+            let back: Strategy = serde_json::from_value(wire(&s)).unwrap();
+            assert_eq!(back, s);
+        }
+        let bare: Strategy = serde_json::from_value(json!({"type": "hmac_payload"})).unwrap();
+        assert_eq!(bare, Strategy::HmacPayload(HmacConfig::default()));
+        let partial: Strategy =
+            serde_json::from_value(json!({"type": "query_param", "config": {"param_name": "k"}})).unwrap();
+        assert_eq!(
+            partial,
+            Strategy::QueryParam(QueryParamConfig { param_name: "k".into(), credential_field: "api_key".into() })
+        );
+        for bad in [
+            json!({"type": "hmac_payload", "config": {"algo": "md5"}}),
+            json!({"type": "header", "config": {"header_name": 7}}),
+            json!({"type": "carrier_pigeon"}),
+        ] {
+            assert!(serde_json::from_value::<Strategy>(bad.clone()).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -201,9 +419,9 @@ mod tests {
         let s = strategy_for(&provider(
             json!({"name": "b", "auth_type": "basic_auth", "params": {"credential_schema": schema()}}),
         ));
-        let ok = obj(json!({"username": "u", "password": "p"}));
+        let ok: Map<String, Value> = serde_json::from_value(json!({"username": "u", "password": "p"})).unwrap();
         assert!(check_credentials(&s, &ok).is_ok());
-        let err = check_credentials(&s, &obj(json!({"username": "u"}))).unwrap_err();
-        assert!(err.contains("credentials.password"), "{err}");
+        let err = check_credentials(&s, &serde_json::from_value(json!({"username": "u"})).unwrap()).unwrap_err();
+        assert!(err.contains("credentials.password") && err.contains("basic_auth strategy"), "{err}");
     }
 }

@@ -3,33 +3,19 @@
 //! `X-API-Key` and identified by the CLI's own `User-Agent`, which the server
 //! writes into every audit row.
 
-use nexus_core::{ProviderConfig, SecretString};
+use nexus_core::SecretString;
 use reqwest::header::{HeaderMap, HeaderValue, USER_AGENT};
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 use serde_json::Value;
 use std::time::Duration;
 
-/// A provider as `GET /v1/providers` shows it: the normalized configuration,
-/// and the secret only as a salted fingerprint.
-#[derive(Debug, Clone, Deserialize)]
-pub struct RemoteProvider {
-    pub id: String,
-    #[serde(flatten)]
-    pub config: ProviderConfig,
-    #[serde(default)]
-    pub client_secret_set: bool,
-    /// `sha256:` + 16 hex digits (see [`nexus_core::secret::fingerprint`]).
-    #[serde(default)]
-    pub client_secret_fingerprint: Option<String>,
-}
+/// A provider as `GET /v1/providers` shows it (the shared wire type): the
+/// normalized configuration, and the secret only as a salted fingerprint.
+pub type RemoteProvider = nexus_core::wire::ProviderView;
 
 /// The answer of `DELETE /v1/providers/{id}`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Deleted {
-    #[serde(default)]
-    pub orphaned_connections: i64,
-}
+pub type Deleted = nexus_core::wire::DeletedProvider;
 
 /// Why a call to the Gateway failed. Messages never contain the API key or a
 /// request body.

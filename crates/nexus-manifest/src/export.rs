@@ -222,6 +222,9 @@ mod tests {
             client_secret_set: secret.is_some(),
             client_secret_fingerprint: secret.map(|s| fingerprint(config.name.as_str(), s)),
             config,
+            discovery: None,
+            created_at: String::new(),
+            updated_at: String::new(),
         }
     }
 

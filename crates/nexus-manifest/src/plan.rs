@@ -308,6 +308,9 @@ providers:
                 config: p.config.clone(),
                 client_secret_set: p.client_secret.is_some(),
                 client_secret_fingerprint: p.secret_fingerprint(),
+                discovery: None,
+                created_at: String::new(),
+                updated_at: String::new(),
             })
             .collect()
     }

@@ -127,12 +127,18 @@ mod tests {
                 config: gh,
                 client_secret_set: true,
                 client_secret_fingerprint: Some(fingerprint("gh", "old")),
+                discovery: None,
+                created_at: String::new(),
+                updated_at: String::new(),
             },
             RemoteProvider {
                 id: "2".into(),
                 config: orphan,
                 client_secret_set: false,
                 client_secret_fingerprint: None,
+                discovery: None,
+                created_at: String::new(),
+                updated_at: String::new(),
             },
         ];
         Plan::compute(&m, &server, false)

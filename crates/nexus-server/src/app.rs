@@ -182,9 +182,8 @@ impl Application {
         // After an upgrade the chain ends in unkeyed rows: sign after them.
         let signed = store
             .sign_unkeyed_tail(nexus_store::NewAudit {
-                event_type: nexus_core::AuditEvent::AuditSigningStarted.as_str(),
                 data: serde_json::json!({ "key_id": config.audit_keys.signing_key_id() }),
-                ..nexus_store::NewAudit::default()
+                ..nexus_store::NewAudit::new(nexus_core::AuditEvent::AuditSigningStarted)
             })
             .await?;
         if signed {

@@ -3,35 +3,25 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+pub use nexus_core::wire::{ErrorBody, ErrorCode};
 use nexus_core::ValidationErrors;
 use nexus_store::StoreError;
-use serde::Serialize;
 use serde_json::Value;
 
-/// An API error. `message` is a sentence for humans and never holds a secret.
+/// An API error: a condition ([`ErrorCode`]), a sentence for humans that
+/// never holds a secret, and optional structure. Services build these
+/// without choosing a status; [`ApiError::status`] is the one place a
+/// condition becomes one.
 #[derive(Debug, Clone)]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
-    pub details: Option<Value>,
-}
-
-/// The wire shape of every error (also documented in the OpenAPI document).
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    /// Stable snake_case identifier, e.g. `invalid_input`, `not_found`.
-    pub code: String,
-    /// A human-readable sentence.
-    pub message: String,
-    /// Extra structure, e.g. `{"fields": [{"field": "name", "message": "..."}]}`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub details: Option<Value>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), details: None }
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError { code, message: message.into(), details: None }
     }
 
     pub fn with_details(mut self, details: Value) -> ApiError {
@@ -39,49 +29,59 @@ impl ApiError {
         self
     }
 
+    /// The status of this condition (SPEC section 9), the same wherever it arises.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
     pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_input", message)
+        ApiError::new(ErrorCode::InvalidInput, message)
     }
 
     pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+        ApiError::new(ErrorCode::NotFound, message)
     }
 
     pub fn conflict(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::CONFLICT, "conflict", message)
+        ApiError::new(ErrorCode::Conflict, message)
     }
 
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        ApiError::new(ErrorCode::Unauthorized, message)
     }
 
     pub fn forbidden(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+        ApiError::new(ErrorCode::Forbidden, message)
     }
 
     pub fn internal() -> ApiError {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "an internal error occurred; see the server log",
-        )
+        ApiError::new(ErrorCode::InternalError, "an internal error occurred; see the server log")
     }
 
     pub fn unavailable(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        ApiError::new(ErrorCode::Unavailable, message)
+    }
+
+    /// A connection whose provider was deleted (`410`).
+    pub fn provider_deleted() -> ApiError {
+        ApiError::new(
+            ErrorCode::ProviderDeleted,
+            "the connection's provider was deleted; re-create the provider and connect again",
+        )
     }
 
     pub fn body(&self) -> ErrorBody {
-        ErrorBody { code: self.code.to_owned(), message: self.message.clone(), details: self.details.clone() }
+        ErrorBody { code: self.code, message: self.message.clone(), details: self.details.clone() }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::warn!(code = self.code, message = %self.message, "request failed");
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(code = %self.code, message = %self.message, "request failed");
         }
-        (self.status, axum::Json(self.body())).into_response()
+        (status, axum::Json(self.body())).into_response()
     }
 }
 
@@ -99,12 +99,15 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
             StoreError::Conflict(message) => ApiError::conflict(message),
+            StoreError::NameTaken(name) => {
+                ApiError::new(ErrorCode::NameTaken, format!("name: a provider named '{name}' already exists"))
+                    .with_details(serde_json::json!({ "fields": [{"field": "name", "message": "is taken"}] }))
+            }
             StoreError::NotFound => ApiError::not_found("not found"),
             e if e.is_unavailable() => {
                 tracing::warn!(error = %e, "the database is unavailable");
                 ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "storage_unavailable",
+                    ErrorCode::StorageUnavailable,
                     "the database is unavailable right now; nothing was changed; retry shortly",
                 )
             }
@@ -114,23 +117,5 @@ impl From<StoreError> for ApiError {
                 ApiError::internal()
             }
         }
-    }
-}
-
-/// The `code` used for a bare status produced outside our handlers.
-pub fn code_for_status(status: StatusCode) -> (&'static str, &'static str) {
-    match status {
-        StatusCode::BAD_REQUEST => ("invalid_input", "the request is malformed"),
-        StatusCode::UNAUTHORIZED => ("unauthorized", "a valid X-API-Key header is required"),
-        StatusCode::FORBIDDEN => ("forbidden", "this caller may not use this endpoint"),
-        StatusCode::NOT_FOUND => ("not_found", "no such endpoint"),
-        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "this endpoint does not accept that method"),
-        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is larger than the server accepts"),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-            ("unsupported_media_type", "send the body as Content-Type: application/json")
-        }
-        StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long"),
-        s if s.is_client_error() => ("bad_request", "the request was refused"),
-        _ => ("internal_error", "an internal error occurred; see the server log"),
     }
 }

@@ -6,6 +6,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
+use nexus_core::wire::ErrorCode;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -32,22 +33,21 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             .unwrap_or(false);
         if !is_json {
             return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 "send the body as JSON with Content-Type: application/json",
             ));
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             let status = rejection.status();
             if status == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(status, "payload_too_large", "the request body is larger than the server accepts")
+                ApiError::new(ErrorCode::PayloadTooLarge, "the request body is larger than the server accepts")
             } else {
                 ApiError::bad_request(format!("could not read the request body: {rejection}"))
             }
         })?;
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
             let why = nexus_core::redact::serde_message(&e);
-            ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {why}"))
+            ApiError::new(ErrorCode::MalformedJson, format!("the body is not valid JSON: {why}"))
         })?;
         check_value(&value, 0)?;
         Ok(JsonBody(value))

@@ -154,8 +154,7 @@ impl AppState {
         match self.audit_tx.send_timeout(AuditMsg::Entry(Box::new(entry)), AUDIT_QUEUE_WAIT).await {
             Ok(()) => Ok(()),
             Err(_) => Err(ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "storage_unavailable",
+                crate::error::ErrorCode::StorageUnavailable,
                 "the audit log cannot be written right now; retry shortly",
             )),
         }
@@ -166,8 +165,7 @@ impl AppState {
     pub async fn flush_audit_for_request(&self) -> Result<(), ApiError> {
         tokio::time::timeout(AUDIT_QUEUE_WAIT, self.flush_audit()).await.map_err(|_| {
             ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "storage_unavailable",
+                crate::error::ErrorCode::StorageUnavailable,
                 "the audit log cannot be read right now; retry shortly",
             )
         })
@@ -244,7 +242,7 @@ async fn audit_writer(store: Store, mut rx: mpsc::Receiver<AuditMsg>, give_up: A
                     for row in &batch {
                         tracing::error!(
                             id = row.id.as_deref(),
-                            event_type = row.event_type,
+                            event_type = row.event_type.as_str(),
                             at = row.at,
                             ip = row.ip.as_deref(),
                             provider_id = row.provider_id.as_deref(),
@@ -280,12 +278,12 @@ async fn audit_writer(store: Store, mut rx: mpsc::Receiver<AuditMsg>, give_up: A
 fn coalesce(batch: Vec<NewAudit>) -> Vec<NewAudit> {
     let mut out: Vec<NewAudit> = Vec::with_capacity(batch.len());
     /// Event, connection, caller IP, user agent, API key, and the rejection's data.
-    type Key = (&'static str, Option<String>, Option<String>, Option<String>, Option<String>, String);
+    type Key = (nexus_core::AuditEvent, Option<String>, Option<String>, Option<String>, Option<String>, String);
     let mut index: std::collections::HashMap<Key, usize> = std::collections::HashMap::new();
     for entry in batch {
-        let merged = if entry.event_type == nexus_core::AuditEvent::TokenRetrieved.as_str() {
+        let merged = if entry.event_type == nexus_core::AuditEvent::TokenRetrieved {
             String::new()
-        } else if entry.event_type == nexus_core::AuditEvent::AuthRejected.as_str() {
+        } else if entry.event_type == nexus_core::AuditEvent::AuthRejected {
             entry.data.to_string()
         } else {
             out.push(entry);
@@ -324,10 +322,9 @@ mod tests {
 
     fn retrieved(conn: &str) -> NewAudit {
         NewAudit {
-            event_type: "token.retrieved",
             connection_id: Some(conn.into()),
             data: serde_json::json!({}),
-            ..NewAudit::default()
+            ..NewAudit::new(nexus_core::AuditEvent::TokenRetrieved)
         }
     }
 
@@ -336,22 +333,21 @@ mod tests {
         let batch = vec![
             retrieved("a"),
             retrieved("b"),
-            NewAudit { event_type: "provider.updated", ..NewAudit::default() },
+            NewAudit::new(nexus_core::AuditEvent::ProviderUpdated),
             retrieved("a"),
         ];
         let out = coalesce(batch);
         assert_eq!(out.len(), 3);
         assert_eq!(out[0].data["count"], 2);
         assert_eq!(out[1].data["count"], 1);
-        assert_eq!(out[2].event_type, "provider.updated");
+        assert_eq!(out[2].event_type, nexus_core::AuditEvent::ProviderUpdated);
     }
 
     fn rejected(ip: &str, reason: &str) -> NewAudit {
         NewAudit {
-            event_type: "auth.rejected",
             ip: Some(ip.into()),
             data: serde_json::json!({ "reason": reason, "method": "GET", "path": "/v1/providers" }),
-            ..NewAudit::default()
+            ..NewAudit::new(nexus_core::AuditEvent::AuthRejected)
         }
     }
 
@@ -370,7 +366,14 @@ mod tests {
         let out = coalesce(batch);
         let summary: Vec<_> = out
             .iter()
-            .map(|e| (e.event_type, e.ip.as_deref().unwrap(), e.data.get("reason").cloned(), e.data["count"].clone()))
+            .map(|e| {
+                (
+                    e.event_type.as_str(),
+                    e.ip.as_deref().unwrap(),
+                    e.data.get("reason").cloned(),
+                    e.data["count"].clone(),
+                )
+            })
             .collect();
         use serde_json::json;
         assert_eq!(

@@ -19,6 +19,7 @@
 //! insist the chain still reaches it ([`ExpectedHead`]).
 
 use crate::{get, now_micros, Backend, Store, StoreError, WriteTx};
+use nexus_core::AuditEvent;
 use nexus_vault::AuditKeys;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -28,9 +29,9 @@ use sqlx::any::AnyRow;
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// An event to record. `data` must never hold a secret value.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NewAudit {
-    pub event_type: &'static str,
+    pub event_type: AuditEvent,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
     pub provider_id: Option<String>,
@@ -45,6 +46,24 @@ pub struct NewAudit {
     /// The API key that caused the event (`None`: no key, e.g. the
     /// refresher or a browser's callback).
     pub api_key: Option<ApiKeyRef>,
+}
+
+impl NewAudit {
+    /// An event with no details; set the other fields with `..NewAudit::new(event)`.
+    pub fn new(event_type: AuditEvent) -> NewAudit {
+        NewAudit {
+            event_type,
+            ip: None,
+            user_agent: None,
+            provider_id: None,
+            connection_id: None,
+            workspace_id: None,
+            data: Value::Object(Default::default()),
+            at: None,
+            id: None,
+            api_key: None,
+        }
+    }
 }
 
 /// An API key as audit rows name it: its id and name (never the secret).
@@ -227,7 +246,7 @@ async fn insert_after(
         seq: prev_seq + 1,
         id: audit.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
         at: audit.at.unwrap_or_else(now_micros),
-        event_type: audit.event_type.to_owned(),
+        event_type: audit.event_type.as_str().to_owned(),
         ip: audit.ip,
         user_agent: audit.user_agent.map(|ua| ua.chars().take(512).collect()),
         provider_id: audit.provider_id,

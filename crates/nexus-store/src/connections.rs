@@ -7,6 +7,7 @@
 use crate::audit::{append_in_tx, NewAudit};
 use crate::invalidation::{notify_in_tx, Invalidation};
 use crate::{get, now_micros, Store, StoreError};
+use nexus_core::{AuthType, ConnectionStatus};
 use sqlx::any::AnyRow;
 
 /// The assignments that forget a handshake: its state, expiry, PKCE verifier
@@ -18,14 +19,14 @@ macro_rules! clear_handshake {
 }
 
 /// One stored connection. `*_enc` fields are vault envelopes.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ConnectionRow {
     pub id: String,
     pub provider_id: String,
     pub provider_name: String,
-    pub auth_type: String,
+    pub auth_type: AuthType,
     pub workspace_id: String,
-    pub status: String,
+    pub status: ConnectionStatus,
     pub scopes: Vec<String>,
     pub return_url: String,
     pub metadata: Option<serde_json::Value>,
@@ -48,12 +49,43 @@ pub struct ConnectionRow {
     pub updated_at: i64,
 }
 
+impl ConnectionRow {
+    /// A pending connection with nothing stored yet; set the rest with
+    /// `..ConnectionRow::pending(…)`.
+    pub fn pending(id: String, provider_id: String, provider_name: String, auth_type: AuthType) -> ConnectionRow {
+        ConnectionRow {
+            id,
+            provider_id,
+            provider_name,
+            auth_type,
+            workspace_id: String::new(),
+            status: ConnectionStatus::Pending,
+            scopes: Vec::new(),
+            return_url: String::new(),
+            metadata: None,
+            state_nonce: None,
+            handshake_expires_at: None,
+            pkce_verifier_enc: None,
+            oidc_nonce: None,
+            credentials_enc: None,
+            refresh_token_enc: None,
+            expires_at: None,
+            last_error: None,
+            next_refresh_at: None,
+            refresh_failures: 0,
+            last_refreshed_at: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+}
+
 /// Filters of `GET /v1/connections`.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionFilter {
     pub workspace_id: Option<String>,
     pub provider_id: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<ConnectionStatus>,
     pub limit: i64,
 }
 
@@ -87,14 +119,18 @@ pub(crate) const COLUMNS: &str =
 
 pub(crate) fn from_row(row: &AnyRow) -> Result<ConnectionRow, StoreError> {
     let scopes: String = get(row, "scopes")?;
+    let auth_type: String = get(row, "auth_type")?;
+    let status: String = get(row, "status")?;
     let metadata: Option<String> = get(row, "metadata")?;
     Ok(ConnectionRow {
         id: get(row, "id")?,
         provider_id: get(row, "provider_id")?,
         provider_name: get(row, "provider_name")?,
-        auth_type: get(row, "auth_type")?,
+        auth_type: AuthType::parse(&auth_type)
+            .ok_or_else(|| StoreError::Corrupt(format!("connection auth_type '{auth_type}'")))?,
         workspace_id: get(row, "workspace_id")?,
-        status: get(row, "status")?,
+        status: ConnectionStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("connection status '{status}'")))?,
         scopes: serde_json::from_str(&scopes).map_err(|e| StoreError::Corrupt(format!("connection scopes: {e}")))?,
         return_url: get(row, "return_url")?,
         metadata: metadata
@@ -131,9 +167,9 @@ impl Store {
         .bind(&row.id)
         .bind(&row.provider_id)
         .bind(&row.provider_name)
-        .bind(&row.auth_type)
+        .bind(row.auth_type.as_str())
         .bind(&row.workspace_id)
-        .bind(&row.status)
+        .bind(row.status.as_str())
         .bind(json(&row.scopes))
         .bind(&row.return_url)
         .bind(row.metadata.as_ref().map(json))
@@ -317,7 +353,7 @@ impl Store {
         let Some(row) = row.as_ref().map(from_row).transpose()? else {
             return Err(StoreError::NotFound);
         };
-        if row.status == "revoked" {
+        if row.status == ConnectionStatus::Revoked {
             return Ok(None);
         }
         sqlx::query(concat!(
@@ -340,7 +376,8 @@ impl Store {
     pub async fn list_connections(&self, f: &ConnectionFilter) -> Result<Vec<ConnectionRow>, StoreError> {
         let mut sql = format!("SELECT {COLUMNS} FROM connections WHERE 1 = 1");
         let mut binds: Vec<&str> = Vec::new();
-        for (col, v) in [("workspace_id", &f.workspace_id), ("provider_id", &f.provider_id), ("status", &f.status)] {
+        let status = f.status.map(|s| s.as_str().to_owned());
+        for (col, v) in [("workspace_id", &f.workspace_id), ("provider_id", &f.provider_id), ("status", &status)] {
             if let Some(v) = v {
                 binds.push(v);
                 sql.push_str(&format!(" AND {col} = ${}", binds.len()));

@@ -33,6 +33,9 @@ pub use refresh::{RefreshLock, RefreshOutcome};
 pub enum StoreError {
     #[error("{0}")]
     Conflict(String),
+    /// Another live provider has this name.
+    #[error("a provider named '{0}' already exists")]
+    NameTaken(String),
     #[error("not found")]
     NotFound,
     #[error("stored data is corrupt: {0}")]
@@ -249,10 +252,10 @@ where
     row.try_get(col).map_err(StoreError::from)
 }
 
-/// Maps a unique-constraint violation to `Conflict(message)`.
-pub(crate) fn conflict_on_unique(e: sqlx::Error, message: impl FnOnce() -> String) -> StoreError {
+/// Maps a unique-constraint violation on a provider's name to `NameTaken`.
+pub(crate) fn name_taken_on_unique(e: sqlx::Error, name: &str) -> StoreError {
     match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(message()),
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::NameTaken(name.to_owned()),
         _ => StoreError::Database(e),
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::audit::{append_in_tx, NewAudit};
 use crate::invalidation::{notify_in_tx, Invalidation};
-use crate::{conflict_on_unique, get, now_micros, Store, StoreError};
+use crate::{get, name_taken_on_unique, now_micros, Store, StoreError};
 use nexus_core::provider::{Discovery, ProviderConfig};
 use nexus_core::AuthType;
 use sqlx::any::AnyRow;
@@ -69,7 +69,7 @@ impl Store {
         .bind(row.updated_at)
         .execute(&mut *w.tx)
         .await
-        .map_err(|e| conflict_on_unique(e, || format!("a provider named '{}' already exists", row.config.name)))?;
+        .map_err(|e| name_taken_on_unique(e, row.config.name.as_str()))?;
         append_in_tx(&mut w, audit).await?;
         w.commit().await
     }
@@ -101,7 +101,7 @@ impl Store {
         .bind(expected_updated_at)
         .execute(&mut *w.tx)
         .await
-        .map_err(|e| conflict_on_unique(e, || format!("a provider named '{}' already exists", row.config.name)))?;
+        .map_err(|e| name_taken_on_unique(e, row.config.name.as_str()))?;
         if done.rows_affected() == 0 {
             let exists = sqlx::query("SELECT 1 AS one FROM providers WHERE id = $1")
                 .bind(&row.id)

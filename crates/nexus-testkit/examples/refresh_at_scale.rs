@@ -145,20 +145,16 @@ async fn main() -> anyhow::Result<()> {
         let seal = |field: &str, value: &str| keyring.seal(&format!("connection:{id}:{field}"), value.as_bytes());
         let now = chrono::Utc::now().timestamp_micros();
         let row = ConnectionRow {
-            id: id.clone(),
-            provider_id: provider_ids[p].clone(),
-            provider_name: format!("p{p}"),
-            auth_type: "oauth2".into(),
             workspace_id: format!("w{n}"),
-            status: "active".into(),
+            status: nexus_core::ConnectionStatus::Active,
             return_url: "https://app.example.test/".into(),
             credentials_enc: Some(seal("credentials", r#"{"access_token":"at-0","token_type":"Bearer","scope":"x"}"#)),
             refresh_token_enc: Some(seal("refresh_token", &format!("rt-{n}"))),
             created_at: now,
             updated_at: now,
-            ..ConnectionRow::default()
+            ..ConnectionRow::pending(id.clone(), provider_ids[p].clone(), format!("p{p}"), nexus_core::AuthType::Oauth2)
         };
-        let audit = NewAudit { event_type: "connection.activated", data: json!({}), ..NewAudit::default() };
+        let audit = NewAudit { data: json!({}), ..NewAudit::new(nexus_core::AuditEvent::ConnectionActivated) };
         store.insert_connection(&row, audit).await?;
         ids_by_provider[p].push(id);
     }

@@ -61,12 +61,11 @@ async fn audit_rejection(
     reason: &str,
 ) -> Result<(), ApiError> {
     let entry = NewAudit {
-        event_type: AuditEvent::AuthRejected.as_str(),
         ip: Some(caller.ip_string()),
         user_agent: caller.user_agent.clone(),
         data: serde_json::json!({ "reason": reason, "method": target.0, "path": target.1 }),
         at: Some(chrono::Utc::now().timestamp_micros()),
-        ..NewAudit::default()
+        ..NewAudit::new(AuditEvent::AuthRejected)
     };
     // Through the batch writer: a scan of wrong keys costs no transaction
     // per request, and repeats merge into one row with a count.

@@ -8,9 +8,10 @@ use crate::error::ApiError;
 use crate::routes::proxy::PROXY_BODY_LIMIT;
 use crate::state::AppState;
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use nexus_core::wire::ErrorCode;
 
 /// The largest body the route of `path` accepts.
 pub fn limit_for(state: &AppState, path: &str) -> usize {
@@ -26,8 +27,7 @@ pub async fn refuse_declared_excess(State(state): State<AppState>, req: Request,
     let limit = limit_for(&state, req.uri().path());
     if declared.is_some_and(|n| n > limit as u64) {
         let mut refused = ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!("the request body is larger than this endpoint accepts ({limit} bytes)"),
         )
         .into_response();

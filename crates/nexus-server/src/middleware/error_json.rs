@@ -4,7 +4,7 @@
 //! HTML page for a browser, an upstream's answer relayed by the proxy) pass
 //! through untouched.
 
-use crate::error::{code_for_status, ErrorBody};
+use crate::error::{ErrorBody, ErrorCode};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
@@ -28,11 +28,11 @@ pub async fn json_errors(response: Response) -> Response {
     if is_json {
         return response;
     }
-    let (code, message) = code_for_status(status);
+    let (code, message) = ErrorCode::for_status(status.as_u16());
     let (mut parts, _) = response.into_parts();
     parts.headers.remove(header::CONTENT_TYPE);
     parts.headers.remove(header::CONTENT_LENGTH);
-    let body = ErrorBody { code: code.to_owned(), message: message.to_owned(), details: None };
+    let body = ErrorBody { code, message: message.to_owned(), details: None };
     let mut fresh = (status, axum::Json(body)).into_response();
     for (name, value) in parts.headers.iter() {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {

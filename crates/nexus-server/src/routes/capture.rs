@@ -74,7 +74,7 @@ pub async fn capture_page(
     };
     let schema = match capture::schema(&state, raw_state).await {
         Ok(s) => s,
-        Err(e) => return plain_page(e.status, "Credential capture", &escape(&e.message)),
+        Err(e) => return plain_page(e.status(), "Credential capture", &escape(&e.message)),
     };
     let properties = schema.credential_schema.get("properties").and_then(Value::as_object).cloned().unwrap_or_default();
     let required: Vec<&str> = schema
@@ -127,6 +127,6 @@ pub async fn capture_form(
     let body = serde_json::json!({ "state": raw_state, "credentials": credentials });
     match capture::submit(&state, &caller, body).await {
         Ok(c) => (StatusCode::SEE_OTHER, [(header::LOCATION, c.return_url)]).into_response(),
-        Err(e) => plain_page(e.status, "Credential capture failed", &escape(&e.message)),
+        Err(e) => plain_page(e.status(), "Credential capture failed", &escape(&e.message)),
     }
 }

@@ -9,7 +9,7 @@ use crate::services::connections::{audit, context, expire_if_stale};
 use crate::services::state_token::{self, StateProblem};
 use crate::services::strategy;
 use crate::state::AppState;
-use axum::http::StatusCode;
+use nexus_core::wire::ErrorCode;
 use nexus_core::AuditEvent;
 use nexus_store::{Activation, ConnectionRow, ProviderRow};
 use serde::Serialize;
@@ -41,14 +41,10 @@ fn now_secs() -> i64 {
 
 fn invalid_state(p: StateProblem) -> ApiError {
     match p {
-        StateProblem::Expired => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "state_expired",
-            "state: the capture link has expired; request a new connection",
-        ),
-        StateProblem::Invalid => {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_state", "state: not a valid capture state")
+        StateProblem::Expired => {
+            ApiError::new(ErrorCode::StateExpired, "state: the capture link has expired; request a new connection")
         }
+        StateProblem::Invalid => ApiError::new(ErrorCode::InvalidState, "state: not a valid capture state"),
     }
 }
 
@@ -62,15 +58,13 @@ async fn pending(state: &AppState, raw_state: &str) -> Result<(ConnectionRow, Pr
         .ok_or_else(|| invalid_state(StateProblem::Invalid))?;
     let row = expire_if_stale(state, row).await?;
     if row.state_nonce.as_deref() != Some(claims.nonce.as_str()) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "state_used",
-            "state: this capture was already completed or superseded",
-        ));
+        return Err(ApiError::new(ErrorCode::StateUsed, "state: this capture was already completed or superseded"));
     }
-    let provider = state.store.provider_by_id(&row.provider_id).await?.ok_or_else(|| {
-        ApiError::new(StatusCode::GONE, "provider_deleted", "the provider of this connection was deleted")
-    })?;
+    let provider = state
+        .store
+        .provider_by_id(&row.provider_id)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::ProviderDeleted, "the provider of this connection was deleted"))?;
     if !provider.config.auth_type.is_static() {
         return Err(ApiError::bad_request("state: this connection uses OAuth2, not credential capture"));
     }
@@ -187,11 +181,7 @@ pub async fn submit(state: &AppState, caller: &Caller, body: Value) -> Result<Ca
         .await;
     state.invalidate(nexus_store::Invalidation::Connection(row.id.clone()));
     if !stored? {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "state_used",
-            "state: this capture was already completed or has expired",
-        ));
+        return Err(ApiError::new(ErrorCode::StateUsed, "state: this capture was already completed or has expired"));
     }
     let mut return_url = url::Url::parse(&row.return_url).map_err(|_| ApiError::internal())?;
     return_url.query_pairs_mut().append_pair("connection_id", &row.id).append_pair("status", "success");
@@ -217,29 +207,20 @@ async fn verify_live(
     } else {
         format!("{}/{}", base.trim_end_matches('/'), endpoint.trim_start_matches('/'))
     };
-    nexus_core::url_policy::parse_outbound_url(&url).map_err(|e| {
-        ApiError::new(StatusCode::CONFLICT, "provider_misconfigured", format!("user_info_endpoint: {e}"))
-    })?;
+    nexus_core::url_policy::parse_outbound_url(&url)
+        .map_err(|e| ApiError::new(ErrorCode::ProviderMisconfigured, format!("user_info_endpoint: {e}")))?;
     let request = strategy::sign_request(state, provider, credentials, reqwest::Method::GET, &url, b"")
-        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "provider_misconfigured", e))?;
-    let unreachable = || {
-        ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "provider_unreachable",
-            "the provider could not be reached to verify the credentials",
-        )
-    };
+        .map_err(|e| ApiError::new(ErrorCode::ProviderMisconfigured, e))?;
+    let unreachable =
+        || ApiError::new(ErrorCode::ProviderUnreachable, "the provider could not be reached to verify the credentials");
     let response = tokio::time::timeout(Duration::from_secs(15), state.http.execute(request))
         .await
         .map_err(|_| unreachable())?
         .map_err(|_| unreachable())?;
     match response.status().as_u16() {
-        401 | 403 => {
-            Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_credentials", "the provider refused these credentials"))
-        }
+        401 | 403 => Err(ApiError::new(ErrorCode::InvalidCredentials, "the provider refused these credentials")),
         s if s >= 500 => Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "provider_error",
+            ErrorCode::ProviderError,
             format!("the provider answered {s} while verifying the credentials"),
         )),
         _ => Ok(()),

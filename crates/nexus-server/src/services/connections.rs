@@ -6,70 +6,14 @@ use crate::middleware::Caller;
 use crate::services::providers::{self, rfc3339};
 use crate::services::state_token::{self, StateClaims, StateProblem};
 use crate::state::AppState;
-use axum::http::StatusCode;
 use nexus_core::connection::{narrow_scopes, parse_return_url, PENDING_TTL_SECS};
-use nexus_core::redact::serde_message;
+use nexus_core::wire::ErrorCode;
+pub use nexus_core::wire::{ConnectionRequested, ConnectionView, RequestConnection};
 use nexus_core::{AuditEvent, AuthType, ConnectionStatus, SecretString};
 use nexus_oauth::{ClientAuth, ClientConfig};
 use nexus_store::{Activation, ConnectionFilter, ConnectionRow, Handshake, Invalidation, NewAudit, ProviderRow};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use utoipa::ToSchema;
-
-/// The body of `POST /v1/request-connection`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RequestConnection {
-    /// Whose connection this is (`user_id` is accepted as an alias).
-    #[serde(alias = "user_id")]
-    pub workspace_id: String,
-    pub provider_id: Option<String>,
-    pub provider_name: Option<String>,
-    /// A subset of the provider's scopes; default: all of them.
-    pub scopes: Option<Vec<String>>,
-    /// Where the user lands afterwards (`?connection_id=…&status=success|error`).
-    pub return_url: String,
-    #[schema(value_type = Option<Object>)]
-    pub metadata: Option<Value>,
-    /// Re-authorize this existing connection in place, keeping its id.
-    pub connection_id: Option<String>,
-}
-
-/// The answer of `POST /v1/request-connection`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ConnectionRequested {
-    pub connection_id: String,
-    pub auth_url: String,
-    /// The same URL under the reference gateway's name.
-    #[serde(rename = "authUrl")]
-    pub auth_url_alias: String,
-    pub state: String,
-    pub provider_id: String,
-    pub scopes: Vec<String>,
-    /// Unix seconds after which the pending connection expires.
-    pub expires_at: i64,
-}
-
-/// The answer of `GET /v1/check-connection/{id}` and the items of `GET /v1/connections`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ConnectionView {
-    pub connection_id: String,
-    pub status: String,
-    pub provider: String,
-    pub provider_id: String,
-    pub auth_type: String,
-    pub workspace_id: String,
-    pub scopes: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub metadata: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Unix seconds when the access token expires (oauth2), if known.
-    pub expires_at: Option<i64>,
-    pub created_at: String,
-    pub updated_at: String,
-}
 
 pub fn view(row: ConnectionRow) -> ConnectionView {
     ConnectionView {
@@ -94,7 +38,7 @@ pub(crate) fn context(connection_id: &str, field: &str) -> String {
 
 pub(crate) fn audit(caller: Option<&Caller>, event: AuditEvent, row: &ConnectionRow, data: Value) -> NewAudit {
     NewAudit {
-        event_type: event.as_str(),
+        event_type: event,
         ip: caller.map(Caller::ip_string),
         user_agent: caller.and_then(|c| c.user_agent.clone()),
         provider_id: Some(row.provider_id.clone()),
@@ -136,8 +80,7 @@ pub(crate) fn endpoints(provider: &ProviderRow) -> Result<Endpoints, ApiError> {
     };
     if auth_url.is_empty() || token_url.is_empty() {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "provider_misconfigured",
+            ErrorCode::ProviderMisconfigured,
             "the provider has no authorization or token endpoint",
         ));
     }
@@ -159,13 +102,7 @@ pub(crate) fn client_config(state: &AppState, provider: &ProviderRow) -> Result<
                 ApiError::internal()
             })?
         }
-        None => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "provider_misconfigured",
-                "the provider has no client secret",
-            ))
-        }
+        None => return Err(ApiError::new(ErrorCode::ProviderMisconfigured, "the provider has no client secret")),
     };
     Ok(ClientConfig {
         client_id: provider.config.client_id.clone().unwrap_or_default(),
@@ -191,8 +128,7 @@ fn param_map(provider: &ProviderRow, key: &str) -> Map<String, Value> {
 
 /// `POST /v1/request-connection`.
 pub async fn request(state: &AppState, caller: &Caller, body: Value) -> Result<ConnectionRequested, ApiError> {
-    let input: RequestConnection =
-        serde_json::from_value(body).map_err(|e| ApiError::bad_request(format!("body: {}", serde_message(&e))))?;
+    let input: RequestConnection = nexus_core::wire::from_body(body)?;
     let workspace_id = input.workspace_id.trim().to_owned();
     if workspace_id.is_empty() || workspace_id.len() > 256 {
         return Err(ApiError::bad_request("workspace_id: must be 1 to 256 characters"));
@@ -211,7 +147,7 @@ pub async fn request(state: &AppState, caller: &Caller, body: Value) -> Result<C
         }
     }
     let provider = providers::find(state, &provider_ref).await.map_err(|e| {
-        if e.status == StatusCode::NOT_FOUND {
+        if e.code == ErrorCode::NotFound {
             ApiError::not_found(format!(
                 "provider_id: no provider with id or name '{}'",
                 provider_ref.chars().take(80).collect::<String>()
@@ -270,7 +206,7 @@ pub async fn request(state: &AppState, caller: &Caller, body: Value) -> Result<C
                 nonce: oidc_nonce.as_deref(),
             },
         )
-        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "provider_misconfigured", e.to_string()))?;
+        .map_err(|e| ApiError::new(ErrorCode::ProviderMisconfigured, e.to_string()))?;
         let sealed = state.config.keyring.seal(&context(&connection_id, "pkce_verifier"), verifier.expose().as_bytes());
         (url.to_string(), Some(sealed), oidc_nonce)
     } else {
@@ -301,12 +237,7 @@ pub async fn request(state: &AppState, caller: &Caller, body: Value) -> Result<C
         None => {
             let now = now_micros();
             let row = ConnectionRow {
-                id: connection_id.clone(),
-                provider_id: provider.id.clone(),
-                provider_name: provider.config.name.to_string(),
-                auth_type: auth_type.as_str().to_owned(),
                 workspace_id,
-                status: ConnectionStatus::Pending.as_str().to_owned(),
                 scopes: handshake.scopes.clone(),
                 return_url: handshake.return_url.clone(),
                 metadata: handshake.metadata.clone(),
@@ -316,7 +247,12 @@ pub async fn request(state: &AppState, caller: &Caller, body: Value) -> Result<C
                 oidc_nonce: handshake.oidc_nonce.clone(),
                 created_at: now,
                 updated_at: now,
-                ..ConnectionRow::default()
+                ..ConnectionRow::pending(
+                    connection_id.clone(),
+                    provider.id.clone(),
+                    provider.config.name.to_string(),
+                    auth_type,
+                )
             };
             state
                 .store
@@ -445,7 +381,7 @@ async fn complete(state: &AppState, caller: &Caller, conn: &ConnectionRow, q: &C
     let Some(code) = q.code.as_deref().filter(|c| !c.is_empty() && c.len() <= 4096) else {
         return Err("missing_code".into());
     };
-    let cfg = client_config(state, &provider).map_err(|e| e.code.to_owned())?;
+    let cfg = client_config(state, &provider).map_err(|e| e.code.as_str().to_owned())?;
     let verifier = conn
         .pkce_verifier_enc
         .as_deref()
@@ -542,7 +478,7 @@ pub async fn check(state: &AppState, id: &str) -> Result<ConnectionView, ApiErro
 
 /// Moves a pending connection past its handshake expiry to `failed` (`expired`).
 pub(crate) async fn expire_if_stale(state: &AppState, row: ConnectionRow) -> Result<ConnectionRow, ApiError> {
-    if row.status == "pending" && row.handshake_expires_at.is_some_and(|t| t < now_micros()) {
+    if row.status == ConnectionStatus::Pending && row.handshake_expires_at.is_some_and(|t| t < now_micros()) {
         let a = audit(None, AuditEvent::ConnectionFailed, &row, json!({ "error": "expired" }));
         state.store.expire_pending(&row.id, a).await?;
         state.invalidate(Invalidation::Connection(row.id.clone()));
@@ -565,13 +501,13 @@ pub struct ListQuery {
 }
 
 pub async fn list(state: &AppState, q: ListQuery) -> Result<Vec<ConnectionView>, ApiError> {
-    if let Some(s) = &q.status {
-        if ConnectionStatus::parse(s).is_none() {
-            return Err(ApiError::bad_request(
-                "status: must be pending, active, failed, attention_required or revoked",
-            ));
-        }
-    }
+    // An empty value is no filter, as for every query parameter.
+    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(ConnectionStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request("status: must be pending, active, failed, attention_required or revoked")
+        })?),
+    };
     let provider_id = match q.provider.filter(|p| !p.is_empty()) {
         None => None,
         Some(p) => match state.store.provider_by_name(&p).await? {
@@ -584,7 +520,7 @@ pub async fn list(state: &AppState, q: ListQuery) -> Result<Vec<ConnectionView>,
         .list_connections(&ConnectionFilter {
             workspace_id: q.workspace_id.filter(|w| !w.is_empty()),
             provider_id,
-            status: q.status,
+            status,
             limit: q.limit.map(i64::from).unwrap_or(100).clamp(1, 1000),
         })
         .await?;

@@ -6,58 +6,15 @@ use crate::discovery::discover;
 use crate::error::ApiError;
 use crate::middleware::Caller;
 use crate::state::AppState;
-use axum::http::StatusCode;
 use nexus_core::merge::merge_patch;
 use nexus_core::provider::{Discovery, ProviderConfig, SecretChange};
 use nexus_core::secret::fingerprint;
+use nexus_core::wire::ErrorCode;
+pub use nexus_core::wire::{DeletedProvider as DeletedView, MetadataEntry, ProviderView};
 use nexus_core::{AuditEvent, AuthType, ProviderInput, SecretString};
 use nexus_store::providers::now;
 use nexus_store::{NewAudit, ProviderFilter, ProviderRow};
-use serde::Serialize;
 use serde_json::{json, Map, Value};
-use utoipa::ToSchema;
-
-/// A provider as the API shows it: its configuration, the discovered endpoints,
-/// and whether a client secret is stored — never the secret itself.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProviderView {
-    pub id: String,
-    #[serde(flatten)]
-    #[schema(value_type = Object)]
-    pub config: ProviderConfig,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub discovery: Option<Discovery>,
-    pub client_secret_set: bool,
-    /// `sha256:` + 16 hex digits; changes whenever the secret changes.
-    pub client_secret_fingerprint: Option<String>,
-    /// RFC 3339.
-    pub created_at: String,
-    /// RFC 3339.
-    pub updated_at: String,
-}
-
-/// The answer of `DELETE /v1/providers/{id}`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DeletedView {
-    pub id: String,
-    pub name: String,
-    pub deleted: bool,
-    /// Connections of this provider that were not revoked; their token
-    /// retrieval now fails with `410 provider_deleted`.
-    pub orphaned_connections: i64,
-}
-
-/// One entry of `GET /v1/providers/metadata`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct MetadataEntry {
-    pub id: String,
-    pub api_base_url: Option<String>,
-    pub user_info_endpoint: Option<String>,
-    pub scopes: Vec<String>,
-    pub description: Option<String>,
-    pub category: Option<String>,
-}
 
 pub fn rfc3339(micros: i64) -> String {
     chrono::DateTime::from_timestamp_micros(micros)
@@ -83,13 +40,12 @@ fn secret_context(id: &str) -> String {
 
 fn audit(caller: &Caller, event: AuditEvent, provider_id: &str, data: Value) -> NewAudit {
     NewAudit {
-        event_type: event.as_str(),
         ip: Some(caller.ip_string()),
         user_agent: caller.user_agent.clone(),
         provider_id: Some(provider_id.to_owned()),
         data,
         api_key: caller.api_key.clone(),
-        ..NewAudit::default()
+        ..NewAudit::new(event)
     }
 }
 
@@ -114,7 +70,7 @@ async fn discovery_for(state: &AppState, config: &ProviderConfig) -> Result<Opti
     }
     let issuer = config.issuer.as_deref().unwrap_or_default();
     discover(&state.http, issuer).await.map(Some).map_err(|reason| {
-        ApiError::new(StatusCode::BAD_REQUEST, "discovery_failed", format!("issuer: OIDC discovery failed: {reason}"))
+        ApiError::new(ErrorCode::DiscoveryFailed, format!("issuer: OIDC discovery failed: {reason}"))
             .with_details(json!({ "field": "issuer" }))
     })
 }
@@ -153,15 +109,14 @@ pub async fn create(state: &AppState, caller: &Caller, body: Value) -> Result<Pr
 }
 
 fn name_taken(name: &str) -> ApiError {
-    ApiError::new(StatusCode::CONFLICT, "name_taken", format!("name: a provider named '{name}' already exists"))
+    ApiError::new(ErrorCode::NameTaken, format!("name: a provider named '{name}' already exists"))
         .with_details(json!({ "field": "name" }))
 }
 
 fn name_conflict(e: nexus_store::StoreError) -> ApiError {
     match e {
         nexus_store::StoreError::Conflict(m) if m.contains("already exists") => {
-            ApiError::new(StatusCode::CONFLICT, "name_taken", format!("name: {m}"))
-                .with_details(json!({ "field": "name" }))
+            ApiError::new(ErrorCode::NameTaken, format!("name: {m}")).with_details(json!({ "field": "name" }))
         }
         other => other.into(),
     }
@@ -346,6 +301,8 @@ pub async fn metadata(state: &AppState) -> Result<Map<String, Value>, ApiError> 
     for row in rows {
         let entry = MetadataEntry {
             id: row.id,
+            name: row.config.name.to_string(),
+            display_name: row.config.display_name().to_owned(),
             api_base_url: row.config.api_base_url,
             user_info_endpoint: row.config.user_info_endpoint,
             scopes: row.config.scopes,

@@ -13,6 +13,8 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use nexus_bridge::forward::ProviderError;
 use nexus_bridge::{Forward, TokenAnswer};
+use nexus_core::wire::ErrorCode;
+use nexus_core::AuthType;
 use std::sync::Arc;
 
 /// The agent's request, as received (`path` still percent-encoded).
@@ -33,30 +35,22 @@ pub async fn forward(
 ) -> Result<Response, ApiError> {
     let cached = tokens::answer(state, caller, id).await?;
     let answer = cached.answer().ok_or_else(ApiError::internal)?;
-    let misconfigured =
-        |m: &str| ApiError::new(StatusCode::CONFLICT, "provider_misconfigured", format!("api_base_url: {m}"));
+    let misconfigured = |m: &str| ApiError::new(ErrorCode::ProviderMisconfigured, format!("api_base_url: {m}"));
     let base = match answer.base() {
         Some(Ok(base)) => base,
         Some(Err(m)) => return Err(misconfigured(m)),
-        None => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "no_api_base_url",
-                "the provider has no api_base_url to proxy to",
-            ))
-        }
+        None => return Err(ApiError::new(ErrorCode::NoApiBaseUrl, "the provider has no api_base_url to proxy to")),
     };
     // The target's scheme, host and port are the base's, so the base is what the policy checks.
     cached.base_allowed().map_err(misconfigured)?;
     let Incoming { path, method, query, headers, body } = incoming;
     let fwd = Forward::to(base, path, query, method, headers, body).map_err(ApiError::bad_request)?;
-    let sign = |answer: &TokenAnswer| {
-        fwd.signed(answer).map_err(|e| ApiError::new(StatusCode::CONFLICT, "cannot_sign", e.to_string()))
-    };
+    let sign =
+        |answer: &TokenAnswer| fwd.signed(answer).map_err(|e| ApiError::new(ErrorCode::CannotSign, e.to_string()));
     // Provider connections are pooled per connection id (see `ProviderClient`).
     let pool = answer.connection_id();
     let mut resp = send(state, pool, sign(&answer)?).await?;
-    if resp.status() == StatusCode::UNAUTHORIZED && answer.auth_type() == "oauth2" {
+    if resp.status() == StatusCode::UNAUTHORIZED && answer.auth_type() == AuthType::Oauth2 {
         let renewed = parse(&tokens::refresh_rejected(state, caller, id, answer.expires_at()).await?)?;
         resp = send(state, pool, sign(&renewed)?).await?;
     }
@@ -76,11 +70,9 @@ async fn send(
     req: http::Request<Bytes>,
 ) -> Result<http::Response<nexus_bridge::forward::Incoming>, ApiError> {
     state.providers.send(connection_id, req).await.map_err(|e| match e {
-        ProviderError::Timeout => {
-            ApiError::new(StatusCode::GATEWAY_TIMEOUT, "provider_timeout", "the provider did not answer in time")
-        }
+        ProviderError::Timeout => ApiError::new(ErrorCode::ProviderTimeout, "the provider did not answer in time"),
         ProviderError::Unreachable => {
-            ApiError::new(StatusCode::BAD_GATEWAY, "provider_unreachable", "the provider could not be reached")
+            ApiError::new(ErrorCode::ProviderUnreachable, "the provider could not be reached")
         }
     })
 }

@@ -13,8 +13,10 @@ use crate::error::ApiError;
 use crate::middleware::Caller;
 use crate::services::connections::{audit, client_config, context};
 use crate::state::AppState;
-use axum::http::StatusCode;
+use nexus_core::wire::ErrorCode;
 use nexus_core::AuditEvent;
+use nexus_core::AuthType;
+use nexus_core::ConnectionStatus;
 use nexus_oauth::OAuthError;
 use nexus_store::{ConnectionRow, Invalidation, RefreshOutcome};
 use serde_json::{json, Map, Value};
@@ -138,7 +140,7 @@ async fn refresh_now(state: &AppState, caller: Option<&Caller>, id: &str, reason
     let _local = local.lock().await;
     let lock = state.store.lock_for_refresh(id).await?.ok_or_else(|| ApiError::not_found("no such connection"))?;
     let row = lock.row().clone();
-    if row.status != "active" || row.auth_type != "oauth2" || row.refresh_token_enc.is_none() {
+    if row.status != ConnectionStatus::Active || row.auth_type != AuthType::Oauth2 || row.refresh_token_enc.is_none() {
         lock.release().await;
         return Ok(Refresh::NotRefreshable);
     }
@@ -150,11 +152,7 @@ async fn refresh_now(state: &AppState, caller: Option<&Caller>, id: &str, reason
         Ok(Some(p)) => p,
         Ok(None) => {
             lock.release().await;
-            return Err(ApiError::new(
-                StatusCode::GONE,
-                "provider_deleted",
-                "the provider of this connection was deleted",
-            ));
+            return Err(ApiError::new(ErrorCode::ProviderDeleted, "the provider of this connection was deleted"));
         }
         Err(e) => {
             lock.release().await;

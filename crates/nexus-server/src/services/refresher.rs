@@ -204,7 +204,7 @@ impl Scheduler {
                 Ok(Refresh::Refreshed | Refresh::Refused(_)) => Some(true),
                 Ok(Refresh::NotNeeded | Refresh::NotRefreshable) => None,
                 Err(e) => {
-                    tracing::warn!(connection = %id, code = e.code, "background refresh failed");
+                    tracing::warn!(connection = %id, code = %e.code, "background refresh failed");
                     None
                 }
             };

@@ -9,54 +9,16 @@ use crate::services::strategy;
 use crate::services::token_cache::Cached;
 use crate::state::AppState;
 use axum::body::Bytes;
-use axum::http::StatusCode;
-use nexus_core::strategy::Strategy;
+use nexus_core::wire::ErrorCode;
 use nexus_core::AuditEvent;
+use nexus_core::ConnectionStatus;
 use nexus_store::NewAudit;
-use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
-use utoipa::ToSchema;
 
-/// The answer of `GET /v1/token/{connection_id}`. `Debug` names the
-/// credential fields, never their values.
-#[derive(Serialize, ToSchema)]
-pub struct TokenView {
-    pub connection_id: String,
-    pub provider: String,
-    pub auth_type: String,
-    #[schema(value_type = Object)]
-    pub strategy: Strategy,
-    /// oauth2: access_token, token_type, expires_at, scope, id_token? and the
-    /// provider's extras; static types: the captured fields.
-    #[schema(value_type = Object)]
-    pub credentials: Map<String, Value>,
-    /// Unix seconds, or null when the credentials do not expire.
-    pub expires_at: Option<i64>,
-    /// The provider's API root, where proxies send signed requests.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub api_base_url: Option<String>,
-    /// Seconds a proxy or the Bridge may reuse this answer (`TOKEN_MAX_AGE`,
-    /// never beyond `expires_at`); changes arrive sooner through
-    /// `GET /v1/invalidations`.
-    pub max_age: i64,
-}
-
-impl std::fmt::Debug for TokenView {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenView")
-            .field("connection_id", &self.connection_id)
-            .field("provider", &self.provider)
-            .field("auth_type", &self.auth_type)
-            .field("strategy", &self.strategy)
-            .field("credentials", &self.credentials.keys().map(|k| (k, "[redacted]")).collect::<Vec<_>>())
-            .field("expires_at", &self.expires_at)
-            .field("api_base_url", &self.api_base_url)
-            .field("max_age", &self.max_age)
-            .finish()
-    }
-}
+/// The answer of `GET /v1/token/{connection_id}` (the shared wire type).
+pub use nexus_core::wire::TokenAnswer as TokenView;
 
 /// `POST /v1/refresh/{id}`: refresh now (coalesced with one completed in the
 /// last few seconds), then answer like `GET /v1/token`.
@@ -81,8 +43,7 @@ async fn refresh_then_answer(state: &AppState, caller: &Caller, id: &str, reason
         // SPEC 5b: a provider away while Nexus needs a token from it is 503
         // everywhere (v1 answered a forced refresh with 502).
         return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "provider_unavailable",
+            ErrorCode::ProviderUnavailable,
             "the provider could not be reached to refresh the token",
         )
         .with_details(json!({ "error": code })));
@@ -101,7 +62,6 @@ pub async fn answer(state: &AppState, caller: &Caller, id: &str) -> Result<Arc<C
     if let Some(hit) = state.token_cache.get(id) {
         state
             .audit_batched(NewAudit {
-                event_type: AuditEvent::TokenRetrieved.as_str(),
                 ip: Some(caller.ip_string()),
                 user_agent: caller.user_agent.clone(),
                 provider_id: Some(hit.provider_id.clone()),
@@ -110,7 +70,7 @@ pub async fn answer(state: &AppState, caller: &Caller, id: &str) -> Result<Arc<C
                 data: json!({}),
                 at: Some(chrono::Utc::now().timestamp_micros()),
                 api_key: caller.api_key.clone(),
-                ..NewAudit::default()
+                ..NewAudit::new(AuditEvent::TokenRetrieved)
             })
             .await?;
         return Ok(hit);
@@ -132,14 +92,18 @@ async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<(TokenView,
     let mut row = expire_if_stale(state, row).await?;
     let window = state.config.refresh_window_secs;
     let now = chrono::Utc::now().timestamp();
-    if row.status == "active" && row.refresh_token_enc.is_some() && row.expires_at.is_some_and(|e| e - now <= window) {
+    if row.status == ConnectionStatus::Active
+        && row.refresh_token_enc.is_some()
+        && row.expires_at.is_some_and(|e| e - now <= window)
+    {
         let outcome = refresh(state, Some(caller), &row.id, Reason::OnDemand(row.expires_at)).await?;
         row = state.store.connection_by_id(id).await?.ok_or_else(|| ApiError::not_found("no such connection"))?;
         if let Refresh::ProviderDown(code) = outcome {
-            if row.status == "active" && row.expires_at.is_some_and(|e| e <= chrono::Utc::now().timestamp()) {
+            if row.status == ConnectionStatus::Active
+                && row.expires_at.is_some_and(|e| e <= chrono::Utc::now().timestamp())
+            {
                 return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "provider_unavailable",
+                    ErrorCode::ProviderUnavailable,
                     "the access token expired and the provider could not be reached to refresh it; retry shortly",
                 )
                 .with_details(json!({ "error": code })));
@@ -148,26 +112,19 @@ async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<(TokenView,
     }
     let provider = state.store.provider_by_id(&row.provider_id).await?.ok_or_else(|| {
         ApiError::new(
-            StatusCode::GONE,
-            "provider_deleted",
+            ErrorCode::ProviderDeleted,
             "the provider of this connection was deleted; its credentials are unusable",
         )
     })?;
     match row.status.as_str() {
         "active" => {}
         "attention_required" => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "attention_required",
-                "the provider refused the refresh token; the user must authorize again: call POST /v1/request-connection with this connection_id",
+            return Err(ApiError::new(ErrorCode::AttentionRequired, "the provider refused the refresh token; the user must authorize again: call POST /v1/request-connection with this connection_id",
             )
             .with_details(json!({ "status": row.status })))
         }
         other => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "connection_not_active",
-                format!("the connection is {other}"),
+            return Err(ApiError::new(ErrorCode::ConnectionNotActive, format!("the connection is {other}"),
             )
             .with_details(json!({ "status": other })))
         }
@@ -189,10 +146,10 @@ async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<(TokenView,
         None => state.config.token_max_age_secs,
     };
     let view = TokenView {
-        max_age,
+        max_age: Some(max_age as u64),
         connection_id: row.id,
         provider: provider.config.name.to_string(),
-        auth_type: provider.config.auth_type.as_str().to_owned(),
+        auth_type: provider.config.auth_type,
         strategy: strategy::for_provider(&provider),
         credentials,
         expires_at: row.expires_at,

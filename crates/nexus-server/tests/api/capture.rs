@@ -142,7 +142,7 @@ async fn schema_violations_list_each_field_and_store_nothing(backend: Backend) {
     assert!(fields.contains(&"credentials.password"), "{fields:?}");
     assert!(bad.json["message"].as_str().unwrap().contains("credentials.password"));
     let row = app.store().connection_by_id(id).await.unwrap().unwrap();
-    assert_eq!(row.status, "pending");
+    assert_eq!(row.status, nexus_core::ConnectionStatus::Pending);
     assert!(row.credentials_enc.is_none());
     // Malformed submissions.
     for body in [

@@ -182,12 +182,12 @@ async fn debug_output_shows_no_credential() {
         let view: nexus_server::services::tokens::TokenView = nexus_server::services::tokens::TokenView {
             connection_id: id.clone(),
             provider: "dbg".into(),
-            auth_type: "api_key".into(),
+            auth_type: nexus_core::AuthType::ApiKey,
             strategy: serde_json::from_value(token.json["strategy"].clone()).unwrap(),
             credentials: token.json["credentials"].as_object().unwrap().clone(),
             expires_at: None,
             api_base_url: None,
-            max_age: 30,
+            max_age: Some(30),
         };
         let shown = format!("{view:?}");
         assert!(shown.contains("api_key") && !shown.contains("sk-debugged-4f1d"), "{shown}");

@@ -273,7 +273,7 @@ async fn background_refresher_renews_500_connections(backend: Backend) {
 async fn rows_active(app: &TestApp) -> usize {
     app.store()
         .list_connections(&nexus_store::ConnectionFilter {
-            status: Some("active".into()),
+            status: Some(nexus_core::ConnectionStatus::Active),
             limit: 1000,
             ..Default::default()
         })

@@ -102,7 +102,13 @@ async fn seed_examples_are_accepted_and_grouped(backend: Backend) {
         let entry = group.iter().find(|e| e["id"] == id.as_str()).expect("provider in its group");
         let mut keys: Vec<&str> = entry.as_object().unwrap().keys().map(String::as_str).collect();
         keys.sort();
-        assert_eq!(keys, ["api_base_url", "category", "description", "id", "scopes", "user_info_endpoint"]);
+        assert_eq!(
+            keys,
+            ["api_base_url", "category", "description", "display_name", "id", "name", "scopes", "user_info_endpoint"]
+        );
+        // A connection UI can show a name: the display name defaults to it.
+        assert!(entry["name"].as_str().is_some_and(|n| !n.is_empty()), "{entry}");
+        assert_eq!(entry["display_name"], entry["name"], "{entry}");
     }
     assert_eq!(meta.json["oauth2"].as_array().unwrap().len(), 2);
     let github_meta = meta.json["oauth2"].as_array().unwrap().iter().find(|e| e["id"] == ids[1].1.as_str()).unwrap();
