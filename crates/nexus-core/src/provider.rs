@@ -144,13 +144,34 @@ pub struct ProviderInput {
     /// Write-only: stored encrypted, never returned.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, write_only))]
     pub client_secret: Option<SecretString>,
-    #[cfg_attr(feature = "openapi", schema(pattern = "^https?://"))]
+    /// https anywhere; plain http only on loopback hosts.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            pattern = "^(https://[a-z][a-z0-9]{0,20}(\\.[a-z][a-z0-9]{0,20}){0,3}|http://(localhost|127\\.0\\.0\\.1))(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~-]{0,20}){0,4}$"
+        )
+    )]
     pub issuer: Option<String>,
-    #[cfg_attr(feature = "openapi", schema(pattern = "^https?://"))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            pattern = "^(https://[a-z][a-z0-9]{0,20}(\\.[a-z][a-z0-9]{0,20}){0,3}|http://(localhost|127\\.0\\.0\\.1))(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~-]{0,20}){0,4}$"
+        )
+    )]
     pub auth_url: Option<String>,
-    #[cfg_attr(feature = "openapi", schema(pattern = "^https?://"))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            pattern = "^(https://[a-z][a-z0-9]{0,20}(\\.[a-z][a-z0-9]{0,20}){0,3}|http://(localhost|127\\.0\\.0\\.1))(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~-]{0,20}){0,4}$"
+        )
+    )]
     pub token_url: Option<String>,
-    #[cfg_attr(feature = "openapi", schema(pattern = "^https?://"))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            pattern = "^(https://[a-z][a-z0-9]{0,20}(\\.[a-z][a-z0-9]{0,20}){0,3}|http://(localhost|127\\.0\\.0\\.1))(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~-]{0,20}){0,4}$"
+        )
+    )]
     pub api_base_url: Option<String>,
     /// A path under `api_base_url` or an https URL.
     pub user_info_endpoint: Option<String>,

@@ -24,7 +24,14 @@ use utoipa_axum::routes;
 #[openapi(
     info(title = "Nexus", description = "Credential broker for software agents."),
     modifiers(&ApiKeyScheme),
-    components(schemas(ErrorBody))
+    components(schemas(
+        ErrorBody,
+        nexus_core::ProviderInput,
+        nexus_core::wire::CaptureRequest,
+        nexus_core::AuditEvent,
+        nexus_core::ConnectionStatus,
+        nexus_core::AuthType
+    ))
 )]
 struct ApiDoc;
 
@@ -40,7 +47,7 @@ impl Modify for ApiKeyScheme {
 
 /// The `/v1/*` routes (behind the API key) and the public ones, with the
 /// OpenAPI document describing both.
-fn routers(state: &AppState) -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
+fn routers(state: &AppState) -> (Router<AppState>, Router<AppState>, serde_json::Value) {
     let (v1, v1_doc) = v1_routes().split_for_parts();
     let (public, public_doc) = public_routes().split_for_parts();
 
@@ -48,6 +55,8 @@ fn routers(state: &AppState) -> (Router<AppState>, Router<AppState>, utoipa::ope
     doc.merge(v1_doc);
     doc.merge(public_doc);
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    let mut doc = serde_json::to_value(&doc).unwrap_or_default();
+    crate::openapi::complete(&mut doc);
 
     let v1 = v1.merge(
         Router::new()

@@ -11,7 +11,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 /// A JSON object body. Checks the content type, size, syntax, nesting depth and
-/// that no string holds a NUL character (which PostgreSQL text cannot store).
+/// that no string outside the free-form members holds a NUL character (which
+/// PostgreSQL text cannot store).
 #[derive(Debug)]
 pub struct JsonBody(pub Value);
 
@@ -54,6 +55,12 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     }
 }
 
+/// Members whose value is free-form JSON (`params`, `metadata`,
+/// `credentials`): stored as JSON text, where a NUL is an escape like any
+/// other, so any string may appear in them. Every other string (names, ids,
+/// URLs, filters) may end up in a column of its own, where it may not.
+const FREE_FORM: [&str; 3] = ["params", "metadata", "credentials"];
+
 fn check_value(v: &Value, depth: usize) -> Result<(), ApiError> {
     if depth > MAX_DEPTH {
         return Err(ApiError::bad_request(format!("the body is nested deeper than {MAX_DEPTH} levels")));
@@ -66,13 +73,32 @@ fn check_value(v: &Value, depth: usize) -> Result<(), ApiError> {
             if k.contains('\0') {
                 return Err(nul());
             }
+            // The top level, or a provider's fields wrapped in `{"profile": …}`.
+            if depth <= 1 && FREE_FORM.contains(&k.as_str()) {
+                return check_depth(v, depth + 1);
+            }
             check_value(v, depth + 1)
         }),
         _ => Ok(()),
     }
 }
 
-/// Query parameters parsed into `T`, with a JSON `400` naming the bad parameter.
+/// Only the nesting limit, for free-form members.
+fn check_depth(v: &Value, depth: usize) -> Result<(), ApiError> {
+    if depth > MAX_DEPTH {
+        return Err(ApiError::bad_request(format!("the body is nested deeper than {MAX_DEPTH} levels")));
+    }
+    match v {
+        Value::Array(items) => items.iter().try_for_each(|i| check_depth(i, depth + 1)),
+        Value::Object(map) => map.values().try_for_each(|v| check_depth(v, depth + 1)),
+        _ => Ok(()),
+    }
+}
+
+/// Query parameters parsed into `T`. An empty value (`?status=`) is a value
+/// like any other, on every route alike: a filter on it, or a `400` where
+/// the parameter is typed. A value that does not parse is a `400` naming the
+/// parameter in `details.fields`.
 #[derive(Debug)]
 pub struct Query<T>(pub T);
 
@@ -84,10 +110,30 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
         if raw.contains("%00") {
             return Err(ApiError::bad_request("query parameters must not contain NUL characters"));
         }
-        axum::extract::Query::<T>::try_from_uri(&parts.uri)
-            .map(|q| Query(q.0))
-            .map_err(|e| ApiError::bad_request(format!("invalid query string: {}", e.body_text())))
+        let de = serde_urlencoded::Deserializer::new(url::form_urlencoded::parse(raw.as_bytes()));
+        serde_path_to_error::deserialize(de).map(Query).map_err(|e| {
+            let path = e.path().to_string();
+            let message = query_message(&e.inner().to_string());
+            let missing = message.strip_prefix("missing field `").and_then(|m| m.split('`').next());
+            let unknown = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next());
+            let field = match (missing.or(unknown), path.as_str()) {
+                (Some(name), _) => name.to_owned(),
+                (None, ".") => "query".to_owned(),
+                (None, path) => path.to_owned(),
+            };
+            let message = if missing.is_some() { "is required".to_owned() } else { message };
+            ApiError::from(nexus_core::ValidationErrors::single(field, message))
+        })
     }
+}
+
+/// A parse error's text without the value sent (`unknown variant `x``).
+fn query_message(raw: &str) -> String {
+    let message = match raw.strip_prefix("unknown variant `").and_then(|r| r.split_once("`, ")) {
+        Some((_, expected)) => format!("unknown value, {expected}"),
+        None => raw.to_owned(),
+    };
+    message.chars().take(300).collect()
 }
 
 /// A path segment, checked for NUL and length before any lookup.

@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod error;
 pub mod extract;
 pub mod middleware;
+pub mod openapi;
 pub mod routes;
 pub mod serve;
 pub mod services;

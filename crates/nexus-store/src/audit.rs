@@ -132,7 +132,7 @@ impl std::str::FromStr for ExpectedHead {
 /// Filters of `GET /v1/audit`. `before_seq` is the page cursor.
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
-    pub event_type: Option<String>,
+    pub event_type: Option<AuditEvent>,
     pub since: Option<i64>,
     pub until: Option<i64>,
     pub provider_id: Option<String>,
@@ -343,8 +343,8 @@ impl Store {
             binds.push(bind);
             sql.push_str(&format!(" AND {clause} ${}", binds.len()));
         };
-        if let Some(v) = &f.event_type {
-            add("event_type =", Bind::Text(v.clone()));
+        if let Some(v) = f.event_type {
+            add("event_type =", Bind::Text(v.as_str().to_owned()));
         }
         if let Some(v) = f.since {
             add("at >=", Bind::Int(v));

@@ -118,7 +118,13 @@ pub struct RequestConnection {
     pub scopes: Option<Vec<String>>,
     /// Where the user lands afterwards (`?connection_id=…&status=success|error`):
     /// an absolute http(s) URL allowed by `ALLOWED_RETURN_DOMAINS`.
-    #[cfg_attr(feature = "openapi", schema(pattern = "^https?://", max_length = 2048))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            pattern = "^https?://[a-z][a-z0-9]{0,20}(\\.[a-z][a-z0-9]{0,20}){0,3}(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~-]{0,20}){0,4}$",
+            max_length = 2048
+        )
+    )]
     pub return_url: String,
     /// Kept with the connection and shown on it.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
@@ -169,3 +175,33 @@ pub struct ConnectionView {
     /// RFC 3339.
     pub updated_at: String,
 }
+
+/// The body of `POST /v1/capture-credential`. `Debug` names the credential
+/// fields, never their values.
+#[derive(Clone, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CaptureRequest {
+    /// The `state` returned by `POST /v1/request-connection`.
+    pub state: String,
+    /// The fields the provider's `credential_schema` asks for.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub credentials: Map<String, Value>,
+}
+
+impl fmt::Debug for CaptureRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaptureRequest")
+            .field("state", &"[redacted]")
+            .field("credentials", &CaptureRequestCredentials(&self.credentials))
+            .finish()
+    }
+}
+
+impl fmt::Debug for CaptureRequestCredentials<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+struct CaptureRequestCredentials<'a>(&'a Map<String, Value>);

@@ -19,13 +19,20 @@ use std::collections::BTreeMap;
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct StateQuery {
     /// The `state` returned by `POST /v1/request-connection`.
+    #[param(min_length = 1)]
     pub state: String,
 }
 
 /// The credential schema a UI renders for a pending static connection.
 #[utoipa::path(get, path = "/v1/capture-schema", tag = "connections", params(StateQuery),
     security(("api_key" = [])),
-    responses((status = 200, body = CaptureSchema), (status = 400, body = ErrorBody), (status = 410, body = ErrorBody)))]
+    responses(
+        (status = 200, body = CaptureSchema),
+        (status = 400, description = "invalid_state or state_expired", body = ErrorBody),
+        (status = 404, description = "the connection of the state is gone", body = ErrorBody),
+        (status = 409, description = "state_used", body = ErrorBody),
+        (status = 410, description = "provider_deleted", body = ErrorBody)
+    ))]
 pub async fn capture_schema(
     State(state): State<AppState>,
     Query(q): Query<StateQuery>,
@@ -36,13 +43,17 @@ pub async fn capture_schema(
 /// Stores credentials for a pending static connection: `302` to the return URL,
 /// or `200` JSON with `Accept: application/json`.
 #[utoipa::path(post, path = "/v1/capture-credential", tag = "connections",
-    request_body(content = Object, description = "{\"state\": \"…\", \"credentials\": {…}}"),
+    request_body = nexus_core::wire::CaptureRequest,
     security(("api_key" = [])),
     responses(
         (status = 302, description = "to return_url?connection_id=…&status=success"),
         (status = 200, body = Captured),
-        (status = 400, description = "schema violations listed in details.fields, or invalid_credentials", body = ErrorBody),
-        (status = 502, body = ErrorBody)
+        (status = 400, description = "schema violations listed in details.fields, invalid_credentials, invalid_state or state_expired", body = ErrorBody),
+        (status = 404, description = "the connection of the state is gone", body = ErrorBody),
+        (status = 409, description = "state_used, or the connection is no longer pending", body = ErrorBody),
+        (status = 410, description = "provider_deleted", body = ErrorBody),
+        (status = 502, description = "provider_error: the provider refused the credential", body = ErrorBody),
+        (status = 504, description = "provider_timeout", body = ErrorBody)
     ))]
 pub async fn capture_credential(
     State(state): State<AppState>,

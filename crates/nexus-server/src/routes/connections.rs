@@ -20,7 +20,8 @@ use axum::{Extension, Json};
     responses(
         (status = 200, body = ConnectionRequested),
         (status = 400, body = ErrorBody),
-        (status = 404, description = "unknown provider or connection", body = ErrorBody)
+        (status = 404, description = "unknown provider or connection", body = ErrorBody),
+        (status = 409, description = "connection_id belongs to another provider or workspace", body = ErrorBody)
     ))]
 pub async fn request_connection(
     State(state): State<AppState>,

@@ -19,13 +19,13 @@ use utoipa::IntoParams;
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// `oauth2`, `api_key` (or `header`), `basic_auth`, `aws_sigv4`, `query_param`, `hmac_payload`.
-    pub auth_type: Option<String>,
+    pub auth_type: Option<AuthType>,
     pub category: Option<String>,
 }
 
 /// Registers a provider (flat body as in the seeds, or `{"profile": {...}}`).
 #[utoipa::path(post, path = "/v1/providers", tag = "providers",
-    request_body(content = Object, description = "The seeds' provider fields: name, auth_type, client_id, client_secret, issuer, auth_url, token_url, api_base_url, user_info_endpoint, enable_discovery, scopes, auth_header, params, description, category"),
+    request_body(content = nexus_core::ProviderInput, description = "The seeds' flat provider fields (`{\"profile\": {...}}` is also accepted)"),
     security(("api_key" = [])),
     responses(
         (status = 201, body = ProviderView),
@@ -50,17 +50,7 @@ pub async fn list_providers(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<ProviderView>>, ApiError> {
-    let auth_type = match q.auth_type.as_deref().filter(|s| !s.is_empty()) {
-        None => None,
-        Some(raw) => Some(AuthType::parse(raw).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "auth_type: '{}' is not a known auth type",
-                raw.chars().take(64).collect::<String>()
-            ))
-        })?),
-    };
-    let category = q.category.filter(|s| !s.is_empty());
-    providers::list(&state, ProviderFilter { auth_type, category }).await.map(Json)
+    providers::list(&state, ProviderFilter { auth_type: q.auth_type, category: q.category }).await.map(Json)
 }
 
 /// Providers grouped by `auth_type`, with only what a connection UI needs.
@@ -83,7 +73,7 @@ pub async fn get_provider(State(state): State<AppState>, PathId(id): PathId) -> 
 /// Changes the given fields; `params` merges as JSON Merge Patch (RFC 7396).
 #[utoipa::path(patch, path = "/v1/providers/{id}", tag = "providers",
     params(("id" = String, Path, description = "provider id or name")),
-    request_body(content = Object, content_type = "application/json"),
+    request_body(content = nexus_core::ProviderInput, content_type = "application/json"),
     security(("api_key" = [])),
     responses((status = 200, body = ProviderView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn patch_provider(
@@ -98,7 +88,7 @@ pub async fn patch_provider(
 /// Replaces the configuration (a stored client secret is kept if the body omits it).
 #[utoipa::path(put, path = "/v1/providers/{id}", tag = "providers",
     params(("id" = String, Path, description = "provider id or name")),
-    request_body(content = Object, content_type = "application/json"),
+    request_body(content = nexus_core::ProviderInput, content_type = "application/json"),
     security(("api_key" = [])),
     responses((status = 200, body = ProviderView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn put_provider(

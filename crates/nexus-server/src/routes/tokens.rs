@@ -17,8 +17,9 @@ use axum::Extension;
     responses(
         (status = 200, body = TokenView),
         (status = 404, body = ErrorBody),
-        (status = 409, description = "pending, failed, revoked or attention_required", body = ErrorBody),
-        (status = 410, description = "provider deleted", body = ErrorBody)
+        (status = 409, description = "connection_not_active or attention_required", body = ErrorBody),
+        (status = 410, description = "provider_deleted", body = ErrorBody),
+        (status = 503, description = "provider_unavailable: the token expired and the provider cannot be reached", body = ErrorBody)
     ))]
 pub async fn get_token(
     State(state): State<AppState>,
@@ -37,7 +38,9 @@ pub async fn get_token(
     responses(
         (status = 200, body = TokenView),
         (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody),
+        (status = 409, description = "connection_not_active, attention_required or provider_misconfigured", body = ErrorBody),
+        (status = 410, description = "provider_deleted", body = ErrorBody),
+        (status = 502, description = "provider_error: the provider answered the refresh with something unusable", body = ErrorBody),
         (status = 503, description = "provider_unavailable: the provider could not be reached", body = ErrorBody)
     ))]
 pub async fn refresh_token(

@@ -18,10 +18,12 @@ pub const MAX_LIMIT: i64 = 1000;
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// One of the event types of SPEC section 6, e.g. `provider.updated`.
-    pub event_type: Option<String>,
+    pub event_type: Option<AuditEvent>,
     /// RFC 3339 time; rows at or after it.
+    #[param(format = DateTime)]
     pub since: Option<String>,
     /// RFC 3339 time; rows at or before it.
+    #[param(format = DateTime)]
     pub until: Option<String>,
     /// Provider id or name.
     pub provider: Option<String>,
@@ -29,9 +31,11 @@ pub struct AuditQuery {
     pub workspace_id: Option<String>,
     /// Rows caused by this API key (its id; `bootstrap` is the environment's `API_KEY`).
     pub api_key: Option<String>,
-    /// Default 50, at most 1000 (larger values are capped).
-    pub limit: Option<String>,
+    /// Default 50; larger values are capped at 1000.
+    #[param(minimum = 1)]
+    pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[1-9][0-9]{0,17}$")]
     pub cursor: Option<String>,
 }
 
@@ -124,24 +128,13 @@ fn parse_time(field: &str, raw: &str) -> Result<i64, ApiError> {
 }
 
 pub async fn list(state: &AppState, q: AuditQuery) -> Result<AuditPageView, ApiError> {
-    if let Some(t) = &q.event_type {
-        if AuditEvent::parse(t).is_none() {
-            let known: Vec<&str> = AuditEvent::ALL.iter().map(|e| e.as_str()).collect();
-            return Err(ApiError::bad_request(format!(
-                "event_type: unknown event type; use one of {}",
-                known.join(", ")
-            )));
-        }
-    }
-    let limit = match q.limit.as_deref() {
-        None | Some("") => DEFAULT_LIMIT,
-        Some(raw) => match raw.parse::<i64>() {
-            Ok(n) if n >= 1 => n.min(MAX_LIMIT),
-            _ => return Err(ApiError::bad_request(format!("limit: must be a whole number from 1 to {MAX_LIMIT}"))),
-        },
+    let limit = match q.limit {
+        None => DEFAULT_LIMIT,
+        Some(n) if n >= 1 => n.min(MAX_LIMIT),
+        Some(_) => return Err(ApiError::bad_request(format!("limit: must be a whole number from 1 to {MAX_LIMIT}"))),
     };
     let before_seq = match q.cursor.as_deref() {
-        None | Some("") => None,
+        None => None,
         Some(raw) => match raw.parse::<i64>() {
             Ok(n) if n >= 1 => Some(n),
             _ => return Err(ApiError::bad_request("cursor: not a cursor returned by this endpoint")),

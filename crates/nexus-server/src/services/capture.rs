@@ -9,8 +9,10 @@ use crate::services::connections::{audit, context, expire_if_stale};
 use crate::services::state_token::{self, StateProblem};
 use crate::services::strategy;
 use crate::state::AppState;
+use nexus_core::wire::CaptureRequest;
 use nexus_core::wire::ErrorCode;
 use nexus_core::AuditEvent;
+use nexus_core::{AuthType, ConnectionStatus};
 use nexus_store::{Activation, ConnectionRow, ProviderRow};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -22,7 +24,8 @@ use utoipa::ToSchema;
 pub struct CaptureSchema {
     pub connection_id: String,
     pub provider: String,
-    pub auth_type: String,
+    pub auth_type: AuthType,
+    /// The provider's JSON Schema, its properties in the operator's order.
     #[schema(value_type = Object)]
     pub credential_schema: Value,
 }
@@ -31,7 +34,7 @@ pub struct CaptureSchema {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Captured {
     pub connection_id: String,
-    pub status: String,
+    pub status: ConnectionStatus,
     pub return_url: String,
 }
 
@@ -77,7 +80,7 @@ pub async fn schema(state: &AppState, raw_state: &str) -> Result<CaptureSchema, 
     Ok(CaptureSchema {
         connection_id: row.id,
         provider: provider.config.name.to_string(),
-        auth_type: provider.config.auth_type.as_str().to_owned(),
+        auth_type: provider.config.auth_type,
         credential_schema: provider.config.params.get("credential_schema").cloned().unwrap_or_else(|| json!({})),
     })
 }
@@ -127,21 +130,8 @@ fn describe_kind(e: &jsonschema::ValidationError<'_>) -> String {
 
 /// `POST /v1/capture-credential` (and the public capture form).
 pub async fn submit(state: &AppState, caller: &Caller, body: Value) -> Result<Captured, ApiError> {
-    let Value::Object(mut body) = body else {
-        return Err(ApiError::bad_request("body: must be a JSON object with state and credentials"));
-    };
-    let raw_state = match body.remove("state") {
-        Some(Value::String(s)) => s,
-        _ => return Err(ApiError::bad_request("state: is required")),
-    };
-    let credentials = match body.remove("credentials") {
-        Some(v @ Value::Object(_)) => v,
-        Some(_) => return Err(ApiError::bad_request("credentials: must be an object")),
-        None => return Err(ApiError::bad_request("credentials: is required")),
-    };
-    if let Some(k) = body.keys().next() {
-        return Err(ApiError::bad_request(format!("{k}: unknown field")));
-    }
+    let CaptureRequest { state: raw_state, credentials } = nexus_core::wire::from_body(body)?;
+    let credentials = Value::Object(credentials);
     let (row, provider, nonce) = pending(state, &raw_state).await?;
     let schema = provider.config.params.get("credential_schema").cloned().unwrap_or_else(|| json!({}));
     let errors = schema_errors(&schema, &credentials);
@@ -185,7 +175,7 @@ pub async fn submit(state: &AppState, caller: &Caller, body: Value) -> Result<Ca
     }
     let mut return_url = url::Url::parse(&row.return_url).map_err(|_| ApiError::internal())?;
     return_url.query_pairs_mut().append_pair("connection_id", &row.id).append_pair("status", "success");
-    Ok(Captured { connection_id: row.id, status: "active".into(), return_url: return_url.to_string() })
+    Ok(Captured { connection_id: row.id, status: ConnectionStatus::Active, return_url: return_url.to_string() })
 }
 
 fn has_live_check(provider: &ProviderRow) -> bool {

@@ -494,21 +494,17 @@ pub struct ListQuery {
     pub workspace_id: Option<String>,
     /// Provider id or name.
     pub provider: Option<String>,
-    /// `pending`, `active`, `failed`, `attention_required` or `revoked`.
-    pub status: Option<String>,
-    /// Default 100, at most 1000.
-    pub limit: Option<u32>,
+    pub status: Option<ConnectionStatus>,
+    /// Default 100; larger values are capped at 1000.
+    #[param(minimum = 1)]
+    pub limit: Option<i64>,
 }
 
 pub async fn list(state: &AppState, q: ListQuery) -> Result<Vec<ConnectionView>, ApiError> {
-    // An empty value is no filter, as for every query parameter.
-    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
-        None => None,
-        Some(s) => Some(ConnectionStatus::parse(s).ok_or_else(|| {
-            ApiError::bad_request("status: must be pending, active, failed, attention_required or revoked")
-        })?),
-    };
-    let provider_id = match q.provider.filter(|p| !p.is_empty()) {
+    if q.limit.is_some_and(|n| n < 1) {
+        return Err(ApiError::bad_request("limit: must be at least 1"));
+    }
+    let provider_id = match q.provider {
         None => None,
         Some(p) => match state.store.provider_by_name(&p).await? {
             Some(row) => Some(row.id),
@@ -518,10 +514,10 @@ pub async fn list(state: &AppState, q: ListQuery) -> Result<Vec<ConnectionView>,
     let rows = state
         .store
         .list_connections(&ConnectionFilter {
-            workspace_id: q.workspace_id.filter(|w| !w.is_empty()),
+            workspace_id: q.workspace_id,
             provider_id,
-            status,
-            limit: q.limit.map(i64::from).unwrap_or(100).clamp(1, 1000),
+            status: q.status,
+            limit: q.limit.unwrap_or(100).min(1000),
         })
         .await?;
     Ok(rows.into_iter().map(view).collect())

@@ -548,4 +548,82 @@ async fn missing_or_wrong_api_key_is_401_and_audited(backend: Backend) {
     assert_eq!((ready.status, ready.json["status"].as_str()), (200, Some("ready")));
 }
 
-both_backends!(bad_input_is_refused_and_changes_nothing, missing_or_wrong_api_key_is_401_and_audited);
+/// A wrong type, a missing field or an unusable query value is a 400 whose
+/// `details.fields` names it, the same on every route; an empty query value
+/// is a value like any other (SPEC 9, issue 17).
+async fn every_refusal_names_its_field_in_details(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    assert_eq!(app.post("/v1/providers", &api_key("named")).await.status, 201);
+    let before = snapshot(&app).await;
+    let bodies = [
+        (
+            "/v1/request-connection",
+            json!({"workspace_id": {}, "provider_name": "named", "return_url": "https://a.example/"}),
+            "workspace_id",
+        ),
+        (
+            "/v1/request-connection",
+            json!({"provider_name": "named", "return_url": "https://a.example/"}),
+            "workspace_id",
+        ),
+        (
+            "/v1/request-connection",
+            json!({"workspace_id": "w", "provider_name": ["named"], "return_url": "https://a.example/"}),
+            "provider_name",
+        ),
+        ("/v1/capture-credential", json!({"state": "s", "credentials": "api_key=1"}), "credentials"),
+        ("/v1/capture-credential", json!({"credentials": {}}), "state"),
+        ("/v1/providers", json!({"name": "x", "auth_type": "api_key", "scopes": "openid"}), "scopes"),
+        (
+            "/v1/providers",
+            json!({"name": "x", "auth_type": "api_key", "params": {"credential_schema": schema()}, "display_name": "a\u{7}b"}),
+            "display_name",
+        ),
+    ];
+    for (path, body, field) in bodies {
+        let resp = app.post(path, &body).await;
+        assert_eq!(resp.status, 400, "{path} {body}: {}", resp.text);
+        assert_eq!(resp.code(), "invalid_input", "{path} {body}: {}", resp.text);
+        assert_eq!(resp.json["details"]["fields"][0]["field"], field, "{path} {body}: {}", resp.text);
+    }
+    for (query, field) in [
+        ("/v1/connections?limit=0", "limit"),
+        ("/v1/connections?limit=ten", "limit"),
+        ("/v1/connections?limit=99999999999999999999", "limit"),
+        ("/v1/connections?status=", "status"),
+        ("/v1/connections?status=asleep", "status"),
+        ("/v1/connections?colour=red", "colour"),
+        ("/v1/providers?auth_type=", "auth_type"),
+        ("/v1/audit?event_type=", "event_type"),
+        ("/v1/audit?limit=", "limit"),
+        ("/v1/audit?since=", "since"),
+        ("/v1/audit?cursor=", "cursor"),
+        ("/v1/capture-schema?state=", "state"),
+        ("/v1/capture-schema", "state"),
+    ] {
+        let resp = app.get(query).await;
+        assert_eq!(resp.status, 400, "{query}: {}", resp.text);
+        let fields = &resp.json["details"]["fields"];
+        let named = fields[0]["field"].as_str() == Some(field)
+            || resp.json["message"].as_str().is_some_and(|m| m.starts_with(field));
+        assert!(named, "{query}: {}", resp.text);
+        assert!(
+            !resp.text.contains("asleep") && !resp.text.contains("ten\""),
+            "the value is not echoed: {}",
+            resp.text
+        );
+    }
+    // An empty text filter matches what equals it: nothing here.
+    assert_eq!(app.get("/v1/connections?workspace_id=").await.json, json!([]));
+    assert_eq!(app.get("/v1/providers?category=").await.json, json!([]));
+    // Larger limits than served are capped, as documented.
+    assert_eq!(app.get("/v1/connections?limit=2147483648").await.status, 200);
+    assert_eq!(app.get("/v1/audit?limit=5000").await.status, 200);
+    assert_eq!(snapshot(&app).await, before, "nothing was written");
+}
+
+both_backends!(
+    bad_input_is_refused_and_changes_nothing,
+    missing_or_wrong_api_key_is_401_and_audited,
+    every_refusal_names_its_field_in_details
+);

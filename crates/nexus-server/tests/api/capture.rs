@@ -254,9 +254,49 @@ async fn the_public_capture_form_works_in_a_browser(backend: Backend) {
     assert!(forged.content_type().starts_with("text/html"));
 }
 
+/// A credential schema keeps the operator's field order through storage
+/// and back: in `GET /v1/capture-schema`, in the provider, and in the form.
+async fn the_capture_form_shows_fields_in_the_operators_order(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let order = ["zone", "account", "secret_key", "base"];
+    let properties: serde_json::Map<String, Value> =
+        order.iter().map(|f| (f.to_string(), json!({"type": "string", "title": format!("Field {f}")}))).collect();
+    let provider = json!({
+        "name": "ordered", "display_name": "Ordered Ltd", "auth_type": "basic_auth",
+        "params": {"username_field": "account", "password_field": "secret_key",
+                   "credential_schema": {"type": "object", "required": ["account", "secret_key"], "properties": properties}}
+    });
+    let created = app.post("/v1/providers", &provider).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&created.json["params"]["credential_schema"]["properties"]), order);
+    let stored = app.get("/v1/providers/ordered").await;
+    assert_eq!(keys(&stored.json["params"]["credential_schema"]["properties"]), order);
+    assert_eq!(stored.json["display_name"], "Ordered Ltd");
+    let meta = app.get("/v1/providers/metadata").await;
+    assert_eq!(meta.json["basic_auth"][0]["display_name"], "Ordered Ltd");
+    assert_eq!(meta.json["basic_auth"][0]["name"], "ordered");
+
+    let state = request(&app, "ordered").await.json["state"].as_str().unwrap().to_owned();
+    let schema = app
+        .send(
+            app.client.get(app.url("/v1/capture-schema")).header("x-api-key", &app.api_key).query(&[("state", &state)]),
+        )
+        .await;
+    assert_eq!(keys(&schema.json["credential_schema"]["properties"]), order, "{}", schema.text);
+    let page = app.send(app.client.get(app.url("/auth/capture")).query(&[("state", &state)])).await;
+    assert_eq!(page.status, 200);
+    let at: Vec<usize> = order
+        .iter()
+        .map(|f| page.text.find(&format!("name=\"{f}\"")).unwrap_or_else(|| panic!("{f}: {}", page.text)))
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "the form lists the fields in the operator's order: {at:?}");
+}
+
 both_backends!(
     every_static_type_captures_and_yields_its_strategy,
     schema_violations_list_each_field_and_store_nothing,
     live_verification_refuses_wrong_keys,
-    the_public_capture_form_works_in_a_browser
+    the_public_capture_form_works_in_a_browser,
+    the_capture_form_shows_fields_in_the_operators_order
 );

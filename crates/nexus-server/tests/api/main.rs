@@ -4,6 +4,7 @@
 mod audit;
 mod bad_input;
 mod capture;
+mod contract;
 mod leaks;
 mod limits;
 mod network;
