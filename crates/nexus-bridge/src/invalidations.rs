@@ -10,7 +10,7 @@
 //! listened are not replayed.
 
 use crate::cache::Backoff;
-use serde::Deserialize;
+use nexus_core::wire::InvalidationData;
 use std::time::Duration;
 
 /// A stream that sends nothing for this long (the Gateway pings every
@@ -25,11 +25,6 @@ pub enum Invalidation {
     /// Everything: a provider changed (its connections are not known here),
     /// the stream (re)started, or the follower fell behind.
     All,
-}
-
-#[derive(Deserialize)]
-struct Data {
-    connection_id: Option<String>,
 }
 
 /// Server-sent events as they arrive in pieces: complete events out.
@@ -84,8 +79,8 @@ impl EventReader {
         let data = std::mem::take(&mut self.data);
         match event.as_str() {
             "ready" => Some(Invalidation::All),
-            "invalidate" => match serde_json::from_str::<Data>(&data) {
-                Ok(Data { connection_id: Some(id) }) => Some(Invalidation::Connection(id)),
+            "invalidate" => match serde_json::from_str::<InvalidationData>(&data) {
+                Ok(InvalidationData { connection_id: Some(id), .. }) => Some(Invalidation::Connection(id)),
                 // A provider, `all`, or something this version does not know.
                 _ => Some(Invalidation::All),
             },

@@ -205,3 +205,19 @@ impl fmt::Debug for CaptureRequestCredentials<'_> {
 }
 
 struct CaptureRequestCredentials<'a>(&'a Map<String, Value>);
+
+/// The data of an `invalidate` event of `GET /v1/invalidations`: one of
+/// `{"connection_id"}`, `{"provider_id"}` or `{"all": true}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct InvalidationData {
+    /// Answers for this connection changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_id: Option<String>,
+    /// Answers for every connection of this provider changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_id: Option<String>,
+    /// Anything may have changed (the stream lagged): drop every answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all: Option<bool>,
+}

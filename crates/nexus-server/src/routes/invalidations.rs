@@ -19,8 +19,8 @@ use crate::state::AppState;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::stream::Stream;
+use nexus_core::wire::InvalidationData;
 use nexus_store::Invalidation;
-use serde_json::json;
 use std::convert::Infallible;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
@@ -30,11 +30,11 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(15);
 
 fn event(what: &Invalidation) -> Event {
     let data = match what {
-        Invalidation::Connection(id) => json!({ "connection_id": id }),
-        Invalidation::Provider(id) => json!({ "provider_id": id }),
-        Invalidation::All => json!({ "all": true }),
+        Invalidation::Connection(id) => InvalidationData { connection_id: Some(id.clone()), ..Default::default() },
+        Invalidation::Provider(id) => InvalidationData { provider_id: Some(id.clone()), ..Default::default() },
+        Invalidation::All => InvalidationData { all: Some(true), ..Default::default() },
     };
-    Event::default().event("invalidate").data(data.to_string())
+    Event::default().event("invalidate").data(serde_json::to_string(&data).unwrap_or_else(|_| "{\"all\":true}".into()))
 }
 
 /// Changes to token answers as they are committed.

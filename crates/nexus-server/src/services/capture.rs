@@ -63,11 +63,7 @@ async fn pending(state: &AppState, raw_state: &str) -> Result<(ConnectionRow, Pr
     if row.state_nonce.as_deref() != Some(claims.nonce.as_str()) {
         return Err(ApiError::new(ErrorCode::StateUsed, "state: this capture was already completed or superseded"));
     }
-    let provider = state
-        .store
-        .provider_by_id(&row.provider_id)
-        .await?
-        .ok_or_else(|| ApiError::new(ErrorCode::ProviderDeleted, "the provider of this connection was deleted"))?;
+    let provider = state.store.provider_by_id(&row.provider_id).await?.ok_or_else(ApiError::provider_deleted)?;
     if !provider.config.auth_type.is_static() {
         return Err(ApiError::bad_request("state: this connection uses OAuth2, not credential capture"));
     }

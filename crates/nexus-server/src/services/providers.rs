@@ -104,22 +104,12 @@ pub async fn create(state: &AppState, caller: &Caller, body: Value) -> Result<Pr
         &id,
         json!({ "name": row.config.name, "auth_type": row.config.auth_type, "client_secret_set": row.client_secret_enc.is_some() }),
     );
-    state.store.insert_provider(&row, entry).await.map_err(name_conflict)?;
+    state.store.insert_provider(&row, entry).await?;
     Ok(view(row))
 }
 
 fn name_taken(name: &str) -> ApiError {
-    ApiError::new(ErrorCode::NameTaken, format!("name: a provider named '{name}' already exists"))
-        .with_details(json!({ "field": "name" }))
-}
-
-fn name_conflict(e: nexus_store::StoreError) -> ApiError {
-    match e {
-        nexus_store::StoreError::Conflict(m) if m.contains("already exists") => {
-            ApiError::new(ErrorCode::NameTaken, format!("name: {m}")).with_details(json!({ "field": "name" }))
-        }
-        other => other.into(),
-    }
+    nexus_store::StoreError::NameTaken(name.to_owned()).into()
 }
 
 fn seal(state: &AppState, id: &str, name: &str, secret: &SecretString) -> (Option<String>, Option<String>) {
@@ -247,7 +237,7 @@ pub async fn update(
     );
     let updated = state.store.update_provider(&row, stored.updated_at, entry).await;
     state.invalidate(nexus_store::Invalidation::Provider(row.id.clone()));
-    updated.map_err(name_conflict)?;
+    updated?;
     Ok(view(row))
 }
 

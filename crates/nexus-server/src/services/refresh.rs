@@ -13,7 +13,6 @@ use crate::error::ApiError;
 use crate::middleware::Caller;
 use crate::services::connections::{audit, client_config, context};
 use crate::state::AppState;
-use nexus_core::wire::ErrorCode;
 use nexus_core::AuditEvent;
 use nexus_core::AuthType;
 use nexus_core::ConnectionStatus;
@@ -152,7 +151,7 @@ async fn refresh_now(state: &AppState, caller: Option<&Caller>, id: &str, reason
         Ok(Some(p)) => p,
         Ok(None) => {
             lock.release().await;
-            return Err(ApiError::new(ErrorCode::ProviderDeleted, "the provider of this connection was deleted"));
+            return Err(ApiError::provider_deleted());
         }
         Err(e) => {
             lock.release().await;

@@ -110,15 +110,10 @@ async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<(TokenView,
             }
         }
     }
-    let provider = state.store.provider_by_id(&row.provider_id).await?.ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::ProviderDeleted,
-            "the provider of this connection was deleted; its credentials are unusable",
-        )
-    })?;
-    match row.status.as_str() {
-        "active" => {}
-        "attention_required" => {
+    let provider = state.store.provider_by_id(&row.provider_id).await?.ok_or_else(ApiError::provider_deleted)?;
+    match row.status {
+        ConnectionStatus::Active => {}
+        ConnectionStatus::AttentionRequired => {
             return Err(ApiError::new(ErrorCode::AttentionRequired, "the provider refused the refresh token; the user must authorize again: call POST /v1/request-connection with this connection_id",
             )
             .with_details(json!({ "status": row.status })))
