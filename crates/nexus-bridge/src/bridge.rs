@@ -1,9 +1,11 @@
-//! Sending requests for a connection: sign with the cached credentials, and on
-//! a provider `401` refresh once through the Gateway and retry once.
+//! Sending requests for a connection: sign with the cached credentials, and
+//! after a provider's `401` to OAuth2 credentials refresh once through the
+//! Gateway and retry once ([`crate::pipeline`]).
 
 use crate::cache::CredentialCache;
 use crate::client::{GatewayClient, GatewayError, TokenAnswer};
 use crate::forward::{Forward, Incoming, ProviderClient, ProviderError};
+use crate::pipeline::send_with_refresh;
 use crate::strategies::{apply, BridgeError};
 use std::sync::Arc;
 
@@ -70,23 +72,29 @@ impl Bridge {
         Ok(answer)
     }
 
-    /// Signs and sends `req`; on a `401` from the provider, refreshes once and retries once.
+    /// Signs and sends `req`; after a provider's `401` to OAuth2
+    /// credentials, refreshes once and retries once (SPEC 7b,
+    /// [`crate::pipeline`]).
     pub async fn send(&self, connection_id: &str, req: http::Request<Vec<u8>>) -> Result<reqwest::Response, SendError> {
-        let mut first = req.clone();
-        let answer = self.sign(connection_id, &mut first).await?;
-        let resp = self.execute(first).await?;
-        if resp.status() != reqwest::StatusCode::UNAUTHORIZED {
-            return Ok(resp);
-        }
-        let renewed = self.cache.refresh(connection_id, &answer).await?;
-        let mut second = req;
-        apply(&mut second, renewed.strategy(), renewed.credentials())?;
-        self.execute(second).await
+        let answer = self.cache.get(connection_id).await?;
+        send_with_refresh(
+            answer,
+            |answer| {
+                let mut signed = req.clone();
+                let applied = apply(&mut signed, answer.strategy(), answer.credentials());
+                async move {
+                    applied?;
+                    self.execute(signed).await
+                }
+            },
+            |resp| resp.status().as_u16(),
+            |stale| async move { Ok(self.cache.refresh(connection_id, &stale).await?) },
+        )
+        .await
     }
 
-    /// Signs `fwd` with `answer` (from [`Bridge::credentials`]) and sends it;
-    /// on a `401` from the provider, refreshes once and retries once. The
-    /// Gateway proxy's path: see [`Forward`].
+    /// Signs `fwd` with `answer` (from [`Bridge::credentials`]) and sends it,
+    /// with the 401 rule of [`Bridge::send`]. See [`Forward`].
     pub async fn forward(
         &self,
         connection_id: &str,
@@ -97,12 +105,16 @@ impl Bridge {
             ProviderError::Timeout => SendError::ProviderTimeout,
             ProviderError::Unreachable => SendError::Provider("connection failed".into()),
         };
-        let resp = self.providers.send(connection_id, fwd.signed(&answer)?).await.map_err(to_send)?;
-        if resp.status() != http::StatusCode::UNAUTHORIZED {
-            return Ok(resp);
-        }
-        let renewed = self.cache.refresh(connection_id, &answer).await?;
-        self.providers.send(connection_id, fwd.signed(&renewed)?).await.map_err(to_send)
+        send_with_refresh(
+            answer,
+            |answer| {
+                let signed = fwd.signed(&answer);
+                async move { self.providers.send(connection_id, signed?).await.map_err(to_send) }
+            },
+            |resp| resp.status().as_u16(),
+            |stale| async move { Ok(self.cache.refresh(connection_id, &stale).await?) },
+        )
+        .await
     }
 
     /// Sends a `reqwest::Request` (its body must be in memory) for `connection_id`.

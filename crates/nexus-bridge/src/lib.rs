@@ -32,6 +32,7 @@ pub mod forward;
 pub mod grpc;
 pub mod h1;
 pub mod invalidations;
+pub mod pipeline;
 pub mod relay;
 pub mod strategies;
 pub mod target;

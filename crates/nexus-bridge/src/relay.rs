@@ -21,7 +21,6 @@ use crate::upstream::{Origin, Upstream, Upstreams};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, StatusCode};
 use nexus_core::wire::{ErrorBody, ErrorCode};
-use nexus_core::AuthType;
 use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -422,8 +421,9 @@ impl Relay {
         let mut retried = false;
         loop {
             let (mut up, resp) = self.send(link, id, &fwd, &answer, framing).await?;
-            // Only OAuth2 credentials can be refreshed (as in the Gateway's proxy).
-            if resp.status != 401 || retried || answer.auth_type() != AuthType::Oauth2 {
+            // The 401 rule of every caller (`pipeline`), with this
+            // relay's provider connection kept between the two sends.
+            if retried || !crate::pipeline::refreshes_after(resp.status, &answer) {
                 return Ok((up, resp));
             }
             // Keep the connection if the 401's body is already here whole.

@@ -21,6 +21,8 @@ use tokio::sync::watch;
 mod apart;
 #[path = "relay/hardening.rs"]
 mod hardening;
+#[path = "relay/refresh_rule.rs"]
+mod refresh_rule;
 
 /// The scripted answer for a path (under `/api`), as raw bytes, and
 /// whether the provider closes the connection after it.

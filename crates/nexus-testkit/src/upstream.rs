@@ -4,6 +4,7 @@
 use crate::TestApp;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// What the upstream saw of one request.
@@ -23,10 +24,20 @@ impl Seen {
 
 /// A local upstream that records every request and answers 200 with `{"ok": true}`.
 pub async fn recording_upstream() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
+    let (addr, seen, _) = recording_upstream_with_refusals().await;
+    (addr, seen)
+}
+
+/// [`recording_upstream`] that answers `401` (`{"error": "invalid_token"}`)
+/// to as many requests as the returned counter says (each one spends one).
+pub async fn recording_upstream_with_refusals() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>, Arc<AtomicUsize>) {
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let refusals = Arc::new(AtomicUsize::new(0));
     let log = seen.clone();
+    let left = refusals.clone();
     let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
         let log = log.clone();
+        let left = left.clone();
         async move {
             let (parts, body) = req.into_parts();
             let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default().to_vec();
@@ -40,13 +51,18 @@ pub async fn recording_upstream() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
                     .collect(),
                 body,
             });
-            axum::Json(json!({"ok": true}))
+            let refuse = left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+            if refuse {
+                (axum::http::StatusCode::UNAUTHORIZED, axum::Json(json!({"error": "invalid_token"})))
+            } else {
+                (axum::http::StatusCode::OK, axum::Json(json!({"ok": true})))
+            }
         }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (addr, seen)
+    (addr, seen, refusals)
 }
 
 /// Registers a static provider at `base` and captures `credentials`; returns the connection id.

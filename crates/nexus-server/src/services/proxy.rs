@@ -1,20 +1,20 @@
 //! The Gateway proxy (`ANY /v1/proxy/{connection_id}/{path…}`): Nexus signs
 //! the agent's request with the connection's credentials and forwards it to
 //! the provider's `api_base_url` joined with `path`, never to another host.
-//! The agent never sees a credential. A `401` from the provider triggers one
-//! forced refresh and one retry.
+//! The agent never sees a credential. A `401` to OAuth2 credentials triggers
+//! one refresh and one retry (`nexus_bridge::pipeline`, as in every proxy).
 
 use crate::error::ApiError;
 use crate::middleware::Caller;
 use crate::services::tokens;
 use crate::state::AppState;
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, Method};
 use axum::response::Response;
 use nexus_bridge::forward::ProviderError;
+use nexus_bridge::pipeline::send_with_refresh;
 use nexus_bridge::{Forward, TokenAnswer};
 use nexus_core::wire::ErrorCode;
-use nexus_core::AuthType;
 use std::sync::Arc;
 
 /// The agent's request, as received (`path` still percent-encoded).
@@ -45,15 +45,19 @@ pub async fn forward(
     cached.base_allowed().map_err(misconfigured)?;
     let Incoming { path, method, query, headers, body } = incoming;
     let fwd = Forward::to(base, path, query, method, headers, body).map_err(ApiError::bad_request)?;
-    let sign =
-        |answer: &TokenAnswer| fwd.signed(answer).map_err(|e| ApiError::new(ErrorCode::CannotSign, e.to_string()));
     // Provider connections are pooled per connection id (see `ProviderClient`).
-    let pool = answer.connection_id();
-    let mut resp = send(state, pool, sign(&answer)?).await?;
-    if resp.status() == StatusCode::UNAUTHORIZED && answer.auth_type() == AuthType::Oauth2 {
-        let renewed = parse(&tokens::refresh_rejected(state, caller, id, answer.expires_at()).await?)?;
-        resp = send(state, pool, sign(&renewed)?).await?;
-    }
+    let pool = answer.connection_id().to_owned();
+    let resp = send_with_refresh(
+        answer,
+        |answer| {
+            let signed = fwd.signed(&answer).map_err(|e| ApiError::new(ErrorCode::CannotSign, e.to_string()));
+            let pool = &pool;
+            async move { send(state, pool, signed?).await }
+        },
+        |resp| resp.status().as_u16(),
+        |stale| async move { parse(&tokens::refresh_rejected(state, caller, id, stale.expires_at()).await?) },
+    )
+    .await?;
     let mut out = nexus_bridge::forward::relay(resp).map(Body::new);
     // The upstream's own error bodies reach the caller as they are.
     out.extensions_mut().insert(crate::middleware::error_json::KeepBody);
