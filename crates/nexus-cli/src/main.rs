@@ -227,6 +227,8 @@ fn init_tracing() {
 }
 
 async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
+    // Before the port opens: a SIGTERM from then on stops gracefully.
+    let shutdown = nexus_server::shutdown_signal();
     let mut raw = RawConfig {
         api_key: args.api_key,
         encryption_key: args.encryption_key,
@@ -258,7 +260,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     if let Some(dev) = dev_keys {
         dev::announce(&dev, &base_url, &app.state().config.api_key);
     }
-    app.run_until_stopped(nexus_server::shutdown_signal()).await.map_err(|e| format!("server failed: {e}"))?;
+    app.run_until_stopped(shutdown).await.map_err(|e| format!("server failed: {e}"))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -71,6 +71,8 @@ async fn keep_timers_near() {
 
 /// Serves until SIGINT/SIGTERM, then lets requests in flight finish (for up to 10 s).
 pub async fn serve(listen: SocketAddr, gateway: String, api_key: String, options: Options) -> Result<(), String> {
+    // Before the port opens: a SIGTERM from then on stops gracefully.
+    let shutdown = nexus_server::shutdown_signal();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("--listen {listen} could not be bound: {e}"))?;
@@ -84,7 +86,6 @@ pub async fn serve(listen: SocketAddr, gateway: String, api_key: String, options
     let (stop, stopped) = tokio::sync::watch::channel(false);
     // Each connection's task holds a sender; all dropped: all connections done.
     let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
-    let shutdown = nexus_server::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {

@@ -132,6 +132,20 @@ async fn dev_mode_creates_private_keys_prints_the_api_key_and_reuses_them() {
     assert_eq!(code, 0);
 }
 
+/// A SIGTERM as soon as the server says it serves (a supervisor stopping
+/// a replica that just became ready) is a graceful stop with exit code 0,
+/// never a kill: the handlers are installed before the port opens.
+#[tokio::test]
+async fn a_sigterm_right_after_start_is_a_graceful_stop() {
+    for round in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let server = start(dir.path(), &[], &["--dev"]).await;
+        let (code, logs) = server.terminate().await;
+        assert_eq!(code, 0, "round {round}: {logs}");
+        assert!(logs.contains("shutting down"), "round {round}: {logs}");
+    }
+}
+
 /// A discovery endpoint that answers slowly, to hold a request in flight.
 async fn slow_issuer(delay: Duration) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

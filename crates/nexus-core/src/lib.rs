@@ -5,6 +5,7 @@
 //! here is unit-tested without a server or a database.
 
 pub mod audit;
+pub mod clock;
 pub mod connection;
 pub mod error;
 pub mod merge;

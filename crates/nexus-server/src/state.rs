@@ -40,6 +40,8 @@ pub struct Inner {
     /// Work that must not be cut off half-way (refreshes): shutdown waits
     /// for it.
     pub tasks: tokio_util::task::TaskTracker,
+    /// What expiries are judged by (tests move it instead of sleeping).
+    pub clock: nexus_core::clock::Clock,
 }
 
 #[derive(Debug)]
@@ -96,6 +98,7 @@ impl AppState {
             changes,
             stopping: watch::Sender::new(false),
             tasks: tokio_util::task::TaskTracker::new(),
+            clock: nexus_core::clock::Clock::default(),
         }));
         if let Some(mut rx) = invalidations {
             let weak = Arc::downgrade(&state.0);

@@ -38,10 +38,6 @@ pub struct Captured {
     pub return_url: String,
 }
 
-fn now_secs() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
 fn invalid_state(p: StateProblem) -> ApiError {
     match p {
         StateProblem::Expired => {
@@ -53,7 +49,8 @@ fn invalid_state(p: StateProblem) -> ApiError {
 
 /// Resolves a state to its pending connection and provider (without consuming it).
 async fn pending(state: &AppState, raw_state: &str) -> Result<(ConnectionRow, ProviderRow, String), ApiError> {
-    let claims = state_token::verify(&state.config.state_signer, raw_state, now_secs()).map_err(invalid_state)?;
+    let claims =
+        state_token::verify(&state.config.state_signer, raw_state, state.clock.now_secs()).map_err(invalid_state)?;
     let row = state
         .store
         .connection_by_id(&claims.connection_id)

@@ -51,14 +51,6 @@ pub(crate) fn audit(caller: Option<&Caller>, event: AuditEvent, row: &Connection
     }
 }
 
-fn now_secs() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-fn now_micros() -> i64 {
-    chrono::Utc::now().timestamp_micros()
-}
-
 /// The redirect URI registered at providers.
 pub fn redirect_uri(state: &AppState) -> String {
     format!("{}{}", state.config.base_url.as_str().trim_end_matches('/'), state.config.redirect_path)
@@ -182,7 +174,7 @@ pub async fn request(state: &AppState, caller: &Caller, body: Value) -> Result<C
         }
     };
     let connection_id = existing.as_ref().map(|r| r.id.clone()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let expires_at = now_secs() + PENDING_TTL_SECS;
+    let expires_at = state.clock.now_secs() + PENDING_TTL_SECS;
     let nonce = state_token::random_nonce();
     let state_string = state_token::issue(
         &state.config.state_signer,
@@ -235,7 +227,7 @@ pub async fn request(state: &AppState, caller: &Caller, body: Value) -> Result<C
                 .await?;
         }
         None => {
-            let now = now_micros();
+            let now = state.clock.now_micros();
             let row = ConnectionRow {
                 workspace_id,
                 scopes: handshake.scopes.clone(),
@@ -328,7 +320,7 @@ pub async fn callback(state: &AppState, caller: &Caller, q: CallbackQuery) -> Ca
     let Some(raw_state) = q.state.as_deref() else {
         return CallbackOutcome::Untrusted("The authorization response has no state.");
     };
-    let claims = match state_token::verify(&state.config.state_signer, raw_state, now_secs()) {
+    let claims = match state_token::verify(&state.config.state_signer, raw_state, state.clock.now_secs()) {
         Ok(c) => c,
         Err(StateProblem::Expired) => {
             return CallbackOutcome::Untrusted("This authorization link has expired. Start again.")
@@ -440,13 +432,11 @@ async fn complete(state: &AppState, caller: &Caller, conn: &ConnectionRow, q: &C
             .refresh_token
             .as_ref()
             .map(|r| state.config.keyring.seal(&context(&conn.id, "refresh_token"), r.expose().as_bytes())),
-        expires_at: tokens.expires_in.map(|s| now_secs() + s as i64),
+        expires_at: tokens.expires_in.map(|s| state.clock.now_secs() + s as i64),
         scopes: None,
-        next_refresh_at: tokens
-            .refresh_token
-            .as_ref()
-            .and(tokens.expires_in)
-            .map(|s| crate::services::refresh::renew_at(now_secs() + s as i64, state.config.refresh_window_secs)),
+        next_refresh_at: tokens.refresh_token.as_ref().and(tokens.expires_in).map(|s| {
+            crate::services::refresh::renew_at(state.clock.now_secs() + s as i64, state.config.refresh_window_secs)
+        }),
     };
     let data = json!({ "auth_type": "oauth2", "id_token_verified": id_token_verified, "refresh_token": tokens.refresh_token.is_some() });
     let stored = state
@@ -478,7 +468,8 @@ pub async fn check(state: &AppState, id: &str) -> Result<ConnectionView, ApiErro
 
 /// Moves a pending connection past its handshake expiry to `failed` (`expired`).
 pub(crate) async fn expire_if_stale(state: &AppState, row: ConnectionRow) -> Result<ConnectionRow, ApiError> {
-    if row.status == ConnectionStatus::Pending && row.handshake_expires_at.is_some_and(|t| t < now_micros()) {
+    if row.status == ConnectionStatus::Pending && row.handshake_expires_at.is_some_and(|t| t < state.clock.now_micros())
+    {
         let a = audit(None, AuditEvent::ConnectionFailed, &row, json!({ "error": "expired" }));
         state.store.expire_pending(&row.id, a).await?;
         state.invalidate(Invalidation::Connection(row.id.clone()));

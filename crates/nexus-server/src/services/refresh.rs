@@ -85,20 +85,16 @@ impl RefreshLocks {
     }
 }
 
-fn now_secs() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
 fn needs_refresh(state: &AppState, row: &ConnectionRow, reason: Reason) -> bool {
     let window = state.config.refresh_window_secs;
-    let near_expiry = row.expires_at.is_some_and(|e| e - now_secs() <= window);
+    let near_expiry = row.expires_at.is_some_and(|e| e - state.clock.now_secs() <= window);
     match reason {
         Reason::OnDemand(seen) => row.expires_at == seen && near_expiry,
-        Reason::Forced => row
-            .last_refreshed_at
-            .is_none_or(|t| chrono::Utc::now().timestamp_micros() - t >= FORCED_COALESCE_SECS * 1_000_000),
+        Reason::Forced => {
+            row.last_refreshed_at.is_none_or(|t| state.clock.now_micros() - t >= FORCED_COALESCE_SECS * 1_000_000)
+        }
         Reason::Rejected(seen) => row.expires_at == seen,
-        Reason::Background => near_expiry || row.next_refresh_at.is_some_and(|t| t <= now_secs()),
+        Reason::Background => near_expiry || row.next_refresh_at.is_some_and(|t| t <= state.clock.now_secs()),
     }
 }
 
@@ -113,10 +109,10 @@ pub(crate) fn renew_at(expires_at: i64, window: i64) -> i64 {
 }
 
 /// Backoff after the `failures`-th consecutive failure: 15 s doubling to 1 h, ±20 % jitter.
-fn retry_at(failures: i64) -> i64 {
+fn retry_at(now: i64, failures: i64) -> i64 {
     let base = (15i64 << failures.clamp(0, 8)).min(3600);
     let jitter = (rand::random::<f64>() * 0.4 - 0.2) * base as f64;
-    now_secs() + (base as f64 + jitter).max(1.0) as i64
+    now + (base as f64 + jitter).max(1.0) as i64
 }
 
 /// Refreshes `id` if `reason` says it is needed, with single flight.
@@ -197,7 +193,7 @@ async fn refresh_now(state: &AppState, caller: Option<&Caller>, id: &str, reason
             if let Some(id_token) = tokens.id_token {
                 credentials.insert("id_token".into(), Value::String(id_token));
             }
-            let expires_at = tokens.expires_in.map(|s| now_secs() + s as i64);
+            let expires_at = tokens.expires_in.map(|s| state.clock.now_secs() + s as i64);
             let rotated = tokens.refresh_token.is_some();
             let outcome = RefreshOutcome::Refreshed {
                 credentials_enc: keyring
@@ -227,7 +223,10 @@ async fn refresh_now(state: &AppState, caller: Option<&Caller>, id: &str, reason
             tracing::warn!(connection = %row.id, error = %other, "refresh failed; will retry");
             let a =
                 audit(caller, AuditEvent::TokenRefreshFailed, &row, json!({ "reason": reason.label(), "error": code }));
-            let outcome = RefreshOutcome::Failed { error: code.clone(), retry_at: retry_at(row.refresh_failures) };
+            let outcome = RefreshOutcome::Failed {
+                error: code.clone(),
+                retry_at: retry_at(state.clock.now_secs(), row.refresh_failures),
+            };
             (outcome, Refresh::ProviderDown(code), vec![a])
         }
     };

@@ -224,7 +224,7 @@ impl Scheduler {
         if room == 0 {
             return 0;
         }
-        let now = chrono::Utc::now().timestamp();
+        let now = self.state.clock.now_secs();
         let skip = self.token_hosts.providers_of(|host| self.hosts.blocked(host, Instant::now()));
         let due = match self.state.store.claim_due_refreshes(now, LEASE_SECS, room.min(BATCH), &skip).await {
             Ok(due) => due,
@@ -297,7 +297,7 @@ pub async fn run(state: AppState) {
 
 /// The refresher's state in one log line.
 async fn report(state: &AppState, hosts: &Hosts) {
-    let now = chrono::Utc::now().timestamp();
+    let now = state.clock.now_secs();
     let backlog = state.store.count_due_refreshes(now).await.unwrap_or(-1);
     let lag = state.store.refresh_lag(now).await.unwrap_or(-1);
     let open = hosts.open(Instant::now());

@@ -27,6 +27,9 @@ pub struct Cached {
     pub provider_id: String,
     pub workspace_id: String,
     valid_until: Instant,
+    /// When (by the application's clock, Unix seconds) the answer enters
+    /// its refresh window: from then on it is not served.
+    refresh_by: Option<i64>,
     parsed: OnceLock<Option<Arc<TokenAnswer>>>,
     base_allowed: OnceLock<Result<(), String>>,
 }
@@ -50,6 +53,7 @@ impl Cached {
             provider_id: provider_id.to_owned(),
             workspace_id: workspace_id.to_owned(),
             valid_until: Instant::now(),
+            refresh_by: None,
             parsed: OnceLock::new(),
             base_allowed: OnceLock::new(),
         })
@@ -115,13 +119,19 @@ impl TokenCache {
         self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    pub fn get(&self, connection_id: &str) -> Option<Arc<Cached>> {
-        self.entries.get(connection_id).filter(|c| c.valid_until > Instant::now())
+    /// The cached answer, unless it is past its TTL or (at `now`, Unix
+    /// seconds by the application's clock) inside its refresh window.
+    pub fn get(&self, connection_id: &str, now: i64) -> Option<Arc<Cached>> {
+        self.entries
+            .get(connection_id)
+            .filter(|c| c.valid_until > Instant::now() && c.refresh_by.is_none_or(|t| now < t))
     }
 
     /// Caches an answer for at most the TTL and at most `max_age`, and
-    /// returns it; not kept when an invalidation came after `generation`
-    /// was read (the answer may predate the change).
+    /// not past `refresh_by` (see [`TokenCache::get`]); returns it. Not
+    /// kept when an invalidation came after `generation` was read (the
+    /// answer may predate the change).
+    #[allow(clippy::too_many_arguments)]
     pub fn put(
         &self,
         connection_id: &str,
@@ -129,6 +139,7 @@ impl TokenCache {
         provider_id: &str,
         workspace_id: &str,
         max_age: Option<Duration>,
+        refresh_by: Option<i64>,
         generation: u64,
     ) -> Arc<Cached> {
         let age = max_age.map_or(self.ttl, |m| m.min(self.ttl));
@@ -140,6 +151,7 @@ impl TokenCache {
             provider_id: provider_id.to_owned(),
             workspace_id: workspace_id.to_owned(),
             valid_until: Instant::now() + age,
+            refresh_by,
             parsed: OnceLock::new(),
             base_allowed: OnceLock::new(),
         });
@@ -201,26 +213,26 @@ mod tests {
     #[test]
     fn invalidation_by_connection_provider_and_all() {
         let c = TokenCache::new(Duration::from_secs(60));
-        c.put("c1", Bytes::from_static(b"1"), "p1", "w", None, c.generation());
-        c.put("c2", Bytes::from_static(b"2"), "p2", "w", None, c.generation());
-        c.put("c3", Bytes::from_static(b"3"), "p1", "w", None, c.generation());
+        c.put("c1", Bytes::from_static(b"1"), "p1", "w", None, None, c.generation());
+        c.put("c2", Bytes::from_static(b"2"), "p2", "w", None, None, c.generation());
+        c.put("c3", Bytes::from_static(b"3"), "p1", "w", None, None, c.generation());
         c.invalidate(&Invalidation::Connection("c2".into()));
-        assert!(c.get("c2").is_none() && c.get("c1").is_some());
+        assert!(c.get("c2", 0).is_none() && c.get("c1", 0).is_some());
         c.invalidate(&Invalidation::Provider("p1".into()));
-        assert!(c.get("c1").is_none() && c.get("c3").is_none());
-        c.put("c4", Bytes::from_static(b"4"), "p3", "w", None, c.generation());
+        assert!(c.get("c1", 0).is_none() && c.get("c3", 0).is_none());
+        c.put("c4", Bytes::from_static(b"4"), "p3", "w", None, None, c.generation());
         c.invalidate(&Invalidation::All);
-        assert!(c.get("c4").is_none());
+        assert!(c.get("c4", 0).is_none());
     }
 
     #[test]
     fn the_parsed_answer_is_the_body() {
         let c = TokenCache::new(Duration::from_secs(60));
         let body = r#"{"connection_id":"c1","provider":"p","auth_type":"api_key","strategy":{"type":"header","config":{}},"credentials":{"api_key":"k"},"expires_at":null}"#;
-        let hit = c.put("c1", Bytes::from_static(body.as_bytes()), "p", "w", None, c.generation());
+        let hit = c.put("c1", Bytes::from_static(body.as_bytes()), "p", "w", None, None, c.generation());
         let answer = hit.answer().unwrap();
         assert_eq!((answer.connection_id(), answer.credentials()["api_key"].as_str()), ("c1", Some("k")));
-        assert!(Arc::ptr_eq(&answer, &c.get("c1").unwrap().answer().unwrap()), "parsed once, shared");
+        assert!(Arc::ptr_eq(&answer, &c.get("c1", 0).unwrap().answer().unwrap()), "parsed once, shared");
         assert!(Cached::uncached(Bytes::from_static(b"{}"), "p", "w").answer().is_none());
     }
 
@@ -228,7 +240,7 @@ mod tests {
     fn a_full_cache_evicts_some_entries_not_all() {
         let c = TokenCache::with_capacity(Duration::from_secs(60), 1000);
         for n in 0..1500 {
-            c.put(&format!("c{n}"), Bytes::from_static(b"x"), "p", "w", None, c.generation());
+            c.put(&format!("c{n}"), Bytes::from_static(b"x"), "p", "w", None, None, c.generation());
         }
         let held = c.len();
         assert!((900..=1000).contains(&held), "{held} entries held of 1000");
@@ -238,8 +250,8 @@ mod tests {
     fn debug_shows_no_credentials() {
         let c = TokenCache::new(Duration::from_secs(60));
         let body = r#"{"credentials":{"api_key":"sk-debug-secret-1"}}"#;
-        let hit = c.put("c1", Bytes::from_static(body.as_bytes()), "p", "w", None, c.generation());
-        for shown in [format!("{c:?}"), format!("{hit:?}"), format!("{:?}", c.get("c1"))] {
+        let hit = c.put("c1", Bytes::from_static(body.as_bytes()), "p", "w", None, None, c.generation());
+        for shown in [format!("{c:?}"), format!("{hit:?}"), format!("{:?}", c.get("c1", 0))] {
             assert!(!shown.contains("sk-debug-secret-1"), "{shown}");
         }
     }
@@ -250,21 +262,29 @@ mod tests {
         let seen = c.generation();
         // The connection changes while its answer is being built.
         c.invalidate(&Invalidation::Connection("c1".into()));
-        let served = c.put("c1", Bytes::from_static(b"old"), "p", "w", None, seen);
+        let served = c.put("c1", Bytes::from_static(b"old"), "p", "w", None, None, seen);
         assert_eq!(served.body, "old", "the caller still gets its answer");
-        assert!(c.get("c1").is_none(), "but it is not cached");
-        c.put("c1", Bytes::from_static(b"new"), "p", "w", None, c.generation());
-        assert_eq!(c.get("c1").unwrap().body, "new");
+        assert!(c.get("c1", 0).is_none(), "but it is not cached");
+        c.put("c1", Bytes::from_static(b"new"), "p", "w", None, None, c.generation());
+        assert_eq!(c.get("c1", 0).unwrap().body, "new");
     }
 
     #[test]
     fn entries_expire() {
         let c = TokenCache::new(Duration::from_secs(60));
-        c.put("c1", Bytes::from_static(b"1"), "p", "w", Some(Duration::ZERO), c.generation());
-        assert!(c.get("c1").is_none(), "zero max age is not cached");
+        c.put("c1", Bytes::from_static(b"1"), "p", "w", Some(Duration::ZERO), None, c.generation());
+        assert!(c.get("c1", 0).is_none(), "zero max age is not cached");
         let short = TokenCache::new(Duration::from_millis(1));
-        short.put("c1", Bytes::from_static(b"1"), "p", "w", None, short.generation());
+        short.put("c1", Bytes::from_static(b"1"), "p", "w", None, None, short.generation());
         std::thread::sleep(Duration::from_millis(5));
-        assert!(short.get("c1").is_none());
+        assert!(short.get("c1", 0).is_none());
+    }
+
+    #[test]
+    fn an_answer_is_not_served_from_its_refresh_window_on() {
+        let c = TokenCache::new(Duration::from_secs(30));
+        c.put("c1", Bytes::from_static(b"1"), "p", "w", None, Some(1_000), c.generation());
+        assert!(c.get("c1", 999).is_some());
+        assert!(c.get("c1", 1_000).is_none(), "the clock reached the window");
     }
 }

@@ -59,7 +59,7 @@ pub async fn token(state: &AppState, caller: &Caller, id: &str) -> Result<Bytes,
 
 /// [`token`], as the cache keeps it (with the answer parsed once, for the proxy).
 pub async fn answer(state: &AppState, caller: &Caller, id: &str) -> Result<Arc<Cached>, ApiError> {
-    if let Some(hit) = state.token_cache.get(id) {
+    if let Some(hit) = state.token_cache.get(id, state.clock.now_secs()) {
         state
             .audit_batched(NewAudit {
                 ip: Some(caller.ip_string()),
@@ -79,11 +79,9 @@ pub async fn answer(state: &AppState, caller: &Caller, id: &str) -> Result<Arc<C
     let view = load(state, caller, id).await?;
     let body = Bytes::from(serde_json::to_vec(&view.0).map_err(|_| ApiError::internal())?);
     // Not served from cache inside the refresh window: a request there refreshes.
-    let max_age = view.0.expires_at.map(|exp| {
-        let left = exp - state.config.refresh_window_secs - chrono::Utc::now().timestamp();
-        Duration::from_secs(left.max(0) as u64)
-    });
-    Ok(state.token_cache.put(id, body, &view.1, &view.2, max_age, generation))
+    let refresh_by = view.0.expires_at.map(|exp| exp - state.config.refresh_window_secs);
+    let max_age = refresh_by.map(|t| Duration::from_secs((t - state.clock.now_secs()).max(0) as u64));
+    Ok(state.token_cache.put(id, body, &view.1, &view.2, max_age, refresh_by, generation))
 }
 
 /// Reads, checks and decrypts; returns the view with its provider and workspace ids.
@@ -91,7 +89,7 @@ async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<(TokenView,
     let row = state.store.connection_by_id(id).await?.ok_or_else(|| ApiError::not_found("no such connection"))?;
     let mut row = expire_if_stale(state, row).await?;
     let window = state.config.refresh_window_secs;
-    let now = chrono::Utc::now().timestamp();
+    let now = state.clock.now_secs();
     if row.status == ConnectionStatus::Active
         && row.refresh_token_enc.is_some()
         && row.expires_at.is_some_and(|e| e - now <= window)
@@ -99,9 +97,7 @@ async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<(TokenView,
         let outcome = refresh(state, Some(caller), &row.id, Reason::OnDemand(row.expires_at)).await?;
         row = state.store.connection_by_id(id).await?.ok_or_else(|| ApiError::not_found("no such connection"))?;
         if let Refresh::ProviderDown(code) = outcome {
-            if row.status == ConnectionStatus::Active
-                && row.expires_at.is_some_and(|e| e <= chrono::Utc::now().timestamp())
-            {
+            if row.status == ConnectionStatus::Active && row.expires_at.is_some_and(|e| e <= state.clock.now_secs()) {
                 return Err(ApiError::new(
                     ErrorCode::ProviderUnavailable,
                     "the access token expired and the provider could not be reached to refresh it; retry shortly",
@@ -137,7 +133,7 @@ async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<(TokenView,
     let entry = audit(Some(caller), AuditEvent::TokenRetrieved, &row, json!({}));
     state.audit_batched(entry).await?;
     let max_age = match row.expires_at {
-        Some(exp) => state.config.token_max_age_secs.min(exp - chrono::Utc::now().timestamp()).max(0),
+        Some(exp) => state.config.token_max_age_secs.min(exp - state.clock.now_secs()).max(0),
         None => state.config.token_max_age_secs,
     };
     let view = TokenView {

@@ -175,7 +175,7 @@ async fn debug_output_shows_no_credential() {
         let id = static_connection(&app, "dbg", provider, json!({"api_key": "sk-debugged-4f1d"})).await;
         let token = app.get(&format!("/v1/token/{id}")).await;
         assert_eq!(token.status, 200);
-        let cached = app.state.token_cache.get(&id).expect("the answer is cached");
+        let cached = app.state.token_cache.get(&id, app.state.clock.now_secs()).expect("the answer is cached");
         for shown in [format!("{:?}", app.state), format!("{:#?}", app.state), format!("{cached:?}")] {
             assert!(!shown.contains("sk-debugged-4f1d"), "{shown}");
         }

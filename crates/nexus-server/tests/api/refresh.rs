@@ -39,13 +39,18 @@ async fn token(app: &TestApp, id: &str) -> Value {
     resp.json
 }
 
-/// Sleeps until the stored access token is inside the refresh window.
+/// Moves the server's clock until the stored access token is inside the
+/// refresh window (no sleeping: the provider's token is still good).
 async fn wait_for_window(app: &TestApp, id: &str, window: i64) {
     let row = app.store().connection_by_id(id).await.unwrap().unwrap();
-    let due = row.expires_at.unwrap() - window;
-    let wait = due - chrono::Utc::now().timestamp() + 1;
-    if wait > 0 {
-        tokio::time::sleep(Duration::from_secs(wait as u64)).await;
+    move_clock_past(app, row.expires_at.unwrap() - window);
+}
+
+/// Moves the server's clock to just past `t` (Unix seconds), if it is not there.
+fn move_clock_past(app: &TestApp, t: i64) {
+    let ahead = t - app.state.clock.now_secs() + 1;
+    if ahead > 0 {
+        app.state.clock.advance(Duration::from_secs(ahead as u64));
     }
 }
 
@@ -148,8 +153,7 @@ async fn provider_down_serves_valid_tokens_and_503s_expired_ones(backend: Backen
     assert_eq!(served.json["credentials"]["access_token"], original);
     // Expired: a clear 503, and the connection stays active.
     let row = app.store().connection_by_id(&id).await.unwrap().unwrap();
-    let wait = row.expires_at.unwrap() - chrono::Utc::now().timestamp() + 1;
-    tokio::time::sleep(Duration::from_secs(wait.max(0) as u64)).await;
+    move_clock_past(&app, row.expires_at.unwrap());
     let down = app.get(&format!("/v1/token/{id}")).await;
     assert_eq!((down.status, down.code()), (503, "provider_unavailable"), "{}", down.text);
     // A forced refresh gets the same status (SPEC 5b; v1 answered 502).
