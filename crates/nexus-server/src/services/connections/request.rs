@@ -1,0 +1,169 @@
+//! `POST /v1/request-connection`: a pending connection and where to send the
+//! user (the provider's consent page, or Nexus's capture page).
+
+use super::{audit, client_config, context, param_bool, param_map, param_str};
+use crate::error::ApiError;
+use crate::middleware::Caller;
+use crate::services::providers;
+use crate::services::state_token::{self, StateClaims};
+use crate::state::AppState;
+use nexus_core::connection::{narrow_scopes, parse_return_url, PENDING_TTL_SECS};
+use nexus_core::wire::ErrorCode;
+use nexus_core::wire::{ConnectionRequested, RequestConnection};
+use nexus_core::{AuditEvent, AuthType};
+use nexus_store::{ConnectionRow, Handshake};
+use serde_json::{json, Value};
+
+/// `POST /v1/request-connection`.
+pub async fn request(state: &AppState, caller: &Caller, body: Value) -> Result<ConnectionRequested, ApiError> {
+    let input: RequestConnection = nexus_core::wire::from_body(body)?;
+    let workspace_id = input.workspace_id.trim().to_owned();
+    if workspace_id.is_empty() || workspace_id.len() > 256 {
+        return Err(ApiError::bad_request("workspace_id: must be 1 to 256 characters"));
+    }
+    let provider_ref = match (&input.provider_id, &input.provider_name) {
+        (Some(id), _) if !id.is_empty() => id.clone(),
+        (_, Some(name)) if !name.is_empty() => name.clone(),
+        _ => return Err(ApiError::bad_request("provider_id: provider_id or provider_name is required")),
+    };
+    let allowed = state.config.allowed_return_domains.as_deref();
+    let return_url =
+        parse_return_url(&input.return_url, allowed).map_err(|m| ApiError::bad_request(format!("return_url: {m}")))?;
+    if let Some(m) = &input.metadata {
+        if !m.is_object() || m.to_string().len() > 16 * 1024 {
+            return Err(ApiError::bad_request("metadata: must be a JSON object of at most 16 KiB"));
+        }
+    }
+    let provider = providers::find(state, &provider_ref).await.map_err(|e| {
+        if e.code == ErrorCode::NotFound {
+            ApiError::not_found(format!(
+                "provider_id: no provider with id or name '{}'",
+                provider_ref.chars().take(80).collect::<String>()
+            ))
+        } else {
+            e
+        }
+    })?;
+    let auth_type = provider.config.auth_type;
+    let scopes = if auth_type == AuthType::Oauth2 {
+        narrow_scopes(&provider.config.scopes, input.scopes.as_deref())
+            .map_err(|m| ApiError::bad_request(format!("scopes: {m}")))?
+    } else {
+        Vec::new()
+    };
+
+    let existing = match &input.connection_id {
+        None => None,
+        Some(id) => {
+            let row = state
+                .store
+                .connection_by_id(id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("connection_id: no such connection"))?;
+            if row.provider_id != provider.id {
+                return Err(ApiError::conflict("connection_id: that connection belongs to another provider"));
+            }
+            if row.workspace_id != workspace_id {
+                return Err(ApiError::conflict("connection_id: that connection belongs to another workspace"));
+            }
+            Some(row)
+        }
+    };
+    let connection_id = existing.as_ref().map(|r| r.id.clone()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let expires_at = state.clock.now_secs() + PENDING_TTL_SECS;
+    let nonce = state_token::random_nonce();
+    let state_string = state_token::issue(
+        &state.config.state_signer,
+        &StateClaims { connection_id: connection_id.clone(), nonce: nonce.clone(), expires_at },
+    );
+
+    let (auth_url, pkce_enc, oidc_nonce) = if auth_type == AuthType::Oauth2 {
+        let cfg = client_config(state, &provider)?;
+        let verifier = nexus_oauth::new_pkce_verifier();
+        let oidc_nonce = scopes.iter().any(|s| s == "openid").then(state_token::random_nonce);
+        let extra = param_map(&provider, "authorization_params");
+        let url = nexus_oauth::authorization_url(
+            &cfg,
+            &nexus_oauth::AuthorizationParams {
+                scopes: &scopes,
+                scope_separator: param_str(&provider, "scope_separator").unwrap_or(" "),
+                send_scope: !param_bool(&provider, "skip_scope_on_auth"),
+                extra: &extra,
+                state: &state_string,
+                pkce_verifier: &verifier,
+                nonce: oidc_nonce.as_deref(),
+            },
+        )
+        .map_err(|e| ApiError::new(ErrorCode::ProviderMisconfigured, e.to_string()))?;
+        let sealed = state.config.keyring.seal(&context(&connection_id, "pkce_verifier"), verifier.expose().as_bytes());
+        (url.to_string(), Some(sealed), oidc_nonce)
+    } else {
+        (capture_url(state, &state_string), None, None)
+    };
+
+    let handshake = Handshake {
+        state_nonce: nonce,
+        expires_at: expires_at * 1_000_000,
+        pkce_verifier_enc: pkce_enc,
+        oidc_nonce,
+        scopes: scopes.clone(),
+        return_url: return_url.to_string(),
+        metadata: input.metadata.clone(),
+    };
+    let data = json!({ "provider": provider.config.name, "auth_type": auth_type, "scopes": scopes, "reauthorize": existing.is_some() });
+    match existing {
+        Some(row) => {
+            state
+                .store
+                .restart_handshake(
+                    &row.id,
+                    &handshake,
+                    audit(Some(caller), AuditEvent::ConnectionRequested, &row, data),
+                )
+                .await?;
+        }
+        None => {
+            let now = state.clock.now_micros();
+            let row = ConnectionRow {
+                workspace_id,
+                scopes: handshake.scopes.clone(),
+                return_url: handshake.return_url.clone(),
+                metadata: handshake.metadata.clone(),
+                state_nonce: Some(handshake.state_nonce.clone()),
+                handshake_expires_at: Some(handshake.expires_at),
+                pkce_verifier_enc: handshake.pkce_verifier_enc.clone(),
+                oidc_nonce: handshake.oidc_nonce.clone(),
+                created_at: now,
+                updated_at: now,
+                ..ConnectionRow::pending(
+                    connection_id.clone(),
+                    provider.id.clone(),
+                    provider.config.name.to_string(),
+                    auth_type,
+                )
+            };
+            state
+                .store
+                .insert_connection(&row, audit(Some(caller), AuditEvent::ConnectionRequested, &row, data))
+                .await?;
+        }
+    }
+    Ok(ConnectionRequested {
+        connection_id,
+        auth_url_alias: auth_url.clone(),
+        auth_url,
+        state: state_string,
+        provider_id: provider.id,
+        scopes,
+        expires_at,
+    })
+}
+
+/// Where a static provider's `auth_url` points: Nexus's own capture page.
+fn capture_url(state: &AppState, state_string: &str) -> String {
+    let mut url = state.config.base_url.clone();
+    let base_path = url.path().trim_end_matches('/').to_owned();
+    url.set_path(&format!("{base_path}/auth/capture"));
+    url.query_pairs_mut().clear().append_pair("state", state_string);
+    url.to_string()
+}
