@@ -142,14 +142,7 @@ pub async fn list(state: &AppState, q: AuditQuery) -> Result<AuditPageView, ApiE
     };
     let since = q.since.as_deref().map(|s| parse_time("since", s)).transpose()?;
     let until = q.until.as_deref().map(|s| parse_time("until", s)).transpose()?;
-    // A provider may be named; deleted providers are still found by their id.
-    let provider_id = match q.provider {
-        None => None,
-        Some(p) => match state.store.provider_by_name(&p).await? {
-            Some(row) => Some(row.id),
-            None => Some(p),
-        },
-    };
+    let provider_id = crate::services::providers::filter_id(state, q.provider).await?;
     let page = state
         .store
         .list_audit(&AuditFilter {

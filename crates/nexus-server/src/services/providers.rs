@@ -278,6 +278,19 @@ pub async fn delete(state: &AppState, caller: &Caller, id_or_name: &str) -> Resu
     Ok(DeletedView { id: stored.id, name, deleted: true, orphaned_connections: orphaned })
 }
 
+/// The provider id a list filter means: a live provider's name becomes its
+/// id; anything else is taken as an id (so a deleted provider's rows are
+/// still found by it).
+pub async fn filter_id(state: &AppState, provider: Option<String>) -> Result<Option<String>, ApiError> {
+    Ok(match provider {
+        None => None,
+        Some(p) => match state.store.provider_by_name(&p).await? {
+            Some(row) => Some(row.id),
+            None => Some(p),
+        },
+    })
+}
+
 /// `GET /v1/providers`.
 pub async fn list(state: &AppState, filter: ProviderFilter) -> Result<Vec<ProviderView>, ApiError> {
     Ok(state.store.list_providers(&filter).await?.into_iter().map(view).collect())

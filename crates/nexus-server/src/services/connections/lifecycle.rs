@@ -3,6 +3,7 @@
 
 use super::{audit, view};
 use crate::error::ApiError;
+use crate::services::providers;
 use crate::state::AppState;
 use nexus_core::wire::ConnectionView;
 use nexus_core::{AuditEvent, ConnectionStatus};
@@ -46,13 +47,7 @@ pub async fn list(state: &AppState, q: ListQuery) -> Result<Vec<ConnectionView>,
     if q.limit.is_some_and(|n| n < 1) {
         return Err(ApiError::bad_request("limit: must be at least 1"));
     }
-    let provider_id = match q.provider {
-        None => None,
-        Some(p) => match state.store.provider_by_name(&p).await? {
-            Some(row) => Some(row.id),
-            None => Some(p),
-        },
-    };
+    let provider_id = providers::filter_id(state, q.provider).await?;
     let rows = state
         .store
         .list_connections(&ConnectionFilter {
