@@ -5,162 +5,114 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
 
-/// Every error condition Nexus (the Gateway, the Broker and both proxies)
-/// reports, as its stable snake_case wire name. Each has exactly one status
-/// ([`ErrorCode::status`]). A code a newer server sends that this build does
-/// not know decodes as [`ErrorCode::Unknown`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    // 400: the request itself is wrong.
+/// Declares [`ErrorCode`] from one table: each condition once, with its
+/// wire name and its one status.
+macro_rules! error_codes {
+    ($($(#[doc = $doc:literal])* $variant:ident = $name:literal => $status:literal,)+) => {
+        /// Every error condition Nexus (the Gateway, the Broker and both
+        /// proxies) reports, as its stable snake_case wire name. Each has
+        /// exactly one status ([`ErrorCode::status`]). A code a newer server
+        /// sends that this build does not know decodes as [`ErrorCode::Unknown`].
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+        #[serde(rename_all = "snake_case")]
+        pub enum ErrorCode {
+            // The wire name is the variant's in snake_case (serde and the
+            // OpenAPI schema); `as_str` returns the same, tested below.
+            $($(#[doc = $doc])* $variant,)+
+            /// A code this build does not know (from a newer server).
+            #[serde(other)]
+            Unknown,
+        }
+
+        impl ErrorCode {
+            /// Every code but [`ErrorCode::Unknown`].
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)+];
+
+            /// The wire name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $name,)+
+                    ErrorCode::Unknown => "unknown",
+                }
+            }
+
+            /// The one HTTP status of this condition.
+            pub fn status(self) -> u16 {
+                match self {
+                    $(ErrorCode::$variant => $status,)+
+                    ErrorCode::Unknown => 500,
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
     /// A field or parameter is invalid; `details.fields` names it.
-    InvalidInput,
+    InvalidInput = "invalid_input" => 400,
     /// The body is not JSON.
-    MalformedJson,
+    MalformedJson = "malformed_json" => 400,
     /// A `state` (OAuth or capture) is not one Nexus issued.
-    InvalidState,
+    InvalidState = "invalid_state" => 400,
     /// A `state` was issued but has expired.
-    StateExpired,
+    StateExpired = "state_expired" => 400,
     /// Captured credentials do not fit the provider's schema or strategy.
-    InvalidCredentials,
+    InvalidCredentials = "invalid_credentials" => 400,
     /// OIDC discovery at registration failed.
-    DiscoveryFailed,
+    DiscoveryFailed = "discovery_failed" => 400,
     /// Any other refused request.
-    BadRequest,
-    // 401, 403
-    Unauthorized,
-    Forbidden,
+    BadRequest = "bad_request" => 400,
+    Unauthorized = "unauthorized" => 401,
+    Forbidden = "forbidden" => 403,
     /// `nexus proxy` answers to its own address only.
-    HostNotAllowed,
+    HostNotAllowed = "host_not_allowed" => 403,
     /// `nexus proxy` refuses requests from web pages.
-    OriginNotAllowed,
-    // 404, 405, 408, 413, 415
-    NotFound,
-    MethodNotAllowed,
-    Timeout,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    /// 431: the request head is larger than a proxy accepts.
-    HeadersTooLarge,
-    // 409: the request is fine but the state of things forbids it.
-    Conflict,
+    OriginNotAllowed = "origin_not_allowed" => 403,
+    NotFound = "not_found" => 404,
+    MethodNotAllowed = "method_not_allowed" => 405,
+    Timeout = "timeout" => 408,
+    PayloadTooLarge = "payload_too_large" => 413,
+    UnsupportedMediaType = "unsupported_media_type" => 415,
+    /// The request head is larger than a proxy accepts.
+    HeadersTooLarge = "headers_too_large" => 431,
+    /// The state of things forbids the request.
+    Conflict = "conflict" => 409,
     /// Another live provider has this name.
-    NameTaken,
+    NameTaken = "name_taken" => 409,
     /// A `state` was already used.
-    StateUsed,
+    StateUsed = "state_used" => 409,
     /// The connection is pending, failed or revoked.
-    ConnectionNotActive,
+    ConnectionNotActive = "connection_not_active" => 409,
     /// The provider refused the refresh token: the user must consent again.
-    AttentionRequired,
+    AttentionRequired = "attention_required" => 409,
     /// The provider's configuration cannot serve this request.
-    ProviderMisconfigured,
+    ProviderMisconfigured = "provider_misconfigured" => 409,
     /// The provider has no `api_base_url` to proxy to.
-    NoApiBaseUrl,
+    NoApiBaseUrl = "no_api_base_url" => 409,
     /// The credentials cannot sign this request.
-    CannotSign,
-    // 410
+    CannotSign = "cannot_sign" => 409,
     /// The connection's provider was deleted.
-    ProviderDeleted,
-    // 500
-    InternalError,
-    // 502, 504: the provider misbehaved.
-    ProviderError,
-    ProviderUnreachable,
-    ProviderTimeout,
+    ProviderDeleted = "provider_deleted" => 410,
+    InternalError = "internal_error" => 500,
+    ProviderError = "provider_error" => 502,
+    ProviderUnreachable = "provider_unreachable" => 502,
     /// A proxy's Gateway refused its API key.
-    GatewayRefusedApiKey,
+    GatewayRefusedApiKey = "gateway_refused_api_key" => 502,
     /// A proxy could not reach its Gateway.
-    GatewayUnavailable,
-    // 503: retry later.
+    GatewayUnavailable = "gateway_unavailable" => 502,
     /// The provider cannot be reached and the stored token is no longer usable.
-    ProviderUnavailable,
+    ProviderUnavailable = "provider_unavailable" => 503,
     /// The database is away; nothing was changed.
-    StorageUnavailable,
+    StorageUnavailable = "storage_unavailable" => 503,
     /// The server is starting or stopping.
-    Unavailable,
+    Unavailable = "unavailable" => 503,
     /// A proxy serves as many agent connections as it may.
-    TooManyConnections,
-    /// A code this build does not know (from a newer server).
-    #[serde(other)]
-    Unknown,
+    TooManyConnections = "too_many_connections" => 503,
+    ProviderTimeout = "provider_timeout" => 504,
 }
 
 impl ErrorCode {
-    /// The one HTTP status of this condition.
-    pub fn status(self) -> u16 {
-        use ErrorCode::*;
-        match self {
-            InvalidInput | MalformedJson | InvalidState | StateExpired | InvalidCredentials | DiscoveryFailed
-            | BadRequest => 400,
-            Unauthorized => 401,
-            Forbidden | HostNotAllowed | OriginNotAllowed => 403,
-            NotFound => 404,
-            MethodNotAllowed => 405,
-            Timeout => 408,
-            Conflict
-            | NameTaken
-            | StateUsed
-            | ConnectionNotActive
-            | AttentionRequired
-            | ProviderMisconfigured
-            | NoApiBaseUrl
-            | CannotSign => 409,
-            ProviderDeleted => 410,
-            PayloadTooLarge => 413,
-            UnsupportedMediaType => 415,
-            HeadersTooLarge => 431,
-            InternalError | Unknown => 500,
-            ProviderError | ProviderUnreachable | GatewayRefusedApiKey | GatewayUnavailable => 502,
-            ProviderUnavailable | StorageUnavailable | Unavailable | TooManyConnections => 503,
-            ProviderTimeout => 504,
-        }
-    }
-
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        use ErrorCode::*;
-        match self {
-            InvalidInput => "invalid_input",
-            MalformedJson => "malformed_json",
-            InvalidState => "invalid_state",
-            StateExpired => "state_expired",
-            InvalidCredentials => "invalid_credentials",
-            DiscoveryFailed => "discovery_failed",
-            BadRequest => "bad_request",
-            Unauthorized => "unauthorized",
-            Forbidden => "forbidden",
-            HostNotAllowed => "host_not_allowed",
-            OriginNotAllowed => "origin_not_allowed",
-            NotFound => "not_found",
-            MethodNotAllowed => "method_not_allowed",
-            Timeout => "timeout",
-            PayloadTooLarge => "payload_too_large",
-            UnsupportedMediaType => "unsupported_media_type",
-            HeadersTooLarge => "headers_too_large",
-            Conflict => "conflict",
-            NameTaken => "name_taken",
-            StateUsed => "state_used",
-            ConnectionNotActive => "connection_not_active",
-            AttentionRequired => "attention_required",
-            ProviderMisconfigured => "provider_misconfigured",
-            NoApiBaseUrl => "no_api_base_url",
-            CannotSign => "cannot_sign",
-            ProviderDeleted => "provider_deleted",
-            InternalError => "internal_error",
-            ProviderError => "provider_error",
-            ProviderUnreachable => "provider_unreachable",
-            ProviderTimeout => "provider_timeout",
-            GatewayRefusedApiKey => "gateway_refused_api_key",
-            GatewayUnavailable => "gateway_unavailable",
-            ProviderUnavailable => "provider_unavailable",
-            StorageUnavailable => "storage_unavailable",
-            Unavailable => "unavailable",
-            TooManyConnections => "too_many_connections",
-            Unknown => "unknown",
-        }
-    }
-
     /// The code of a bare status produced outside our handlers (a framework
     /// rejection), with a sentence for it.
     pub fn for_status(status: u16) -> (ErrorCode, &'static str) {
@@ -179,49 +131,6 @@ impl ErrorCode {
             _ => (InternalError, "an internal error occurred; see the server log"),
         }
     }
-
-    /// Every code but [`ErrorCode::Unknown`].
-    pub const ALL: [ErrorCode; 36] = {
-        use ErrorCode::*;
-        [
-            InvalidInput,
-            MalformedJson,
-            InvalidState,
-            StateExpired,
-            InvalidCredentials,
-            DiscoveryFailed,
-            BadRequest,
-            Unauthorized,
-            Forbidden,
-            HostNotAllowed,
-            OriginNotAllowed,
-            NotFound,
-            MethodNotAllowed,
-            Timeout,
-            PayloadTooLarge,
-            UnsupportedMediaType,
-            HeadersTooLarge,
-            Conflict,
-            NameTaken,
-            StateUsed,
-            ConnectionNotActive,
-            AttentionRequired,
-            ProviderMisconfigured,
-            NoApiBaseUrl,
-            CannotSign,
-            ProviderDeleted,
-            InternalError,
-            ProviderError,
-            ProviderUnreachable,
-            ProviderTimeout,
-            GatewayRefusedApiKey,
-            GatewayUnavailable,
-            ProviderUnavailable,
-            StorageUnavailable,
-            Unavailable,
-            TooManyConnections,
-        ]
-    };
 }
 
 impl fmt::Display for ErrorCode {
@@ -249,7 +158,8 @@ mod tests {
 
     #[test]
     fn wire_names_round_trip_and_unknown_codes_decode() {
-        for code in ErrorCode::ALL {
+        assert_eq!(ErrorCode::ALL.len(), 36);
+        for &code in ErrorCode::ALL {
             let json = serde_json::to_value(code).unwrap();
             assert_eq!(json, code.as_str(), "{code:?}");
             assert_eq!(serde_json::from_value::<ErrorCode>(json).unwrap(), code);

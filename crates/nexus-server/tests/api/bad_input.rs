@@ -622,7 +622,45 @@ async fn every_refusal_names_its_field_in_details(backend: Backend) {
     assert_eq!(snapshot(&app).await, before, "nothing was written");
 }
 
+/// A NUL inside the free-form members (`params`, `metadata`, `credentials`)
+/// is stored as a JSON escape and comes back as it was, on PostgreSQL too;
+/// one anywhere else (a name, a filter) is still a 400 that writes nothing.
+async fn nul_is_kept_inside_free_form_members_only(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let params = json!({"credential_schema": schema(), "odd\u{0}key": "odd\u{0}value", "nested": {"k": ["\u{0}"]}});
+    let created =
+        app.post("/v1/providers", &json!({"name": "nul-params", "auth_type": "api_key", "params": params})).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let stored = app.get("/v1/providers/nul-params").await;
+    assert_eq!(stored.json["params"]["odd\u{0}key"], "odd\u{0}value");
+    assert_eq!(stored.json["params"]["nested"]["k"][0], "\u{0}");
+    let metadata = json!({"note\u{0}": "a\u{0}b"});
+    let req = app
+        .post("/v1/request-connection", &json!({"workspace_id": "w", "provider_name": "nul-params", "return_url": "https://app.example.test/", "metadata": metadata}))
+        .await;
+    assert_eq!(req.status, 200, "{}", req.text);
+    let listed = app.get("/v1/connections?workspace_id=w").await;
+    assert_eq!(listed.json[0]["metadata"], metadata);
+    let before = snapshot(&app).await;
+    for (path, body) in [
+        (
+            "/v1/request-connection",
+            json!({"workspace_id": "w\u{0}", "provider_name": "nul-params", "return_url": "https://app.example.test/"}),
+        ),
+        (
+            "/v1/providers",
+            json!({"name": "x", "auth_type": "api_key", "category": "c\u{0}", "params": {"credential_schema": schema()}}),
+        ),
+    ] {
+        let resp = app.post(path, &body).await;
+        assert_eq!((resp.status, resp.code()), (400, "invalid_input"), "{path}: {}", resp.text);
+    }
+    assert_eq!(app.get("/v1/connections?workspace_id=w%00").await.status, 400);
+    assert_eq!(snapshot(&app).await, before, "nothing was written");
+}
+
 both_backends!(
+    nul_is_kept_inside_free_form_members_only,
     bad_input_is_refused_and_changes_nothing,
     missing_or_wrong_api_key_is_401_and_audited,
     every_refusal_names_its_field_in_details
