@@ -586,6 +586,10 @@ async fn the_gateways_provider_client_verifies_https_the_same_way() {
         for _ in 0..3 {
             let resp = client.send("c1", get(format!("https://localhost:{port}/api/len"))).await.unwrap();
             assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "hello");
+            // hyper hands a connection back to its pool from the connection's
+            // own task once the answer is read: give it that moment (on a
+            // loaded machine the next request could otherwise open another).
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(provider.accepted(), 1, "the pool kept the TLS connection");
         let err = client.send("c1", get(format!("https://127.0.0.1:{port}/api/len"))).await.unwrap_err();
