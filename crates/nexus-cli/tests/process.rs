@@ -146,20 +146,36 @@ async fn a_sigterm_right_after_start_is_a_graceful_stop() {
     }
 }
 
-/// A discovery endpoint that answers slowly, to hold a request in flight.
+/// A discovery endpoint that answers slowly, to hold a request in flight:
+/// a minimal OpenID Provider Metadata document, and an empty key set at
+/// its `jwks_uri`.
 async fn slow_issuer(delay: Duration) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let issuer = format!("http://{}", listener.local_addr().unwrap());
-    let doc = json!({"issuer": issuer, "authorization_endpoint": format!("{issuer}/auth"), "token_endpoint": format!("{issuer}/token")}).to_string();
+    let doc = json!({
+        "issuer": issuer,
+        "authorization_endpoint": format!("{issuer}/auth"),
+        "token_endpoint": format!("{issuer}/token"),
+        "jwks_uri": format!("{issuer}/jwks"),
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+    })
+    .to_string();
     tokio::spawn(async move {
         while let Ok((mut sock, _)) = listener.accept().await {
             let doc = doc.clone();
             tokio::spawn(async move {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 let mut buf = [0u8; 4096];
-                let _ = sock.read(&mut buf).await;
-                tokio::time::sleep(delay).await;
-                let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{doc}", doc.len());
+                let n = sock.read(&mut buf).await.unwrap_or(0);
+                let body = if buf[..n].starts_with(b"GET /jwks ") {
+                    r#"{"keys":[]}"#.to_owned()
+                } else {
+                    tokio::time::sleep(delay).await;
+                    doc
+                };
+                let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
                 let _ = sock.write_all(resp.as_bytes()).await;
             });
         }

@@ -6,7 +6,6 @@
 
 pub mod app;
 pub mod config;
-pub mod discovery;
 pub mod error;
 pub mod extract;
 pub mod middleware;

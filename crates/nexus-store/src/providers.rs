@@ -45,6 +45,16 @@ fn from_row(row: &AnyRow) -> Result<ProviderRow, StoreError> {
     })
 }
 
+/// The provider `id`, read on `on` (the pool, or a transaction that must see it).
+pub(crate) async fn provider_by_id_on<'e>(
+    on: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    id: &str,
+) -> Result<Option<ProviderRow>, StoreError> {
+    let row =
+        sqlx::query(&format!("SELECT {COLUMNS} FROM providers WHERE id = $1")).bind(id).fetch_optional(on).await?;
+    row.as_ref().map(from_row).transpose()
+}
+
 fn json(value: &impl serde::Serialize) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".into())
 }
@@ -143,11 +153,7 @@ impl Store {
     }
 
     pub async fn provider_by_id(&self, id: &str) -> Result<Option<ProviderRow>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM providers WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(from_row).transpose()
+        provider_by_id_on(&self.pool, id).await
     }
 
     pub async fn provider_by_name(&self, name: &str) -> Result<Option<ProviderRow>, StoreError> {

@@ -13,7 +13,8 @@
 use crate::audit::{append_in_tx, NewAudit};
 use crate::connections::ConnectionRow;
 use crate::invalidation::{notify_in_tx, Invalidation};
-use crate::{get, now_micros, Backend, Store, StoreError, WriteTx};
+use crate::providers::{provider_by_id_on, ProviderRow};
+use crate::{get, Backend, Store, StoreError, WriteTx};
 
 /// What a refresh attempt came to.
 #[derive(Debug, Clone)]
@@ -31,17 +32,24 @@ pub enum RefreshOutcome {
     Failed { error: String, retry_at: i64 },
 }
 
-/// A connection locked for refreshing. Dropping it without [`RefreshLock::finish`]
+/// A connection locked for refreshing, with its provider as both were
+/// when the lock was taken. Dropping it without [`Store::finish_refresh`]
 /// changes nothing (the transaction rolls back).
 pub struct RefreshLock {
     tx: Option<WriteTx>,
     row: ConnectionRow,
+    provider: Option<ProviderRow>,
 }
 
 impl RefreshLock {
     /// The connection as it is now (read under the lock).
     pub fn row(&self) -> &ConnectionRow {
         &self.row
+    }
+
+    /// Its provider (`None`: deleted), read in the same transaction.
+    pub fn provider(&self) -> Option<&ProviderRow> {
+        self.provider.as_ref()
     }
 
     /// Releases the lock without changing anything.
@@ -53,7 +61,8 @@ impl RefreshLock {
 }
 
 impl Store {
-    /// Locks `id` for a refresh and returns its current state (`None`: no such connection).
+    /// Locks `id` for a refresh and returns its current state and its
+    /// provider, read together (`None`: no such connection).
     pub async fn lock_for_refresh(&self, id: &str) -> Result<Option<RefreshLock>, StoreError> {
         let columns = crate::connections::COLUMNS;
         match self.backend {
@@ -63,76 +72,87 @@ impl Store {
                     .bind(id)
                     .fetch_optional(&mut *w.tx)
                     .await?;
-                match row {
-                    Some(r) => Ok(Some(RefreshLock { row: crate::connections::from_row(&r)?, tx: Some(w) })),
-                    None => Ok(None),
-                }
+                let Some(row) = row.as_ref().map(crate::connections::from_row).transpose()? else {
+                    return Ok(None);
+                };
+                let provider = provider_by_id_on(&mut *w.tx, &row.provider_id).await?;
+                Ok(Some(RefreshLock { row, provider, tx: Some(w) }))
             }
-            Backend::Sqlite => Ok(self.connection_by_id(id).await?.map(|row| RefreshLock { row, tx: None })),
+            Backend::Sqlite => {
+                let Some(row) = self.connection_by_id(id).await? else { return Ok(None) };
+                let provider = self.provider_by_id(&row.provider_id).await?;
+                Ok(Some(RefreshLock { row, provider, tx: None }))
+            }
         }
     }
 
-    /// Records the outcome (and its audit rows) and releases the lock.
+    /// Records the outcome (and its audit rows) at `now` (unix
+    /// microseconds) and releases the lock. Returns the connection as
+    /// written; `None` when it was no longer active (revoked meanwhile:
+    /// nothing was written but the audit rows).
     pub async fn finish_refresh(
         &self,
         lock: RefreshLock,
         outcome: &RefreshOutcome,
         audits: Vec<NewAudit>,
-    ) -> Result<(), StoreError> {
+        now: i64,
+    ) -> Result<Option<ConnectionRow>, StoreError> {
         let id = lock.row.id.clone();
         let mut w = match lock.tx {
             Some(w) => w,
             None => self.begin_write().await?,
         };
-        let now = now_micros();
-        match outcome {
+        let columns = crate::connections::COLUMNS;
+        let written = match outcome {
             RefreshOutcome::Refreshed { credentials_enc, refresh_token_enc, expires_at, next_refresh_at } => {
-                sqlx::query(
+                sqlx::query(&format!(
                     "UPDATE connections SET credentials_enc = $1, refresh_token_enc = COALESCE($2, refresh_token_enc),
                             expires_at = $3, next_refresh_at = $4, refresh_failures = 0, lease_until = NULL,
                             last_refreshed_at = $5, last_error = NULL, updated_at = $5
-                     WHERE id = $6 AND status = 'active'",
-                )
+                     WHERE id = $6 AND status = 'active' RETURNING {columns}",
+                ))
                 .bind(credentials_enc)
                 .bind(refresh_token_enc.as_deref())
                 .bind(*expires_at)
                 .bind(*next_refresh_at)
                 .bind(now)
                 .bind(&id)
-                .execute(&mut *w.tx)
-                .await?;
+                .fetch_optional(&mut *w.tx)
+                .await?
             }
             RefreshOutcome::Refused { error } => {
-                sqlx::query(
+                sqlx::query(&format!(
                     "UPDATE connections SET status = 'attention_required', next_refresh_at = NULL, lease_until = NULL,
                             last_error = $1, updated_at = $2
-                     WHERE id = $3 AND status = 'active'",
-                )
+                     WHERE id = $3 AND status = 'active' RETURNING {columns}",
+                ))
                 .bind(error)
                 .bind(now)
                 .bind(&id)
-                .execute(&mut *w.tx)
-                .await?;
+                .fetch_optional(&mut *w.tx)
+                .await?
             }
             RefreshOutcome::Failed { error, retry_at } => {
-                sqlx::query(
+                sqlx::query(&format!(
                     "UPDATE connections SET refresh_failures = refresh_failures + 1, next_refresh_at = $1,
                             lease_until = NULL, last_error = $2, updated_at = $3
-                     WHERE id = $4 AND status = 'active'",
-                )
+                     WHERE id = $4 AND status = 'active' RETURNING {columns}",
+                ))
                 .bind(*retry_at)
                 .bind(error)
                 .bind(now)
                 .bind(&id)
-                .execute(&mut *w.tx)
-                .await?;
+                .fetch_optional(&mut *w.tx)
+                .await?
             }
-        }
+        };
+        let written = written.as_ref().map(crate::connections::from_row).transpose()?;
         notify_in_tx(&mut w, Invalidation::Connection(id)).await?;
         for a in audits {
             append_in_tx(&mut w, a).await?;
         }
-        w.commit().await
+        w.commit().await?;
+        Ok(written)
     }
 
     /// Claims up to `limit` active connections due for refresh at `now_secs`

@@ -2,7 +2,6 @@
 //! write validated by `nexus-core`, its secret sealed by the vault, and audited
 //! in the same transaction.
 
-use crate::discovery::discover;
 use crate::error::ApiError;
 use crate::middleware::Caller;
 use crate::state::AppState;
@@ -69,10 +68,13 @@ async fn discovery_for(state: &AppState, config: &ProviderConfig) -> Result<Opti
         return Ok(None);
     }
     let issuer = config.issuer.as_deref().unwrap_or_default();
-    discover(&state.http, issuer).await.map(Some).map_err(|reason| {
-        ApiError::new(ErrorCode::DiscoveryFailed, format!("issuer: OIDC discovery failed: {reason}"))
-            .with_details(json!({ "field": "issuer" }))
-    })
+    nexus_oauth::discover(&nexus_oauth::ProviderHttp::new(state.http.clone()), issuer, state.clock.now_secs())
+        .await
+        .map(Some)
+        .map_err(|reason| {
+            ApiError::new(ErrorCode::DiscoveryFailed, format!("issuer: OIDC discovery failed: {reason}"))
+                .with_details(json!({ "field": "issuer" }))
+        })
 }
 
 /// `POST /v1/providers`.

@@ -17,7 +17,7 @@ use nexus_core::AuditEvent;
 use nexus_core::AuthType;
 use nexus_core::ConnectionStatus;
 use nexus_oauth::OAuthError;
-use nexus_store::{ConnectionRow, Invalidation, RefreshOutcome};
+use nexus_store::{ConnectionRow, Invalidation, ProviderRow, RefreshOutcome};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -115,13 +115,37 @@ fn retry_at(now: i64, failures: i64) -> i64 {
     now + (base as f64 + jitter).max(1.0) as i64
 }
 
+/// A connection as a refresh attempt left it: what the caller answers
+/// from, with no second read.
+pub struct Settled {
+    pub outcome: Refresh,
+    /// The row as this refresh wrote it, or as read under its lock when
+    /// nothing was written.
+    pub row: ConnectionRow,
+    /// Its provider, when the refresh got as far as reading it.
+    pub provider: Option<ProviderRow>,
+    /// The usage credentials this refresh wrote, in the clear (`None`
+    /// unless it refreshed).
+    pub credentials: Option<Map<String, Value>>,
+}
+
+impl std::fmt::Debug for Settled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settled")
+            .field("outcome", &self.outcome)
+            .field("connection", &self.row.id)
+            .field("credentials", &self.credentials.as_ref().map(|_| "[redacted]"))
+            .finish_non_exhaustive()
+    }
+}
+
 /// Refreshes `id` if `reason` says it is needed, with single flight.
 ///
 /// The refresh runs as a task of its own, tracked by the state: if the
 /// caller goes away (a client that hangs up, a request cut off by a
 /// timeout) it still finishes, so a refresh token the provider has already
 /// rotated is stored, and shutdown waits for it.
-pub async fn refresh(state: &AppState, caller: Option<&Caller>, id: &str, reason: Reason) -> Result<Refresh, ApiError> {
+pub async fn refresh(state: &AppState, caller: Option<&Caller>, id: &str, reason: Reason) -> Result<Settled, ApiError> {
     let (owned, caller, id) = (state.clone(), caller.cloned(), id.to_owned());
     let task = state.tasks.spawn(async move { refresh_now(&owned, caller.as_ref(), &id, reason).await });
     task.await.unwrap_or_else(|e| {
@@ -130,29 +154,27 @@ pub async fn refresh(state: &AppState, caller: Option<&Caller>, id: &str, reason
     })
 }
 
-async fn refresh_now(state: &AppState, caller: Option<&Caller>, id: &str, reason: Reason) -> Result<Refresh, ApiError> {
+/// One refresh under the lock: the row and its provider are read once
+/// (together, in the lock's transaction), the credentials opened once and
+/// sealed once, and the row written is the row returned.
+async fn refresh_now(state: &AppState, caller: Option<&Caller>, id: &str, reason: Reason) -> Result<Settled, ApiError> {
     let local = state.refresh_locks.lock_for(id);
     let _local = local.lock().await;
     let lock = state.store.lock_for_refresh(id).await?.ok_or_else(|| ApiError::not_found("no such connection"))?;
     let row = lock.row().clone();
+    let provider = lock.provider().cloned();
+    let unchanged = |outcome| Settled { outcome, row: row.clone(), provider: provider.clone(), credentials: None };
     if row.status != ConnectionStatus::Active || row.auth_type != AuthType::Oauth2 || row.refresh_token_enc.is_none() {
         lock.release().await;
-        return Ok(Refresh::NotRefreshable);
+        return Ok(unchanged(Refresh::NotRefreshable));
     }
     if !needs_refresh(state, &row, reason) {
         lock.release().await;
-        return Ok(Refresh::NotNeeded);
+        return Ok(unchanged(Refresh::NotNeeded));
     }
-    let provider = match state.store.provider_by_id(&row.provider_id).await {
-        Ok(Some(p)) => p,
-        Ok(None) => {
-            lock.release().await;
-            return Err(ApiError::provider_deleted());
-        }
-        Err(e) => {
-            lock.release().await;
-            return Err(e.into());
-        }
+    let Some(provider) = provider.clone() else {
+        lock.release().await;
+        return Err(ApiError::provider_deleted());
     };
     let keyring = &state.config.keyring;
     let opened = client_config(state, &provider).and_then(|cfg| {
@@ -174,6 +196,7 @@ async fn refresh_now(state: &AppState, caller: Option<&Caller>, id: &str, reason
     let result =
         nexus_oauth::refresh(&http, &cfg, &nexus_core::SecretString::new(refresh_token.as_str()), &token_params).await;
 
+    let mut written_credentials = None;
     let (outcome, answer, audits) = match result {
         Ok(tokens) => {
             let mut credentials: Map<String, Value> = row
@@ -195,9 +218,13 @@ async fn refresh_now(state: &AppState, caller: Option<&Caller>, id: &str, reason
             }
             let expires_at = tokens.expires_in.map(|s| state.clock.now_secs() + s as i64);
             let rotated = tokens.refresh_token.is_some();
+            let credentials_enc = keyring.seal(
+                &context(&row.id, "credentials"),
+                serde_json::to_string(&credentials).map_err(|_| ApiError::internal())?.as_bytes(),
+            );
+            written_credentials = Some(credentials);
             let outcome = RefreshOutcome::Refreshed {
-                credentials_enc: keyring
-                    .seal(&context(&row.id, "credentials"), Value::Object(credentials).to_string().as_bytes()),
+                credentials_enc,
                 refresh_token_enc: tokens
                     .refresh_token
                     .map(|r| keyring.seal(&context(&row.id, "refresh_token"), r.expose().as_bytes())),
@@ -230,7 +257,16 @@ async fn refresh_now(state: &AppState, caller: Option<&Caller>, id: &str, reason
             (outcome, Refresh::ProviderDown(code), vec![a])
         }
     };
-    state.store.finish_refresh(lock, &outcome, audits).await?;
+    let written = state.store.finish_refresh(lock, &outcome, audits, state.clock.now_micros()).await?;
     state.invalidate(Invalidation::Connection(row.id.clone()));
-    Ok(answer)
+    match written {
+        Some(row) => Ok(Settled { outcome: answer, row, provider: Some(provider), credentials: written_credentials }),
+        // Revoked (or otherwise ended) while the provider was asked: what
+        // the provider said is not stored, and the row says why.
+        None => {
+            let row =
+                state.store.connection_by_id(id).await?.ok_or_else(|| ApiError::not_found("no such connection"))?;
+            Ok(Settled { outcome: Refresh::NotRefreshable, row, provider: Some(provider), credentials: None })
+        }
+    }
 }

@@ -199,7 +199,7 @@ impl Scheduler {
     fn start(&mut self, id: String, host: String) {
         let state = self.state.clone();
         self.tasks.spawn(async move {
-            let answered = match refresh(&state, None, &id, Reason::Background).await {
+            let answered = match refresh(&state, None, &id, Reason::Background).await.map(|settled| settled.outcome) {
                 Ok(Refresh::ProviderDown(_)) => Some(false),
                 Ok(Refresh::Refreshed | Refresh::Refused(_)) => Some(true),
                 Ok(Refresh::NotNeeded | Refresh::NotRefreshable) => None,

@@ -4,7 +4,7 @@
 use crate::error::ApiError;
 use crate::middleware::Caller;
 use crate::services::connections::{audit, context, expire_if_stale};
-use crate::services::refresh::{refresh, Reason, Refresh};
+use crate::services::refresh::{refresh, Reason, Refresh, Settled};
 use crate::services::strategy;
 use crate::services::token_cache::Cached;
 use crate::state::AppState;
@@ -38,8 +38,8 @@ pub async fn refresh_rejected(
 }
 
 async fn refresh_then_answer(state: &AppState, caller: &Caller, id: &str, reason: Reason) -> Result<Bytes, ApiError> {
-    let outcome = refresh(state, Some(caller), id, reason).await?;
-    if let Refresh::ProviderDown(code) = &outcome {
+    let settled = refresh(state, Some(caller), id, reason).await?;
+    if let Refresh::ProviderDown(code) = &settled.outcome {
         // SPEC 5b: a provider away while Nexus needs a token from it is 503
         // everywhere (v1 answered a forced refresh with 502).
         return Err(ApiError::new(
@@ -48,8 +48,10 @@ async fn refresh_then_answer(state: &AppState, caller: &Caller, id: &str, reason
         )
         .with_details(json!({ "error": code })));
     }
-    state.token_cache.invalidate(&nexus_store::Invalidation::Connection(id.to_owned()));
-    token(state, caller, id).await
+    // Answered from what the refresh wrote (or read under its lock); the
+    // next `GET /v1/token` fills the cache.
+    let (view, ..) = view_of(state, caller, settled).await?;
+    Ok(Bytes::from(serde_json::to_vec(&view).map_err(|_| ApiError::internal())?))
 }
 
 /// The JSON answer (served from the cache when possible).
@@ -84,19 +86,20 @@ pub async fn answer(state: &AppState, caller: &Caller, id: &str) -> Result<Arc<C
     Ok(state.token_cache.put(id, body, &view.1, &view.2, max_age, refresh_by, generation))
 }
 
-/// Reads, checks and decrypts; returns the view with its provider and workspace ids.
+/// Reads the connection, refreshes it first when its token is inside the
+/// refresh window, and answers from the row as it then stands; returns the
+/// view with its provider and workspace ids.
 async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<(TokenView, String, String), ApiError> {
     let row = state.store.connection_by_id(id).await?.ok_or_else(|| ApiError::not_found("no such connection"))?;
-    let mut row = expire_if_stale(state, row).await?;
     let window = state.config.refresh_window_secs;
     let now = state.clock.now_secs();
-    if row.status == ConnectionStatus::Active
+    let settled = if row.status == ConnectionStatus::Active
         && row.refresh_token_enc.is_some()
         && row.expires_at.is_some_and(|e| e - now <= window)
     {
-        let outcome = refresh(state, Some(caller), &row.id, Reason::OnDemand(row.expires_at)).await?;
-        row = state.store.connection_by_id(id).await?.ok_or_else(|| ApiError::not_found("no such connection"))?;
-        if let Refresh::ProviderDown(code) = outcome {
+        let settled = refresh(state, Some(caller), &row.id, Reason::OnDemand(row.expires_at)).await?;
+        if let Refresh::ProviderDown(code) = &settled.outcome {
+            let row = &settled.row;
             if row.status == ConnectionStatus::Active && row.expires_at.is_some_and(|e| e <= state.clock.now_secs()) {
                 return Err(ApiError::new(
                     ErrorCode::ProviderUnavailable,
@@ -105,8 +108,23 @@ async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<(TokenView,
                 .with_details(json!({ "error": code })));
             }
         }
-    }
-    let provider = state.store.provider_by_id(&row.provider_id).await?.ok_or_else(ApiError::provider_deleted)?;
+        settled
+    } else {
+        Settled { outcome: Refresh::NotNeeded, row, provider: None, credentials: None }
+    };
+    view_of(state, caller, settled).await
+}
+
+/// The token answer of a connection as `settled` leaves it: its provider
+/// and credentials are read and opened only if the refresh did not already
+/// have them.
+async fn view_of(state: &AppState, caller: &Caller, settled: Settled) -> Result<(TokenView, String, String), ApiError> {
+    let Settled { row, provider, credentials, .. } = settled;
+    let row = expire_if_stale(state, row).await?;
+    let provider = match provider {
+        Some(p) => p,
+        None => state.store.provider_by_id(&row.provider_id).await?.ok_or_else(ApiError::provider_deleted)?,
+    };
     match row.status {
         ConnectionStatus::Active => {}
         ConnectionStatus::AttentionRequired => {
@@ -120,12 +138,17 @@ async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<(TokenView,
             .with_details(json!({ "status": other })))
         }
     }
-    let enc = row.credentials_enc.as_deref().ok_or_else(ApiError::internal)?;
-    let plain = state.config.keyring.open_string(&context(&row.id, "credentials"), enc).map_err(|e| {
-        tracing::error!(connection = %row.id, error = %e, "credentials do not open");
-        ApiError::internal()
-    })?;
-    let mut credentials: Map<String, Value> = serde_json::from_str(&plain).map_err(|_| ApiError::internal())?;
+    let mut credentials = match credentials {
+        Some(written) => written,
+        None => {
+            let enc = row.credentials_enc.as_deref().ok_or_else(ApiError::internal)?;
+            let plain = state.config.keyring.open_string(&context(&row.id, "credentials"), enc).map_err(|e| {
+                tracing::error!(connection = %row.id, error = %e, "credentials do not open");
+                ApiError::internal()
+            })?;
+            serde_json::from_str::<Map<String, Value>>(&plain).map_err(|_| ApiError::internal())?
+        }
+    };
     credentials.remove("refresh_token");
     if provider.config.auth_type == nexus_core::AuthType::Oauth2 {
         credentials.insert("expires_at".into(), row.expires_at.map(Value::from).unwrap_or(Value::Null));

@@ -205,7 +205,70 @@ async fn background_refresher_renews_before_expiry(backend: Backend) {
     assert!(idp.stats().await.unwrap().refresh_requests >= 3);
 }
 
+/// A refresh answers from the row it wrote: the answer's expiry is the
+/// stored one, one grant and one `token.refreshed` row per refresh. A
+/// connection revoked while its refresh is with the provider stays revoked:
+/// on PostgreSQL the revocation waits for the refresh's row lock and then
+/// wins over what the refresh wrote; on SQLite the refresh finds the row no longer active and writes
+/// nothing. Either way no token is served after the revocation.
+async fn a_refresh_answers_what_it_wrote_and_a_revocation_meanwhile_wins(backend: Backend) {
+    let (app, idp) = lifecycle_setup(backend, 600, "60", "3600").await;
+    let id = connect(&app, "idp", json!(["openid", "offline_access"])).await;
+    let first = token(&app, &id).await;
+    idp.reset().await.unwrap();
+
+    let forced = app.post(&format!("/v1/refresh/{id}"), &json!({})).await;
+    assert_eq!(forced.status, 200, "{}", forced.text);
+    assert_ne!(forced.json["credentials"]["access_token"], first["credentials"]["access_token"]);
+    assert!(forced.json["credentials"].get("refresh_token").is_none(), "never a refresh token");
+    let stored = app.store().connection_by_id(&id).await.unwrap().unwrap();
+    assert_eq!(forced.json["expires_at"].as_i64(), stored.expires_at, "the answer is the row written");
+    assert_eq!(forced.json["credentials"]["expires_at"].as_i64(), stored.expires_at);
+    assert_eq!(token(&app, &id).await["credentials"]["access_token"], forced.json["credentials"]["access_token"]);
+    assert_eq!(idp.stats().await.unwrap().refresh_requests, 1);
+    app.state.flush_audit().await;
+    let refreshed = app.get(&format!("/v1/audit?event_type=token.refreshed&connection_id={id}")).await;
+    assert_eq!(refreshed.json["entries"].as_array().map(Vec::len), Some(1), "{}", refreshed.text);
+
+    // Inside the window, with the provider slow to answer: a revocation
+    // lands while the on-demand refresh waits for it.
+    wait_for_window(&app, &id, 60).await;
+    idp.delay_token_endpoint(1500, 1).await.unwrap();
+    let path = format!("/v1/token/{id}");
+    let asking = app.get(&path);
+    let revoking = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        app.delete(&format!("/v1/connections/{id}")).await
+    };
+    let (asked, revoked) = tokio::join!(asking, revoking);
+    assert_eq!(revoked.status, 200, "{}", revoked.text);
+    assert_eq!(revoked.json["status"], "revoked");
+    match backend {
+        // The revocation queued behind the refresh's row lock. It told the
+        // provider first, so the provider (which answers the delayed grant
+        // after that) most likely refused the refresh token; had it
+        // answered first, the token would have been served before the
+        // revocation. Both are a refresh that finished before the revocation.
+        Backend::Postgres => assert!(
+            asked.status == 200 || (asked.status, asked.code()) == (409, "attention_required"),
+            "{}",
+            asked.text
+        ),
+        // The refresh found the connection revoked and stored nothing.
+        Backend::Sqlite => {
+            assert_eq!((asked.status, asked.code()), (409, "connection_not_active"), "{}", asked.text);
+            assert_eq!(asked.json["details"]["status"], "revoked");
+        }
+    }
+    let row = app.store().connection_by_id(&id).await.unwrap().unwrap();
+    assert_eq!(row.status, nexus_core::ConnectionStatus::Revoked);
+    assert!(row.credentials_enc.is_none() && row.refresh_token_enc.is_none(), "nothing kept after revocation");
+    let after = app.get(&path).await;
+    assert_eq!((after.status, after.code()), (409, "connection_not_active"), "{}", after.text);
+}
+
 both_backends!(
+    a_refresh_answers_what_it_wrote_and_a_revocation_meanwhile_wins,
     concurrent_callers_share_one_refresh,
     forced_refreshes_coalesce,
     refused_refresh_needs_consent_again,

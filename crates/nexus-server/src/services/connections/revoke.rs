@@ -1,12 +1,13 @@
 //! `DELETE /v1/connections/{id}`: wipe the credentials, tell the provider.
 
-use super::{audit, client_config, context, endpoints, view, Endpoints};
+use super::{audit, client_config, context, endpoints, view};
 use crate::error::ApiError;
 use crate::middleware::Caller;
 use crate::state::AppState;
 use nexus_core::wire::ConnectionView;
 use nexus_core::AuditEvent;
-use nexus_oauth::ClientAuth;
+use nexus_core::SecretString;
+use nexus_oauth::{Endpoints, ProviderHttp, RevocableToken};
 use nexus_store::{ConnectionRow, Invalidation, ProviderRow};
 use serde_json::{json, Value};
 
@@ -17,11 +18,9 @@ pub async fn revoke(state: &AppState, caller: &Caller, id: &str) -> Result<Conne
     let provider = state.store.provider_by_id(&row.provider_id).await?;
     // Tell the provider first, while we still hold the token.
     let mut provider_revocation = "not_supported";
-    if let (Some(provider), Some(enc)) =
-        (&provider, row.refresh_token_enc.as_deref().or(row.credentials_enc.as_deref()))
-    {
+    if let (Some(provider), true) = (&provider, row.refresh_token_enc.is_some() || row.credentials_enc.is_some()) {
         if let Ok(Endpoints { revocation: Some(revocation_url), .. }) = endpoints(provider) {
-            provider_revocation = match revoke_at_provider(state, provider, &row, enc, &revocation_url).await {
+            provider_revocation = match revoke_at_provider(state, provider, &row, &revocation_url).await {
                 Ok(()) => "ok",
                 Err(e) => {
                     tracing::warn!(connection = %row.id, error = %e, "provider revocation failed; revoking locally anyway");
@@ -39,51 +38,27 @@ pub async fn revoke(state: &AppState, caller: &Caller, id: &str) -> Result<Conne
     Ok(view(row))
 }
 
+/// Revokes the connection's refresh token (or, without one, its access
+/// token) at the provider's `revocation_url`.
 async fn revoke_at_provider(
     state: &AppState,
     provider: &ProviderRow,
     row: &ConnectionRow,
-    _enc: &str,
-    url: &str,
+    revocation_url: &str,
 ) -> Result<(), String> {
     let cfg = client_config(state, provider).map_err(|e| e.message)?;
-    let (token, hint) = match &row.refresh_token_enc {
-        Some(enc) => (
-            state
-                .config
-                .keyring
-                .open_string(&context(&row.id, "refresh_token"), enc)
-                .map_err(|e| e.to_string())?
-                .to_string(),
-            "refresh_token",
-        ),
+    let keyring = &state.config.keyring;
+    let token = match &row.refresh_token_enc {
+        Some(enc) => {
+            let plain = keyring.open_string(&context(&row.id, "refresh_token"), enc).map_err(|e| e.to_string())?;
+            RevocableToken::Refresh(SecretString::new(plain.as_str()))
+        }
         None => {
             let enc = row.credentials_enc.as_deref().ok_or("no credentials")?;
-            let creds =
-                state.config.keyring.open_string(&context(&row.id, "credentials"), enc).map_err(|e| e.to_string())?;
-            let v: Value = serde_json::from_str(&creds).map_err(|e| e.to_string())?;
-            (v["access_token"].as_str().unwrap_or_default().to_owned(), "access_token")
+            let plain = keyring.open_string(&context(&row.id, "credentials"), enc).map_err(|e| e.to_string())?;
+            let credentials: Value = serde_json::from_str(&plain).map_err(|_| "the credentials are not JSON")?;
+            RevocableToken::Access(SecretString::new(credentials["access_token"].as_str().unwrap_or_default()))
         }
     };
-    nexus_core::url_policy::parse_outbound_url(url)?;
-    let mut req = state.http.post(url).header("accept", "application/json");
-    let mut form = vec![("token", token.as_str()), ("token_type_hint", hint)];
-    if cfg.auth == ClientAuth::Basic {
-        req = req.basic_auth(&cfg.client_id, Some(cfg.client_secret.expose()));
-    } else {
-        form.push(("client_id", cfg.client_id.as_str()));
-        form.push(("client_secret", cfg.client_secret.expose()));
-    }
-    let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
-    let resp = req
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(body)
-        .send()
-        .await
-        .map_err(|_| "the revocation endpoint could not be reached".to_owned())?;
-    if resp.status().is_success() {
-        Ok(())
-    } else {
-        Err(format!("the revocation endpoint answered {}", resp.status().as_u16()))
-    }
+    nexus_oauth::revoke(&ProviderHttp::new(state.http.clone()), &cfg, revocation_url, &token).await
 }
