@@ -14,6 +14,13 @@
 #                                  # each proxy, counted by callgrind
 #                                  # (the same figure on every run, however busy
 #                                  # the machine)
+#   INSTRUCTIONS=1 PROFILES=dir bench/proxy.sh
+#                                  # also keeps each proxy's callgrind profile
+#                                  # in dir (callgrind_annotate dir/gateway.cg.1)
+#   HYPER=1 bench/proxy.sh         # also: "hyper", the sidecar's hop built on
+#                                  # hyper's connection-level APIs
+#                                  # (crates/nexus-bridge/examples/hyper_sidecar.rs),
+#                                  # to weigh the relay against it
 #   SYSCALLS=1 bench/proxy.sh      # instead: system calls per request of each
 #                                  # proxy, counted by strace
 set -euo pipefail
@@ -30,7 +37,9 @@ command -v wrk >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get 
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx >/dev/null
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ -n "${NO_BUILD:-}" ] || cargo build --profile dist --locked -q -p nexus-cli
+[ -n "${NO_BUILD:-}" ] || [ -z "${HYPER:-}" ] || cargo build --profile dist --locked -q -p nexus-bridge --example hyper_sidecar
 BIN=${BIN:-$PWD/target/dist/nexus}
+HYPER_BIN=${HYPER_BIN:-$PWD/target/dist/examples/hyper_sidecar}
 
 work=$(mktemp -d)
 pids=()
@@ -39,7 +48,7 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_http() { for _ in $(seq 1 300); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; return 1; }
 
-up=$(free_port); np=$(free_port); gp=$(free_port); sp=$(free_port)
+up=$(free_port); np=$(free_port); gp=$(free_port); sp=$(free_port); hp=$(free_port)
 # Two nginx processes: the upstream, and the nginx proxy in front of it. (One
 # process serving both would let nginx reach the upstream without waking
 # another process, a shortcut no real proxy has; every proxy here is one
@@ -90,6 +99,10 @@ conn=$(curl -sf -X POST "$g/v1/capture-credential" -H "X-API-Key: $key" -H 'Cont
   -d "{\"state\": \"$state\", \"credentials\": {\"api_key\": \"bench-key\"}}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["connection_id"])')
 API_KEY=$key RUST_LOG=warn counted sidecar "$BIN" proxy --listen 127.0.0.1:$sp --gateway "$g" > "$work/proxy.log" 2>&1 & pids+=($!)
 wait_http "http://127.0.0.1:$sp/$conn/x"
+if [ -n "${HYPER:-}" ]; then
+  counted hyper "$HYPER_BIN" 127.0.0.1:$hp "http://127.0.0.1:$up" > "$work/hyper.log" 2>&1 & pids+=($!)
+  wait_http "http://127.0.0.1:$hp/$conn/x"
+fi
 for url in "$g/v1/proxy/$conn/x" "http://127.0.0.1:$sp/$conn/x"; do
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "X-API-Key: $key" "$url")
   [ "$code" = 200 ] || { echo "$url answered $code" >&2; exit 1; }
@@ -109,13 +122,14 @@ if bad: print("warning: %s non-2xx responses" % bad.group(1), file=sys.stderr)
 print("%.0f %.3f %.3f" % (float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1)), ms(re.search(r"\s50%\s+(\S+)", t).group(1)), ms(re.search(r"\s99%\s+(\S+)", t).group(1))))
 PY
 }
-TARGETS="direct nginx gateway sidecar"
+TARGETS="direct nginx gateway sidecar${HYPER:+ hyper}"
 url_of() {
   case $1 in
     direct) echo "http://127.0.0.1:$up/x" ;;
     nginx) echo "http://127.0.0.1:$np/x" ;;
     gateway) echo "$g/v1/proxy/$conn/x" ;;
     sidecar) echo "http://127.0.0.1:$sp/$conn/x" ;;
+    hyper) echo "http://127.0.0.1:$hp/$conn/x" ;;
   esac
 }
 # One pass: ROUNDS rounds, each measuring every target once in turn (so a
@@ -167,6 +181,7 @@ instructions() { # name, pid, url
   for _ in $(seq 1 100); do [ -s "$file" ] && break; sleep 0.1; done
   sleep 0.5
   total=$(callgrind_annotate "$file" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+  if [ -n "${PROFILES:-}" ]; then mkdir -p "$PROFILES" && cp "$file" "$PROFILES/"; fi
   echo "$1 $((total / REQUESTS))"
 }
 drive() { # url, requests
@@ -213,6 +228,7 @@ if [ -n "${SYSCALLS:-}" ]; then
     syscalls nginx "${pids[1]}" "$(url_of nginx)"
     syscalls gateway "${pids[2]}" "$(url_of gateway)"
     syscalls sidecar "${pids[3]}" "$(url_of sidecar)"
+    [ -z "${HYPER:-}" ] || syscalls hyper "${pids[4]}" "$(url_of hyper)"
   } | tee "$report"
   echo "saved to $report"
   exit 0
@@ -226,6 +242,7 @@ if [ -n "${INSTRUCTIONS:-}" ]; then
       instructions nginx "${pids[1]}" "$(url_of nginx)"
       instructions gateway "${pids[2]}" "$(url_of gateway)"
       instructions sidecar "${pids[3]}" "$(url_of sidecar)"
+      [ -z "${HYPER:-}" ] || instructions hyper "${pids[4]}" "$(url_of hyper)"
     } |
       awk '{ n[NR] = $1; v[NR] = $2 } END { printf "%-8s %14s %9s\n", "target", "instructions", "vs nginx";
         for (i = 1; i <= NR; i++) printf "%-8s %14d %9.2f\n", n[i], v[i], v[i] / v[1] }'

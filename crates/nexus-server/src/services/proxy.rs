@@ -55,7 +55,7 @@ pub async fn forward(
             async move { send(state, pool, signed?).await }
         },
         |resp| resp.status().as_u16(),
-        |stale| async move { parse(&tokens::refresh_rejected(state, caller, id, stale.expires_at()).await?) },
+        |stale| async move { parse(&Box::pin(tokens::refresh_rejected(state, caller, id, stale.expires_at())).await?) },
     )
     .await?;
     let mut out = nexus_bridge::forward::relay(resp).map(Body::new);

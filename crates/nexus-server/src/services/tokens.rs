@@ -78,7 +78,9 @@ pub async fn answer(state: &AppState, caller: &Caller, id: &str) -> Result<Arc<C
         return Ok(hit);
     }
     let generation = state.token_cache.generation();
-    let view = load(state, caller, id).await?;
+    // Boxed: the miss path (store reads, a possible refresh) is a future
+    // of kilobytes that the cache hit, the hot path, should not carry.
+    let view = Box::pin(load(state, caller, id)).await?;
     let body = Bytes::from(serde_json::to_vec(&view.0).map_err(|_| ApiError::internal())?);
     // Not served from cache inside the refresh window: a request there refreshes.
     let refresh_by = view.0.expires_at.map(|exp| exp - state.config.refresh_window_secs);
