@@ -47,13 +47,13 @@ pub async fn discover(http: &ProviderHttp, issuer: &str, now: i64) -> Result<Dis
     let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
     parse_outbound_url(&url).map_err(|e| format!("discovery URL {url} is not allowed: {e}"))?;
     let issuer_url = IssuerUrl::new(issuer.to_owned()).map_err(|e| format!("issuer '{issuer}' is not a URL: {e}"))?;
-    let doc = Metadata::discover_async(issuer_url, http).await.map_err(|e| explain(&url, e))?;
+    let doc = Metadata::discover_async(issuer_url, http).await.map_err(|e| bounded(explain(&url, e)))?;
     let endpoint = |name: &str, value: Option<&str>| -> Result<Option<String>, String> {
         match value {
             None => Ok(None),
             Some(v) => parse_outbound_url(v)
                 .map(|_| Some(v.to_owned()))
-                .map_err(|e| format!("the document's {name} '{v}' is not allowed: {e}")),
+                .map_err(|e| bounded(format!("the document's {name} '{v}' is not allowed: {e}"))),
         }
     };
     let authorization_endpoint = endpoint("authorization_endpoint", Some(doc.authorization_endpoint().as_str()))?
@@ -68,6 +68,19 @@ pub async fn discover(http: &ProviderHttp, issuer: &str, now: i64) -> Result<Dis
         userinfo_endpoint: endpoint("userinfo_endpoint", doc.userinfo_endpoint().map(|u| u.as_str()))?,
         fetched_at: now,
     })
+}
+
+/// The longest error message: a hostile document's values are quoted in
+/// some, and must not make an answer or a log line of a megabyte.
+const MAX_MESSAGE: usize = 400;
+
+fn bounded(message: String) -> String {
+    if message.chars().count() <= MAX_MESSAGE {
+        return message;
+    }
+    let mut short: String = message.chars().take(MAX_MESSAGE).collect();
+    short.push('…');
+    short
 }
 
 /// What went wrong. A value of the document is quoted only where it is

@@ -132,11 +132,18 @@ async fn hostile_documents_are_refused_with_what_is_wrong() {
         ),
         ("issuer null", |i| with(i, "issuer", Value::Null), "issuer"),
         ("not an object", |_| json!(["issuer"]), "did not return a discovery document"),
+        ("a huge issuer", |_| json!({"issuer": format!("https://{}.example", "x".repeat(100_000))}), "issuer"),
+        (
+            "a huge disallowed endpoint",
+            |i| with(i, "token_endpoint", json!(format!("http://10.0.0.1/{}", "x".repeat(100_000)))),
+            "token_endpoint",
+        ),
     ];
     for (what, doc, expected) in cases {
         let (issuer, _) = issuer_serving(move |i| json_response(doc(i)), keys()).await;
         let err = discover(&http(), &issuer, 0).await.expect_err(what);
         assert!(err.contains(expected), "{what}: {err}");
+        assert!(err.chars().count() <= 401, "{what}: a message of {} characters", err.chars().count());
     }
 }
 

@@ -87,6 +87,10 @@ async fn consent_flow(backend: Backend, auth_method: &str, discovery: bool) {
     assert_eq!((revoked.status, revoked.json["status"].as_str()), (200, Some("revoked")), "{}", revoked.text);
     if discovery {
         assert_eq!(idp.stats().await.unwrap().revocation_requests, 1);
+        // The provider accepted it (client authentication included).
+        app.state.flush_audit().await;
+        let audit = app.get(&format!("/v1/audit?event_type=connection.revoked&connection_id={connection_id}")).await;
+        assert_eq!(audit.json["entries"][0]["data"]["provider_revocation"], "ok", "{}", audit.text);
     }
     let after = app.get(&format!("/v1/token/{connection_id}")).await;
     assert_eq!((after.status, after.code()), (409, "connection_not_active"));

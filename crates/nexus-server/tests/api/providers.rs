@@ -157,7 +157,73 @@ async fn concurrent_creates_of_one_name_yield_one_provider(backend: Backend) {
     assert_eq!(app.store().count_providers().await.unwrap(), 1);
 }
 
+/// A provider whose discovery document is hostile (another issuer, a
+/// token endpoint off loopback over plain http, a megabyte of issuer) is
+/// refused with `400 discovery_failed` naming what is wrong, in a bounded
+/// message, and nothing is written: no provider, no audit row.
+async fn hostile_discovery_documents_register_nothing(backend: Backend) {
+    use axum::response::IntoResponse;
+    let app = TestApp::spawn(backend).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://{}", listener.local_addr().unwrap());
+    let docs = [
+        ("another-issuer", json!({"issuer": "https://evil.example"}), "unexpected issuer"),
+        ("token-endpoint", json!({"token_endpoint": "http://10.0.0.1/token"}), "token_endpoint"),
+        ("huge-issuer", json!({"issuer": format!("https://{}.example", "x".repeat(1_000_000))}), "issuer"),
+    ];
+    let served: std::collections::HashMap<String, Value> = docs
+        .iter()
+        .map(|(name, patch, _)| {
+            let at = format!("{issuer}/{name}");
+            let mut doc = json!({
+                "issuer": at,
+                "authorization_endpoint": format!("{at}/auth"),
+                "token_endpoint": format!("{at}/token"),
+                "jwks_uri": format!("{at}/jwks"),
+                "response_types_supported": ["code"],
+                "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+            });
+            for (k, v) in patch.as_object().unwrap() {
+                doc[k] = v.clone();
+            }
+            (format!("/{name}/.well-known/openid-configuration"), doc)
+        })
+        .collect();
+    let served = std::sync::Arc::new(served);
+    let idp = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let served = served.clone();
+        async move {
+            match served.get(uri.path()) {
+                Some(doc) => axum::Json(doc.clone()).into_response(),
+                None => axum::Json(json!({"keys": []})).into_response(),
+            }
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, idp).await });
+    let audit_before = app.audit_count().await;
+    for (name, _, expected) in docs {
+        let resp = app
+            .post(
+                "/v1/providers",
+                &json!({"name": name, "auth_type": "oauth2", "client_id": "c", "client_secret": "hostile-secret-1",
+                    "issuer": format!("{issuer}/{name}"), "enable_discovery": true}),
+            )
+            .await;
+        assert_eq!((resp.status, resp.code()), (400, "discovery_failed"), "{name}: {}", resp.text);
+        let message = resp.json["message"].as_str().unwrap();
+        assert!(message.contains(expected), "{name}: {message}");
+        assert!(message.len() < 1_000, "{name}: a message of {} bytes", message.len());
+        assert!(!resp.text.contains("hostile-secret-1"));
+    }
+    let listed = app.get("/v1/providers").await;
+    assert_eq!(listed.json.as_array().map(Vec::len), Some(0), "{}", listed.text);
+    app.state.flush_audit().await;
+    assert_eq!(app.audit_count().await, audit_before, "nothing audited as written");
+}
+
 both_backends!(
+    hostile_discovery_documents_register_nothing,
     provider_crud_round_trip,
     static_types_and_aliases,
     same_secret_for_two_providers_has_different_fingerprints,
