@@ -288,7 +288,9 @@ async fn background_refresher_renews_500_connections(backend: Backend) {
     for id in &ids {
         before.insert(id.clone(), app.store().connection_by_id(id).await.unwrap().unwrap().expires_at.unwrap());
     }
-    idp.reset().await.unwrap();
+    // The provider's counters are not reset here: on a busy machine the
+    // first connections fall due while the last are still being made, and a
+    // reset would drop grants whose renewals the audit log keeps.
     // No client asks; the refresher must renew all 500 before their tokens expire.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
