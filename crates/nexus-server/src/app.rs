@@ -237,13 +237,14 @@ impl Application {
         let refresher = tokio::spawn(crate::services::refresher::run(state.clone()));
         let head_log = tokio::spawn(log_audit_head(state.clone()));
         let head_timeout = state.config.head_timeout;
+        let lane = crate::proxy_lane::ProxyLane::new(self.state.clone());
         let app = router(self.state);
         let stopping = state.clone();
         let shutdown = async move {
             shutdown.await;
             stopping.begin_stopping();
         };
-        crate::serve::serve(self.listener, app, head_timeout, shutdown).await;
+        crate::serve::serve(self.listener, app, lane, head_timeout, shutdown).await;
         // The refresher starts nothing new now; what it (and any request)
         // began with a provider finishes, within the grace period.
         state.tasks.close();

@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 pub mod middleware;
 pub mod openapi;
+pub mod proxy_lane;
 pub mod routes;
 pub mod serve;
 pub mod services;

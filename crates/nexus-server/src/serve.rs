@@ -1,5 +1,6 @@
 //! The accept loop of `nexus serve`: hyper's HTTP/1.1 server under the
-//! router, with the limits a public listener needs and a graceful stop.
+//! router (and, for `/v1/proxy/*`, the [`ProxyLane`] beside it), with the
+//! limits a public listener needs and a graceful stop.
 //!
 //! It replaces `axum::serve`, which sets no timer: a client that sent half a
 //! request head kept its connection (and a task) for as long as it liked.
@@ -9,10 +10,14 @@
 //! [`nexus_bridge::h1::MAX_HEADERS`] fields, the limits `nexus proxy`
 //! applies too (`431` beyond them), so both proxies refuse the same heads.
 
+use crate::proxy_lane::ProxyLane;
 use axum::extract::ConnectInfo;
 use axum::Router;
+use http::Request;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
 use std::future::Future;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -41,8 +46,15 @@ pub async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, std::net:
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops
 /// accepting and waits (up to [`DRAIN_TIMEOUT`]) for connections to finish
-/// the requests they are serving.
-pub async fn serve(listener: TcpListener, app: Router, head_timeout: Duration, shutdown: impl Future<Output = ()>) {
+/// the requests they are serving. Requests `lane` serves (the Gateway
+/// proxy's) go to it instead of `app`.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    lane: Option<ProxyLane>,
+    head_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(head_timeout)
@@ -55,14 +67,20 @@ pub async fn serve(listener: TcpListener, app: Router, head_timeout: Duration, s
             accepted = accept(&listener) => accepted,
             () = &mut shutdown => break,
         };
-        // What `into_make_service_with_connect_info` would add: the peer,
-        // which `middleware::caller` reads.
-        let service = app.clone().map_request(move |mut req: axum::extract::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            req
+        let (app, lane) = (app.clone(), lane.clone());
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            let (app, lane) = (app.clone(), lane.clone());
+            async move {
+                if let Some(lane) = lane.filter(|lane| lane.serves(&req)) {
+                    return Ok::<_, Infallible>(lane.serve(peer.ip(), req).await);
+                }
+                // What `into_make_service_with_connect_info` would add: the
+                // peer, which `middleware::caller` reads.
+                req.extensions_mut().insert(ConnectInfo(peer));
+                app.oneshot(req).await
+            }
         });
-        let connection =
-            http.serve_connection(TokioIo::new(stream), hyper_util::service::TowerToHyperService::new(service));
+        let connection = http.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             // A client that goes away mid-request is no error of ours.

@@ -8,7 +8,7 @@ use crate::error::ApiError;
 use crate::routes::proxy::PROXY_BODY_LIMIT;
 use crate::state::AppState;
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use nexus_core::wire::ErrorCode;
@@ -22,17 +22,25 @@ pub fn limit_for(state: &AppState, path: &str) -> usize {
     }
 }
 
+/// The `413` for a request whose declared `Content-Length` exceeds `limit`
+/// (with `Connection: close`: its body is not read), or `None`.
+pub fn declared_excess(headers: &HeaderMap, limit: usize) -> Option<Response> {
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    if declared.is_none_or(|n| n <= limit as u64) {
+        return None;
+    }
+    let mut refused = ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("the request body is larger than this endpoint accepts ({limit} bytes)"),
+    )
+    .into_response();
+    // The body is not read: the connection cannot carry another request.
+    refused.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    Some(refused)
+}
+
 pub async fn refuse_declared_excess(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
-    let limit = limit_for(&state, req.uri().path());
-    if declared.is_some_and(|n| n > limit as u64) {
-        let mut refused = ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("the request body is larger than this endpoint accepts ({limit} bytes)"),
-        )
-        .into_response();
-        // The body is not read: the connection cannot carry another request.
-        refused.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    if let Some(refused) = declared_excess(req.headers(), limit_for(&state, req.uri().path())) {
         return refused;
     }
     next.run(req).await

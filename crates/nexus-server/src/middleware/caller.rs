@@ -72,16 +72,21 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-pub async fn identify(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let peer =
-        req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()).unwrap_or(IpAddr::from([127, 0, 0, 1]));
-    let ip = caller_ip(peer, req.headers(), &state.config.trusted_proxies);
-    let user_agent = req
-        .headers()
+/// The caller of a request from the socket `peer` with `headers`.
+pub fn caller_of(state: &AppState, peer: IpAddr, headers: &HeaderMap) -> Caller {
+    let ip = caller_ip(peer, headers, &state.config.trusted_proxies);
+    let user_agent = headers
         .get(axum::http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(|ua| ua.chars().take(512).collect());
-    req.extensions_mut().insert(Caller { ip, user_agent, api_key: None });
+    Caller { ip, user_agent, api_key: None }
+}
+
+pub async fn identify(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let peer =
+        req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()).unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let caller = caller_of(&state, peer, req.headers());
+    req.extensions_mut().insert(caller);
     next.run(req).await
 }
 

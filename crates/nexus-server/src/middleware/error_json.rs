@@ -13,6 +13,12 @@ use axum::response::{IntoResponse, Response};
 pub struct KeepBody;
 
 pub async fn json_errors(response: Response) -> Response {
+    as_json(response)
+}
+
+/// `response`, with a `{code, message}` body if it is an error that is not
+/// JSON already and not marked [`KeepBody`].
+pub fn as_json(response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;

@@ -3,7 +3,7 @@
 //! well-formed incoming `X-Request-Id` or generated, and echoed in the response.
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::HeaderValue;
+use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use std::time::Instant;
@@ -17,10 +17,24 @@ fn acceptable_id(v: &HeaderValue) -> Option<String> {
         .then(|| s.to_owned())
 }
 
+/// The request's id: a well-formed incoming `X-Request-Id`, or a new one.
+pub fn request_id(headers: &HeaderMap) -> String {
+    headers.get("x-request-id").and_then(acceptable_id).unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// Logs the request's line and echoes its id in `response`.
+pub fn finish(id: &str, method: &Method, route: &str, started: Instant, response: &mut Response) {
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let status = response.status().as_u16();
+    tracing::info!(request_id = %id, method = %method, route = %route, status, latency_ms, "request");
+    if let Ok(v) = HeaderValue::from_str(id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+}
+
 pub async fn log_request(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let id =
-        req.headers().get("x-request-id").and_then(acceptable_id).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let id = request_id(req.headers());
     req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().clone();
     let route = req
@@ -29,11 +43,6 @@ pub async fn log_request(mut req: Request, next: Next) -> Response {
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "(unmatched)".to_owned());
     let mut response = next.run(req).await;
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let status = response.status().as_u16();
-    tracing::info!(request_id = %id, method = %method, route = %route, status, latency_ms, "request");
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert("x-request-id", v);
-    }
+    finish(&id, &method, &route, started, &mut response);
     response
 }

@@ -77,3 +77,47 @@ async fn a_body_that_stops_arriving_is_cut_off() {
     })
     .await;
 }
+
+/// The proxy route reads its body outside the router (`proxy_lane.rs`),
+/// under the same limits: a body that stops arriving is cut off (`408`),
+/// one without a declared length is cut off past 10 MiB (`413`), and
+/// nothing reaches the provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxied_body_that_stalls_or_overflows_is_cut_off() {
+    nexus_testkit::run_bounded(async {
+        let app = TestApp::spawn_with(Backend::Sqlite, |c| c.head_timeout = Some("1".into())).await;
+        let (addr, seen) = nexus_testkit::upstream::recording_upstream().await;
+        let provider = serde_json::json!({"auth_type": "api_key", "api_base_url": format!("http://{addr}/api"), "params": {"credential_schema": nexus_testkit::upstream::schema(&["api_key"])}});
+        let id = nexus_testkit::upstream::static_connection(&app, "up", provider, serde_json::json!({"api_key": "k"})).await;
+
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        let head = format!(
+            "POST /v1/proxy/{id}/x HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: {}\r\ncontent-length: 100\r\n\r\n{{\"a\"",
+            app.api_key
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let started = Instant::now();
+        let answer = read_until_closed(&mut stream, Duration::from_secs(10)).await.expect("cut off, not kept waiting");
+        let waited = started.elapsed();
+        assert!(answer.starts_with("HTTP/1.1 408 ") && answer.contains("\"code\":\"timeout\""), "{answer}");
+        assert!(waited >= Duration::from_millis(900), "waited the head timeout first: {waited:?}");
+        println!("a stalled proxied body was answered after {waited:?}");
+
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        let head = format!(
+            "POST /v1/proxy/{id}/x HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: {}\r\ntransfer-encoding: chunked\r\n\r\n",
+            app.api_key
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        // One chunk a byte over the limit, and nothing after it: the server
+        // has read all that was sent when it answers, so its close cannot
+        // reset the connection under the answer.
+        let over = 10 * 1024 * 1024 + 1;
+        stream.write_all(format!("{over:x}\r\n").as_bytes()).await.unwrap();
+        stream.write_all(&vec![b'a'; over]).await.unwrap();
+        let answer = read_until_closed(&mut stream, Duration::from_secs(10)).await.expect("answered");
+        assert!(answer.starts_with("HTTP/1.1 413 ") && answer.contains("\"code\":\"payload_too_large\""), "{answer}");
+        assert!(seen.lock().unwrap().is_empty(), "nothing was forwarded");
+    })
+    .await;
+}
