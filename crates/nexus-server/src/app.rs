@@ -61,9 +61,9 @@ fn routers(state: &AppState) -> (Router<AppState>, Router<AppState>, serde_json:
     let api_key = mw::from_fn_with_state(state.clone(), api_key::require_api_key);
     // The proxy routes' two layers in one `layer` call (see `router`).
     let proxy_routes = Router::new()
-        .route("/v1/proxy/{connection_id}", axum::routing::any(proxy::proxy))
-        .route("/v1/proxy/{connection_id}/", axum::routing::any(proxy::proxy))
-        .route("/v1/proxy/{connection_id}/{*path}", axum::routing::any(proxy::proxy))
+        .route(proxy::ROUTES[0], axum::routing::any(proxy::proxy))
+        .route(proxy::ROUTES[1], axum::routing::any(proxy::proxy))
+        .route(proxy::ROUTES[2], axum::routing::any(proxy::proxy))
         .layer(
             tower::ServiceBuilder::new().layer(api_key.clone()).layer(DefaultBodyLimit::max(proxy::PROXY_BODY_LIMIT)),
         );

@@ -71,8 +71,8 @@ pub async fn serve(
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let (app, lane) = (app.clone(), lane.clone());
             async move {
-                if let Some(lane) = lane.filter(|lane| lane.serves(&req)) {
-                    return Ok::<_, Infallible>(lane.serve(peer.ip(), req).await);
+                if let Some((lane, route)) = lane.and_then(|lane| lane.route(&req).map(|route| (lane, route))) {
+                    return Ok::<_, Infallible>(lane.serve(route, peer.ip(), req).await);
                 }
                 // What `into_make_service_with_connect_info` would add: the
                 // peer, which `middleware::caller` reads.

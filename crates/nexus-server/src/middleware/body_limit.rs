@@ -29,14 +29,18 @@ pub fn declared_excess(headers: &HeaderMap, limit: usize) -> Option<Response> {
     if declared.is_none_or(|n| n <= limit as u64) {
         return None;
     }
-    let mut refused = ApiError::new(
-        ErrorCode::PayloadTooLarge,
-        format!("the request body is larger than this endpoint accepts ({limit} bytes)"),
-    )
-    .into_response();
+    let mut refused = too_large(limit).into_response();
     // The body is not read: the connection cannot carry another request.
     refused.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
     Some(refused)
+}
+
+/// The `413` for a body over `limit` bytes.
+pub fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("the request body is larger than this endpoint accepts ({limit} bytes)"),
+    )
 }
 
 pub async fn refuse_declared_excess(State(state): State<AppState>, req: Request, next: Next) -> Response {

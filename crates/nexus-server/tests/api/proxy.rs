@@ -161,91 +161,92 @@ both_backends!(gateway_proxy_relays_answers_as_they_are_and_explains_an_unreacha
 /// apply the router's rules all the same: the request id and the log line,
 /// the allowlist and the API key (refusals audited, nothing forwarded), and,
 /// when CORS is configured, the router's CORS answer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateway_proxy_applies_the_rules_the_router_applies() {
-    nexus_testkit::run_bounded(async {
-        let app = TestApp::spawn_with(Backend::Sqlite, |c| c.allowed_cidrs = Some("127.0.0.0/8".into())).await;
-        let (addr, seen) = recording_upstream().await;
-        let id = static_connection(&app, "hdr", json!({"auth_type": "api_key", "api_base_url": format!("http://{addr}/api"), "params": {"credential_schema": schema(&["api_key"])}}), json!({"api_key": "k-1"})).await;
-        let path = format!("/v1/proxy/{id}/items/secret-looking-path");
+async fn gateway_proxy_applies_the_rules_the_router_applies(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.allowed_cidrs = Some("127.0.0.0/8".into())).await;
+    let (addr, seen) = recording_upstream().await;
+    let id = static_connection(&app, "hdr", json!({"auth_type": "api_key", "api_base_url": format!("http://{addr}/api"), "params": {"credential_schema": schema(&["api_key"])}}), json!({"api_key": "k-1"})).await;
+    let path = format!("/v1/proxy/{id}/items/secret-looking-path");
 
-        // The caller's request id is echoed and names the log line, which
-        // names the route, not the path with its connection id.
-        let traced = app.client.get(app.url(&path)).header("x-api-key", &app.api_key).header("x-request-id", "trace-42");
-        let traced = traced.send().await.unwrap();
-        assert_eq!((traced.status().as_u16(), traced.headers()["x-request-id"].to_str().unwrap()), (200, "trace-42"));
-        let fresh = app.client.get(app.url(&path)).header("x-api-key", &app.api_key).header("x-request-id", "bad id!");
-        let fresh = fresh.send().await.unwrap();
-        let generated = fresh.headers()["x-request-id"].to_str().unwrap();
-        assert!(generated != "bad id!" && uuid::Uuid::parse_str(generated).is_ok(), "{generated}");
-        let logs = nexus_testkit::logs::lines();
-        let line = logs.lines().find(|l| l.contains("trace-42")).expect("the request was logged");
-        assert!(line.contains("/v1/proxy/{connection_id}/{*path}") && line.contains("200"), "{line}");
-        assert!(!line.contains(&id) && !line.contains("secret-looking-path"), "{line}");
-        assert_eq!(seen.lock().unwrap().len(), 2);
+    // The caller's request id is echoed and names the log line, which
+    // names the route, not the path with its connection id.
+    let traced = app.client.get(app.url(&path)).header("x-api-key", &app.api_key).header("x-request-id", "trace-42");
+    let traced = traced.send().await.unwrap();
+    assert_eq!((traced.status().as_u16(), traced.headers()["x-request-id"].to_str().unwrap()), (200, "trace-42"));
+    let fresh = app.client.get(app.url(&path)).header("x-api-key", &app.api_key).header("x-request-id", "bad id!");
+    let fresh = fresh.send().await.unwrap();
+    let generated = fresh.headers()["x-request-id"].to_str().unwrap();
+    assert!(generated != "bad id!" && uuid::Uuid::parse_str(generated).is_ok(), "{generated}");
+    let logs = nexus_testkit::logs::lines();
+    let line = logs.lines().find(|l| l.contains("trace-42")).expect("the request was logged");
+    assert!(line.contains("route=/v1/proxy/{connection_id}/{*path}") && line.contains("status=200"), "{line}");
+    assert!(!line.contains(&id) && !line.contains("secret-looking-path"), "{line}");
+    assert_eq!(seen.lock().unwrap().len(), 2);
 
-        // A wrong key and a missing one are refused, audited with the
-        // method and path, and not forwarded.
-        let wrong = app.send(app.client.post(app.url(&path)).header("x-api-key", "wrong").body("{}")).await;
-        assert_eq!((wrong.status, wrong.code()), (401, "unauthorized"), "{}", wrong.text);
-        let missing = app.send(app.client.get(app.url(&path))).await;
-        assert_eq!((missing.status, missing.code()), (401, "unauthorized"), "{}", missing.text);
-        app.state.flush_audit().await;
-        let rows = app.store().list_audit(&nexus_store::AuditFilter { limit: 50, ..Default::default() }).await.unwrap();
-        let mut reasons: Vec<_> = rows
-            .entries
-            .iter()
-            .filter(|r| r.event_type == "auth.rejected")
-            .map(|r| (r.data["reason"].as_str().unwrap().to_owned(), r.data["method"].clone(), r.data["path"].clone()))
-            .collect();
-        reasons.sort_by(|a, b| a.0.cmp(&b.0));
-        assert_eq!(
-            reasons,
-            vec![
-                ("invalid_api_key".to_owned(), json!("POST"), json!(path)),
-                ("missing_api_key".to_owned(), json!("GET"), json!(path))
-            ]
-        );
-        assert_eq!(seen.lock().unwrap().len(), 2, "nothing refused was forwarded");
-        app.stop().await;
+    // A wrong key and a missing one are refused, audited with the
+    // method and path, and not forwarded.
+    let wrong = app.send(app.client.post(app.url(&path)).header("x-api-key", "wrong").body("{}")).await;
+    assert_eq!((wrong.status, wrong.code()), (401, "unauthorized"), "{}", wrong.text);
+    let missing = app.send(app.client.get(app.url(&path))).await;
+    assert_eq!((missing.status, missing.code()), (401, "unauthorized"), "{}", missing.text);
+    app.state.flush_audit().await;
+    let rows = app.store().list_audit(&nexus_store::AuditFilter { limit: 50, ..Default::default() }).await.unwrap();
+    let mut reasons: Vec<_> = rows
+        .entries
+        .iter()
+        .filter(|r| r.event_type == "auth.rejected")
+        .map(|r| (r.data["reason"].as_str().unwrap().to_owned(), r.data["method"].clone(), r.data["path"].clone()))
+        .collect();
+    reasons.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        reasons,
+        vec![
+            ("invalid_api_key".to_owned(), json!("POST"), json!(path)),
+            ("missing_api_key".to_owned(), json!("GET"), json!(path))
+        ]
+    );
+    assert_eq!(seen.lock().unwrap().len(), 2, "nothing refused was forwarded");
+    app.stop().await;
 
-        // Outside the allowlist (a forged X-Forwarded-For does not count:
-        // the peer is no trusted proxy): 403, audited with the socket's address.
-        let closed = TestApp::spawn_with(Backend::Sqlite, |c| c.allowed_cidrs = Some("10.0.0.0/8".into())).await;
-        let refused = closed
-            .send(
-                closed
-                    .client
-                    .get(closed.url("/v1/proxy/any-connection/x"))
-                    .header("x-api-key", &closed.api_key)
-                    .header("x-forwarded-for", "10.1.2.3"),
-            )
-            .await;
-        assert_eq!((refused.status, refused.code()), (403, "forbidden"), "{}", refused.text);
-        closed.state.flush_audit().await;
-        let rows = closed.store().list_audit(&nexus_store::AuditFilter { limit: 10, ..Default::default() }).await.unwrap();
-        assert_eq!(rows.entries.len(), 1);
-        assert_eq!((rows.entries[0].ip.as_deref(), &rows.entries[0].data["reason"]), (Some("127.0.0.1"), &json!("ip_not_allowed")));
-        closed.stop().await;
+    // Outside the allowlist (a forged X-Forwarded-For does not count:
+    // the peer is no trusted proxy): 403, audited with the socket's address.
+    let closed = TestApp::spawn_with(backend, |c| c.allowed_cidrs = Some("10.0.0.0/8".into())).await;
+    let refused = closed
+        .send(
+            closed
+                .client
+                .get(closed.url("/v1/proxy/any-connection/x"))
+                .header("x-api-key", &closed.api_key)
+                .header("x-forwarded-for", "10.1.2.3"),
+        )
+        .await;
+    assert_eq!((refused.status, refused.code()), (403, "forbidden"), "{}", refused.text);
+    closed.state.flush_audit().await;
+    let rows = closed.store().list_audit(&nexus_store::AuditFilter { limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(rows.entries.len(), 1);
+    assert_eq!(
+        (rows.entries[0].ip.as_deref(), &rows.entries[0].data["reason"]),
+        (Some("127.0.0.1"), &json!("ip_not_allowed"))
+    );
+    closed.stop().await;
 
-        // With CORS configured, the proxy route answers preflights and names
-        // the allowed origin as every other `/v1/*` route does.
-        let open = TestApp::spawn_with(Backend::Sqlite, |c| c.cors_allowed_origins = Some("https://app.example.com".into())).await;
-        let preflight = open
-            .client
-            .request(reqwest::Method::OPTIONS, open.url("/v1/proxy/any-connection/x"))
-            .header("origin", "https://app.example.com")
-            .header("access-control-request-method", "POST")
-            .header("access-control-request-headers", "x-api-key")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(preflight.headers()["access-control-allow-origin"], "https://app.example.com");
-        let missing = open.client.get(open.url("/v1/proxy/any-connection/x")).header("origin", "https://app.example.com");
-        let missing = missing.send().await.unwrap();
-        assert_eq!(missing.status(), 401);
-        assert_eq!(missing.headers()["access-control-allow-origin"], "https://app.example.com");
-        open.stop().await;
-    })
-    .await;
+    // With CORS configured, the proxy route answers preflights and names
+    // the allowed origin as every other `/v1/*` route does.
+    let open = TestApp::spawn_with(backend, |c| c.cors_allowed_origins = Some("https://app.example.com".into())).await;
+    let preflight = open
+        .client
+        .request(reqwest::Method::OPTIONS, open.url("/v1/proxy/any-connection/x"))
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "x-api-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "https://app.example.com");
+    let missing = open.client.get(open.url("/v1/proxy/any-connection/x")).header("origin", "https://app.example.com");
+    let missing = missing.send().await.unwrap();
+    assert_eq!(missing.status(), 401);
+    assert_eq!(missing.headers()["access-control-allow-origin"], "https://app.example.com");
+    open.stop().await;
 }
+
+both_backends!(gateway_proxy_applies_the_rules_the_router_applies);
