@@ -39,7 +39,7 @@ impl Bridge {
     }
 
     pub fn from_cache(cache: CredentialCache) -> Bridge {
-        let http = reqwest::Client::builder()
+        let http = crate::resolve::reqwest_builder()
             .connect_timeout(std::time::Duration::from_secs(10))
             .timeout(std::time::Duration::from_secs(120))
             .redirect(reqwest::redirect::Policy::none())

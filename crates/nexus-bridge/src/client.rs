@@ -71,6 +71,7 @@ impl TokenAnswer {
             credentials,
             expires_at: None,
             api_base_url: None,
+            connection_config: Map::new(),
             max_age: None,
         })
     }

@@ -4,6 +4,7 @@
 //! which sends to the provider.
 
 use crate::client::TokenAnswer;
+use crate::resolve::Resolver;
 use crate::strategies::{apply, BridgeError};
 use crate::target::{forwardable_header, Base};
 use http::{HeaderMap, HeaderName, Method};
@@ -25,7 +26,7 @@ pub enum ProviderError {
     Unreachable,
 }
 
-type Pool = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type Pool = Client<hyper_rustls::HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>;
 
 /// Connection ids whose provider connections are kept at once; a pool
 /// unused for [`POOL_IDLE`] is dropped with its connections.
@@ -49,7 +50,7 @@ const MAX_IDLE_PER_POOL: usize = 32;
 /// connection's signed request or answer (see `crate::upstream`).
 #[derive(Clone)]
 pub struct ProviderClient {
-    connector: hyper_rustls::HttpsConnector<HttpConnector>,
+    connector: hyper_rustls::HttpsConnector<HttpConnector<Resolver>>,
     pools: moka::sync::Cache<String, Pool>,
     timeout: Duration,
 }
@@ -86,7 +87,7 @@ impl ProviderClient {
         timeout: Duration,
         mut tls: rustls::ClientConfig,
     ) -> ProviderClient {
-        let mut http = HttpConnector::new();
+        let mut http = HttpConnector::new_with_resolver(Resolver);
         http.enforce_http(false);
         http.set_connect_timeout(Some(connect_timeout));
         http.set_nodelay(true);

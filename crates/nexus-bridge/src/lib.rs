@@ -34,6 +34,7 @@ pub mod h1;
 pub mod invalidations;
 pub mod pipeline;
 pub mod relay;
+pub mod resolve;
 pub mod strategies;
 pub mod target;
 pub mod upstream;

@@ -337,8 +337,9 @@ impl Upstreams {
     pub async fn connect(&self, key: &PoolKey) -> Result<Upstream, ProviderError> {
         let origin = &key.origin;
         let connect = async {
-            let tcp =
-                TcpStream::connect((origin.host(), origin.port())).await.map_err(|_| ProviderError::Unreachable)?;
+            let addrs =
+                crate::resolve::resolve(origin.host(), origin.port()).await.map_err(|_| ProviderError::Unreachable)?;
+            let tcp = TcpStream::connect(&addrs[..]).await.map_err(|_| ProviderError::Unreachable)?;
             let _ = tcp.set_nodelay(true);
             if !origin.https {
                 return Ok(Io::Tcp(tcp));

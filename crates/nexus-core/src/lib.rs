@@ -13,6 +13,7 @@ pub mod provider;
 pub mod redact;
 pub mod secret;
 pub mod strategy;
+pub mod template;
 pub mod url_policy;
 pub mod wire;
 

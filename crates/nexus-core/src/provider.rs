@@ -6,6 +6,7 @@
 
 use crate::error::ValidationErrors;
 use crate::secret::SecretString;
+use crate::template::{is_template, ExpandError, UrlTemplate};
 use crate::url_policy::parse_outbound_url;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -166,6 +167,22 @@ pub struct ProviderInput {
         )
     )]
     pub token_url: Option<String>,
+    /// Where refreshes go; default: `token_url` (or the discovered token endpoint).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            pattern = "^(https://[a-z][a-z0-9]{0,20}(\\.[a-z][a-z0-9]{0,20}){0,3}|http://(localhost|127\\.0\\.0\\.1))(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~-]{0,20}){0,4}$"
+        )
+    )]
+    pub refresh_url: Option<String>,
+    /// RFC 7009 revocation endpoint; default: discovery's `revocation_endpoint`.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            pattern = "^(https://[a-z][a-z0-9]{0,20}(\\.[a-z][a-z0-9]{0,20}){0,3}|http://(localhost|127\\.0\\.0\\.1))(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~-]{0,20}){0,4}$"
+        )
+    )]
+    pub revocation_url: Option<String>,
     #[cfg_attr(
         feature = "openapi",
         schema(
@@ -207,6 +224,10 @@ pub struct ProviderConfig {
     pub auth_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_base_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -292,10 +313,18 @@ impl ProviderInput {
         let issuer = check_url(&mut errs, "issuer", self.issuer);
         let auth_url = check_url(&mut errs, "auth_url", self.auth_url);
         let token_url = check_url(&mut errs, "token_url", self.token_url);
+        let refresh_url = check_url(&mut errs, "refresh_url", self.refresh_url);
+        let revocation_url = check_url(&mut errs, "revocation_url", self.revocation_url);
         let api_base_url = check_url(&mut errs, "api_base_url", self.api_base_url);
         let user_info_endpoint = non_empty(self.user_info_endpoint);
         if let Some(u) = &user_info_endpoint {
-            if u.len() > MAX_URL_LEN || !(u.starts_with('/') || parse_outbound_url(u).is_ok()) {
+            if u.len() > MAX_URL_LEN {
+                errs.push("user_info_endpoint", format!("must be at most {MAX_URL_LEN} bytes"));
+            } else if is_template(u) {
+                if let Err(m) = check_template(u, u.starts_with('/')) {
+                    errs.push("user_info_endpoint", m);
+                }
+            } else if !(u.starts_with('/') || parse_outbound_url(u).is_ok()) {
                 errs.push("user_info_endpoint", "must be a path starting with '/' or an https URL");
             }
         }
@@ -393,30 +422,77 @@ impl ProviderInput {
         let (Some(name), Some(auth_type)) = (name, auth_type) else {
             return Err(errs);
         };
-        errs.into_result(ValidatedProvider {
-            config: ProviderConfig {
-                name,
-                auth_type,
-                display_name,
-                client_id,
-                issuer,
-                auth_url,
-                token_url,
-                api_base_url,
-                user_info_endpoint,
-                enable_discovery,
-                scopes,
-                auth_header,
-                params,
-                description,
-                category,
-            },
-            secret,
-        })
+        let config = ProviderConfig {
+            name,
+            auth_type,
+            display_name,
+            client_id,
+            issuer,
+            auth_url,
+            token_url,
+            refresh_url,
+            revocation_url,
+            api_base_url,
+            user_info_endpoint,
+            enable_discovery,
+            scopes,
+            auth_header,
+            params,
+            description,
+            category,
+        };
+        check_template_names(&mut errs, &config);
+        errs.into_result(ValidatedProvider { config, secret })
     }
 }
 
 impl ProviderConfig {
+    /// The fields that may hold URL templates, with their values, for those
+    /// that hold one.
+    pub fn templated_fields(&self) -> Vec<(&'static str, &str)> {
+        let fields = [
+            ("issuer", self.issuer.as_deref()),
+            ("auth_url", self.auth_url.as_deref()),
+            ("token_url", self.token_url.as_deref()),
+            ("refresh_url", self.refresh_url.as_deref()),
+            ("revocation_url", self.revocation_url.as_deref()),
+            ("api_base_url", self.api_base_url.as_deref()),
+            ("user_info_endpoint", self.user_info_endpoint.as_deref()),
+            ("params.region", self.params.get("region").and_then(Value::as_str)),
+        ];
+        fields.into_iter().filter_map(|(f, v)| v.filter(|v| is_template(v)).map(|v| (f, v))).collect()
+    }
+
+    /// `params.allowed_hosts`: the host globs expanded URLs must match.
+    pub fn allowed_hosts(&self) -> Vec<String> {
+        self.params
+            .get("allowed_hosts")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    /// `raw` (one of this provider's URL fields) for one connection: a
+    /// template is expanded over `connection` and checked (outbound URL
+    /// policy, `allowed_hosts` when a variable is in the host); a plain URL
+    /// is returned as it is.
+    pub fn expand(&self, raw: &str, connection: &Map<String, Value>) -> Result<String, ExpandError> {
+        if !is_template(raw) {
+            return Ok(raw.to_owned());
+        }
+        UrlTemplate::parse(raw).map_err(ExpandError::Refused)?.expand(connection, &self.allowed_hosts())
+    }
+
+    /// Whether every name `raw` uses has a value in `connection`.
+    pub fn is_ready(&self, raw: &str, connection: &Map<String, Value>) -> bool {
+        !is_template(raw) || UrlTemplate::parse(raw).is_ok_and(|t| t.is_ready(connection))
+    }
+
+    /// `params.connection_config_schema`, when the provider has one.
+    pub fn connection_config_schema(&self) -> Option<&Value> {
+        self.params.get("connection_config_schema")
+    }
+
     /// What a person sees: `display_name`, or the name.
     pub fn display_name(&self) -> &str {
         self.display_name.as_deref().unwrap_or(self.name.as_str())
@@ -454,11 +530,76 @@ fn check_url(errs: &mut ValidationErrors, field: &str, raw: Option<String>) -> O
         errs.push(field, format!("must be at most {MAX_URL_LEN} bytes"));
         return None;
     }
-    match parse_outbound_url(&raw) {
-        Ok(_) => Some(raw),
+    let checked = if is_template(&raw) { check_template(&raw, false) } else { parse_outbound_url(&raw).map(drop) };
+    match checked {
+        Ok(()) => Some(raw),
         Err(m) => {
             errs.push(field, m);
             None
+        }
+    }
+}
+
+/// A URL template's syntax, and, when its host is fixed, that the URL it
+/// expands to passes the outbound URL policy (each variable stands in as
+/// `x`). A path template (`relative`) only needs the syntax.
+fn check_template(raw: &str, relative: bool) -> Result<(), String> {
+    let template = UrlTemplate::parse(raw)?;
+    if relative || template.host_is_variable() {
+        return Ok(());
+    }
+    let sample: Map<String, Value> = template.names().iter().map(|n| (n.clone(), Value::from("x"))).collect();
+    template.expand(&sample, &[]).map(drop).map_err(|e| match e {
+        ExpandError::Refused(why) => why,
+        other => other.to_string(),
+    })
+}
+
+/// The names a connection's configuration can hold: declared by
+/// `connection_config_schema` or learned from the token answer, the callback
+/// or the user-info endpoint.
+pub fn config_names(params: &Map<String, Value>) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    if let Some(props) =
+        params.get("connection_config_schema").and_then(|s| s.get("properties")).and_then(Value::as_object)
+    {
+        names.extend(props.keys().cloned());
+    }
+    for key in ["connection_config_from_token", "connection_config_from_userinfo"] {
+        if let Some(map) = params.get(key).and_then(Value::as_object) {
+            names.extend(map.keys().cloned());
+        }
+    }
+    if let Some(list) = params.get("connection_config_from_callback").and_then(Value::as_array) {
+        names.extend(list.iter().filter_map(Value::as_str).map(str::to_owned));
+    }
+    names
+}
+
+/// Every template name is declared, and a template whose host is variable
+/// has `allowed_hosts` to be checked against.
+fn check_template_names(errs: &mut ValidationErrors, config: &ProviderConfig) {
+    let declared = config_names(&config.params);
+    let has_allowed_hosts = !config.allowed_hosts().is_empty();
+    for (field, raw) in config.templated_fields() {
+        let Ok(template) = UrlTemplate::parse(raw) else {
+            if field == "params.region" {
+                errs.push(field, "is not a {name} template");
+            }
+            continue;
+        };
+        for name in template.names() {
+            if !declared.contains(name) {
+                errs.push(
+                    field,
+                    format!(
+                        "uses {{{name}}}, which params.connection_config_schema does not declare and no connection_config_from_* produces"
+                    ),
+                );
+            }
+        }
+        if template.host_is_variable() && field != "params.region" && !has_allowed_hosts {
+            errs.push("params.allowed_hosts", format!("is required: {field} has a variable in its scheme or host"));
         }
     }
 }
@@ -492,6 +633,45 @@ fn check_known_params(errs: &mut ValidationErrors, params: &Map<String, Value>) 
             "skip_scope_on_auth" | "skip_scope_on_exchange" if !value.is_boolean() => {
                 errs.push(field, "must be a boolean");
             }
+            "connection_config_schema" => check_config_schema(errs, &field, value),
+            "allowed_hosts" => match value.as_array() {
+                Some(globs) if !globs.is_empty() && globs.len() <= 64 => {
+                    for (i, g) in globs.iter().enumerate() {
+                        match g.as_str().map(crate::template::check_host_glob) {
+                            Some(Ok(())) => {}
+                            Some(Err(m)) => errs.push(format!("{field}[{i}]"), m),
+                            None => errs.push(format!("{field}[{i}]"), "must be a string"),
+                        }
+                    }
+                }
+                _ => errs.push(field, "must be a list of 1 to 64 host globs such as *.zendesk.com"),
+            },
+            "connection_config_from_token" | "connection_config_from_userinfo" => match value.as_object() {
+                Some(map) => {
+                    for (k, v) in map {
+                        if !is_config_name(k) {
+                            errs.push(format!("{field}.{k}"), "must be a name of letters, digits and '_'");
+                        } else if !v.as_str().is_some_and(is_dotted_path) {
+                            errs.push(format!("{field}.{k}"), "must be a dotted path such as team.id");
+                        }
+                    }
+                }
+                None => errs.push(field, "must be an object of config name to dotted path"),
+            },
+            "connection_config_from_callback" => match value.as_array() {
+                Some(list) => {
+                    for (i, v) in list.iter().enumerate() {
+                        match v.as_str() {
+                            Some(n) if RESERVED_CALLBACK_PARAMS.contains(&n) => {
+                                errs.push(format!("{field}[{i}]"), format!("'{n}' is part of the OAuth response"))
+                            }
+                            Some(n) if is_config_name(n) => {}
+                            _ => errs.push(format!("{field}[{i}]"), "must be a name of letters, digits and '_'"),
+                        }
+                    }
+                }
+                None => errs.push(field, "must be a list of callback query parameter names"),
+            },
             "authorization_params" | "token_params" => match value.as_object() {
                 Some(map) => {
                     for (k, v) in map {
@@ -503,6 +683,32 @@ fn check_known_params(errs: &mut ValidationErrors, params: &Map<String, Value>) 
                 None => errs.push(field, "must be an object of string values"),
             },
             _ => {}
+        }
+    }
+}
+
+/// Query parameters of the callback that are the OAuth response itself.
+const RESERVED_CALLBACK_PARAMS: [&str; 6] = ["code", "state", "error", "error_description", "error_uri", "iss"];
+
+/// A connection configuration name: what `{name}` templates can use.
+fn is_config_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// `a.b.c`: non-empty segments without spaces.
+fn is_dotted_path(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 256 && p.split('.').all(|s| !s.is_empty() && !s.chars().any(char::is_whitespace))
+}
+
+/// `connection_config_schema`: a JSON Schema whose property names can be
+/// used in templates.
+fn check_config_schema(errs: &mut ValidationErrors, field: &str, schema: &Value) {
+    check_credential_schema(errs, field, schema);
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        for name in props.keys() {
+            if !is_config_name(name) {
+                errs.push(format!("{field}.properties.{name}"), "must be a name of letters, digits and '_'");
+            }
         }
     }
 }

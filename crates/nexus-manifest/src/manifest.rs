@@ -98,7 +98,7 @@ enum Kind {
 }
 
 /// The fields of SPEC section 3, in the order the exporter writes them.
-pub const FIELDS: [&str; 15] = [
+pub const FIELDS: [&str; 17] = [
     "name",
     "auth_type",
     "description",
@@ -109,6 +109,8 @@ pub const FIELDS: [&str; 15] = [
     "enable_discovery",
     "auth_url",
     "token_url",
+    "refresh_url",
+    "revocation_url",
     "api_base_url",
     "user_info_endpoint",
     "auth_header",

@@ -1,35 +1,59 @@
-//! A provider's OAuth client configuration: its endpoints (discovered or
-//! configured) and its client registration.
+//! A provider's OAuth client configuration for one connection: its endpoints
+//! (discovered or configured, templates expanded over the connection's
+//! configuration) and its client registration.
 
 use crate::flow::{ClientAuth, ClientConfig};
 use nexus_core::provider::{Discovery, ProviderConfig};
 use nexus_core::SecretString;
+use serde_json::{Map, Value};
 
-/// The endpoints of an oauth2 provider, discovered or configured.
+/// The endpoints of an oauth2 provider for one connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoints {
     pub auth_url: String,
-    pub token_url: String,
+    /// `None` while the connection lacks a value the template needs (one
+    /// learned from the callback, say): only the authorization URL can be
+    /// made until then.
+    pub token_url: Option<String>,
+    /// `refresh_url`, or the token endpoint.
+    pub refresh_url: Option<String>,
     pub jwks_uri: Option<String>,
     pub revocation: Option<String>,
 }
 
 impl Endpoints {
-    /// Discovered endpoints when there are some, else the configured ones;
-    /// `Err` when the authorization or token endpoint is missing.
-    pub fn of(config: &ProviderConfig, discovery: Option<&Discovery>) -> Result<Endpoints, &'static str> {
+    /// Discovered endpoints when there are some, else the configured ones,
+    /// expanded over `connection`. `Err` names the field: an endpoint is
+    /// missing, or its template expands to a URL Nexus may not call.
+    pub fn of(
+        config: &ProviderConfig,
+        discovery: Option<&Discovery>,
+        connection: &Map<String, Value>,
+    ) -> Result<Endpoints, String> {
+        let expand = |field: &str, raw: &str| config.expand(raw, connection).map_err(|e| format!("{field} {e}"));
         let (auth_url, token_url) = match discovery {
-            Some(d) => (d.authorization_endpoint.clone(), d.token_endpoint.clone()),
-            None => (config.auth_url.clone().unwrap_or_default(), config.token_url.clone().unwrap_or_default()),
+            Some(d) => (d.authorization_endpoint.clone(), Some(d.token_endpoint.clone())),
+            None => {
+                let auth = config.auth_url.as_deref().ok_or("the provider has no authorization endpoint")?;
+                let token = config.token_url.as_deref().ok_or("the provider has no token endpoint")?;
+                let token = config.is_ready(token, connection).then(|| expand("token_url", token)).transpose()?;
+                (expand("auth_url", auth)?, token)
+            }
         };
-        if auth_url.is_empty() || token_url.is_empty() {
-            return Err("the provider has no authorization or token endpoint");
-        }
+        let refresh_url = match config.refresh_url.as_deref() {
+            Some(raw) => config.is_ready(raw, connection).then(|| expand("refresh_url", raw)).transpose()?,
+            None => token_url.clone(),
+        };
+        let revocation = match config.revocation_url.as_deref() {
+            Some(raw) => config.is_ready(raw, connection).then(|| expand("revocation_url", raw)).transpose()?,
+            None => discovery.and_then(|d| d.revocation_endpoint.clone()),
+        };
         Ok(Endpoints {
             auth_url,
             token_url,
+            refresh_url,
             jwks_uri: discovery.and_then(|d| d.jwks_uri.clone()),
-            revocation: discovery.and_then(|d| d.revocation_endpoint.clone()),
+            revocation,
         })
     }
 }
@@ -49,6 +73,7 @@ impl ClientConfig {
             auth: ClientAuth::from_auth_header(config.auth_header.as_deref()),
             auth_url: endpoints.auth_url,
             token_url: endpoints.token_url,
+            refresh_url: endpoints.refresh_url,
             redirect_uri,
         }
     }

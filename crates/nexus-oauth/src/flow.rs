@@ -59,7 +59,10 @@ pub struct ClientConfig {
     pub client_secret: SecretString,
     pub auth: ClientAuth,
     pub auth_url: String,
-    pub token_url: String,
+    /// `None` until the connection has every value the template needs.
+    pub token_url: Option<String>,
+    /// Where refreshes go: `refresh_url`, or the token endpoint.
+    pub refresh_url: Option<String>,
     pub redirect_uri: String,
 }
 
@@ -119,8 +122,9 @@ pub fn new_pkce_verifier() -> SecretString {
     SecretString::new(PkceCodeChallenge::new_random_sha256().1.secret().clone())
 }
 
-/// A client with authorization and token endpoints set.
-type ConfiguredClient = oauth2::Client<
+/// A client with the authorization endpoint set, and the token endpoint
+/// when `TOKEN` is `EndpointSet`.
+type ConfiguredClient<Token> = oauth2::Client<
     BasicErrorResponse,
     Response,
     BasicTokenIntrospectionResponse,
@@ -130,18 +134,17 @@ type ConfiguredClient = oauth2::Client<
     oauth2::EndpointNotSet,
     oauth2::EndpointNotSet,
     oauth2::EndpointNotSet,
-    oauth2::EndpointSet,
+    Token,
 >;
 
-fn client(cfg: &ClientConfig) -> Result<ConfiguredClient, OAuthError> {
+/// The client for the authorization URL (no token endpoint needed yet).
+fn authorize_client(cfg: &ClientConfig) -> Result<ConfiguredClient<oauth2::EndpointNotSet>, OAuthError> {
     let auth_url = AuthUrl::new(cfg.auth_url.clone()).map_err(|e| OAuthError::Config(format!("auth_url: {e}")))?;
-    let token_url = TokenUrl::new(cfg.token_url.clone()).map_err(|e| OAuthError::Config(format!("token_url: {e}")))?;
     let redirect =
         RedirectUrl::new(cfg.redirect_uri.clone()).map_err(|e| OAuthError::Config(format!("redirect_uri: {e}")))?;
     Ok(Client::new(ClientId::new(cfg.client_id.clone()))
         .set_client_secret(ClientSecret::new(cfg.client_secret.expose().to_owned()))
         .set_auth_uri(auth_url)
-        .set_token_uri(token_url)
         .set_redirect_uri(redirect)
         .set_auth_type(match cfg.auth {
             ClientAuth::Post => AuthType::RequestBody,
@@ -149,12 +152,24 @@ fn client(cfg: &ClientConfig) -> Result<ConfiguredClient, OAuthError> {
         }))
 }
 
+/// The client for a token request to `endpoint` (`field` names it in errors).
+fn client(
+    cfg: &ClientConfig,
+    field: &str,
+    endpoint: Option<&String>,
+) -> Result<ConfiguredClient<oauth2::EndpointSet>, OAuthError> {
+    let endpoint =
+        endpoint.ok_or_else(|| OAuthError::Config(format!("{field}: the connection lacks a value it needs")))?;
+    let token_url = TokenUrl::new(endpoint.clone()).map_err(|e| OAuthError::Config(format!("{field}: {e}")))?;
+    Ok(authorize_client(cfg)?.set_token_uri(token_url))
+}
+
 /// The URL to send the user to: `response_type=code`, `client_id`,
 /// `redirect_uri`, `state`, the S256 PKCE challenge, scopes (joined by the
 /// provider's separator unless `send_scope` is false), `nonce` and the
 /// provider's `authorization_params`.
 pub fn authorization_url(cfg: &ClientConfig, p: &AuthorizationParams<'_>) -> Result<url::Url, OAuthError> {
-    let client = client(cfg)?;
+    let client = authorize_client(cfg)?;
     let verifier = PkceCodeVerifier::new(p.pkce_verifier.expose().to_owned());
     let challenge = PkceCodeChallenge::from_code_verifier_sha256(&verifier);
     let state = p.state.to_owned();
@@ -231,7 +246,7 @@ pub async fn exchange_code(
     scopes: Option<(&[String], &str)>,
     token_params: &Map<String, Value>,
 ) -> Result<TokenSet, OAuthError> {
-    let client = client(cfg)?;
+    let client = client(cfg, "token_url", cfg.token_url.as_ref())?;
     let mut req = client
         .exchange_code(AuthorizationCode::new(code.to_owned()))
         .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.expose().to_owned()));
@@ -251,7 +266,7 @@ pub async fn refresh(
     refresh_token: &SecretString,
     token_params: &Map<String, Value>,
 ) -> Result<TokenSet, OAuthError> {
-    let client = client(cfg)?;
+    let client = client(cfg, "refresh_url", cfg.refresh_url.as_ref())?;
     let token = RefreshToken::new(refresh_token.expose().to_owned());
     let mut req = client.exchange_refresh_token(&token);
     for (k, v) in token_params {
@@ -271,7 +286,8 @@ mod tests {
             client_secret: SecretString::new("sec"),
             auth: ClientAuth::Post,
             auth_url: "https://idp.example/authorize".into(),
-            token_url: "https://idp.example/token".into(),
+            token_url: Some("https://idp.example/token".into()),
+            refresh_url: Some("https://idp.example/token".into()),
             redirect_uri: "https://nexus.example/auth/callback".into(),
         }
     }

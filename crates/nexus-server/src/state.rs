@@ -72,7 +72,7 @@ const AUDIT_LINGER: Duration = Duration::from_millis(20);
 impl AppState {
     /// Builds the state and starts the audit writer task (needs a Tokio runtime).
     pub fn new(config: Config, store: Store) -> AppState {
-        let http = reqwest::Client::builder()
+        let http = nexus_bridge::resolve::reqwest_builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(15))
             .redirect(reqwest::redirect::Policy::none())

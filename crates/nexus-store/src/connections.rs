@@ -8,13 +8,14 @@ use crate::audit::{append_in_tx, NewAudit};
 use crate::invalidation::{notify_in_tx, Invalidation};
 use crate::{get, now_micros, Store, StoreError};
 use nexus_core::{AuthType, ConnectionStatus};
+use serde_json::{Map, Value};
 use sqlx::any::AnyRow;
 
 /// The assignments that forget a handshake: its state, expiry, PKCE verifier
 /// and OIDC nonce (a finished, failed or expired handshake keeps none).
 macro_rules! clear_handshake {
     () => {
-        "state_nonce = NULL, handshake_expires_at = NULL, pkce_verifier_enc = NULL, oidc_nonce = NULL"
+        "state_nonce = NULL, handshake_expires_at = NULL, pkce_verifier_enc = NULL, oidc_nonce = NULL, handshake_config = NULL"
     };
 }
 
@@ -30,6 +31,10 @@ pub struct ConnectionRow {
     pub scopes: Vec<String>,
     pub return_url: String,
     pub metadata: Option<serde_json::Value>,
+    /// The non-secret values the provider's URL templates expand over.
+    pub connection_config: Map<String, Value>,
+    /// What a handshake in progress asked for (re-authorization), until its callback.
+    pub handshake_config: Option<Map<String, Value>>,
     pub state_nonce: Option<String>,
     /// Unix microseconds.
     pub handshake_expires_at: Option<i64>,
@@ -63,6 +68,8 @@ impl ConnectionRow {
             scopes: Vec::new(),
             return_url: String::new(),
             metadata: None,
+            connection_config: Map::new(),
+            handshake_config: None,
             state_nonce: None,
             handshake_expires_at: None,
             pkce_verifier_enc: None,
@@ -99,6 +106,8 @@ pub struct Handshake {
     pub scopes: Vec<String>,
     pub return_url: String,
     pub metadata: Option<serde_json::Value>,
+    /// The connection configuration this handshake asked for.
+    pub connection_config: Map<String, Value>,
 }
 
 /// What an activation stores.
@@ -110,18 +119,27 @@ pub struct Activation {
     pub scopes: Option<Vec<String>>,
     /// When the refresher should renew these credentials (unix seconds).
     pub next_refresh_at: Option<i64>,
+    /// The connection's configuration from now on.
+    pub connection_config: Map<String, Value>,
 }
 
 pub(crate) const COLUMNS: &str =
     "id, provider_id, provider_name, auth_type, workspace_id, status, scopes, return_url, metadata, \
      state_nonce, handshake_expires_at, pkce_verifier_enc, oidc_nonce, credentials_enc, refresh_token_enc, \
-     expires_at, last_error, next_refresh_at, refresh_failures, last_refreshed_at, created_at, updated_at";
+     expires_at, last_error, next_refresh_at, refresh_failures, last_refreshed_at, created_at, updated_at, \
+     connection_config, handshake_config";
 
 pub(crate) fn from_row(row: &AnyRow) -> Result<ConnectionRow, StoreError> {
     let scopes: String = get(row, "scopes")?;
     let auth_type: String = get(row, "auth_type")?;
     let status: String = get(row, "status")?;
     let metadata: Option<String> = get(row, "metadata")?;
+    let connection_config: String = get(row, "connection_config")?;
+    let handshake_config: Option<String> = get(row, "handshake_config")?;
+    let config_map = |raw: &str| {
+        serde_json::from_str::<Map<String, Value>>(raw)
+            .map_err(|e| StoreError::Corrupt(format!("connection configuration: {e}")))
+    };
     Ok(ConnectionRow {
         id: get(row, "id")?,
         provider_id: get(row, "provider_id")?,
@@ -150,6 +168,8 @@ pub(crate) fn from_row(row: &AnyRow) -> Result<ConnectionRow, StoreError> {
         last_refreshed_at: get(row, "last_refreshed_at")?,
         created_at: get(row, "created_at")?,
         updated_at: get(row, "updated_at")?,
+        connection_config: config_map(&connection_config)?,
+        handshake_config: handshake_config.as_deref().map(config_map).transpose()?,
     })
 }
 
@@ -162,7 +182,7 @@ impl Store {
     pub async fn insert_connection(&self, row: &ConnectionRow, audit: NewAudit) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
         sqlx::query(&format!(
-            "INSERT INTO connections ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
+            "INSERT INTO connections ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)"
         ))
         .bind(&row.id)
         .bind(&row.provider_id)
@@ -186,6 +206,8 @@ impl Store {
         .bind(row.last_refreshed_at)
         .bind(row.created_at)
         .bind(row.updated_at)
+        .bind(json(&row.connection_config))
+        .bind(row.handshake_config.as_ref().map(json))
         .execute(&mut *w.tx)
         .await?;
         append_in_tx(&mut w, audit).await?;
@@ -200,6 +222,8 @@ impl Store {
         let done = sqlx::query(
             "UPDATE connections SET state_nonce = $1, handshake_expires_at = $2, pkce_verifier_enc = $3, oidc_nonce = $4,
                     scopes = $5, return_url = $6, metadata = $7, last_error = NULL, updated_at = $8,
+                    handshake_config = $10,
+                    connection_config = CASE WHEN status = 'active' THEN connection_config ELSE $10 END,
                     status = CASE WHEN status = 'active' THEN 'active' ELSE 'pending' END
              WHERE id = $9",
         )
@@ -212,6 +236,7 @@ impl Store {
         .bind(h.metadata.as_ref().map(json))
         .bind(now_micros())
         .bind(id)
+        .bind(json(&h.connection_config))
         .execute(&mut *w.tx)
         .await?;
         if done.rows_affected() == 0 {
@@ -272,7 +297,7 @@ impl Store {
         let mut sql = String::from(concat!(
             "UPDATE connections SET status = 'active', credentials_enc = $1, refresh_token_enc = $2,
                     expires_at = $3, scopes = COALESCE($4, scopes), last_error = NULL, updated_at = $5,
-                    next_refresh_at = $8, refresh_failures = 0, lease_until = NULL, ",
+                    next_refresh_at = $8, refresh_failures = 0, lease_until = NULL, connection_config = $9, ",
             clear_handshake!(),
             " WHERE id = $6 AND status <> 'revoked'"
         ));
@@ -289,7 +314,8 @@ impl Store {
             .bind(now)
             .bind(id)
             .bind(state_nonce)
-            .bind(a.next_refresh_at);
+            .bind(a.next_refresh_at)
+            .bind(json(&a.connection_config));
         let done = q.execute(&mut *w.tx).await?;
         if done.rows_affected() != 1 {
             return Ok(false);

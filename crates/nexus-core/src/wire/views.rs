@@ -24,9 +24,15 @@ pub struct TokenAnswer {
     pub credentials: Map<String, Value>,
     /// Unix seconds, or null when the credentials do not expire.
     pub expires_at: Option<i64>,
-    /// The provider's API root, where proxies send signed requests.
+    /// The provider's API root for this connection (templates already
+    /// expanded), where proxies send signed requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_base_url: Option<String>,
+    /// The connection's non-secret configuration (SPEC 10): a tenant's
+    /// subdomain, region, or values learned while connecting.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub connection_config: Map<String, Value>,
     /// Seconds a proxy or the Bridge may reuse this answer (`TOKEN_MAX_AGE`,
     /// never beyond `expires_at`); changes arrive sooner through
     /// `GET /v1/invalidations`. A Gateway that does not say means 30.
@@ -44,6 +50,7 @@ impl fmt::Debug for TokenAnswer {
             .field("credentials", &self.credentials.keys().map(|k| (k, "[redacted]")).collect::<Vec<_>>())
             .field("expires_at", &self.expires_at)
             .field("api_base_url", &self.api_base_url)
+            .field("connection_config", &self.connection_config)
             .field("max_age", &self.max_age)
             .finish()
     }
@@ -131,6 +138,10 @@ pub struct RequestConnection {
     pub metadata: Option<Value>,
     /// Re-authorize this existing connection in place, keeping its id.
     pub connection_id: Option<String>,
+    /// Values the provider's `connection_config_schema` asks for (a tenant's
+    /// subdomain, a region); checked against it, its defaults filled in.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub connection_config: Option<Value>,
 }
 
 /// The answer of `POST /v1/request-connection`.
@@ -165,6 +176,10 @@ pub struct ConnectionView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub metadata: Option<Value>,
+    /// The connection's non-secret configuration (SPEC 10).
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub connection_config: Map<String, Value>,
     /// Why the connection failed or needs attention.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

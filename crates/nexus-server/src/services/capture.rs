@@ -7,7 +7,7 @@ use crate::error::ApiError;
 use crate::middleware::Caller;
 use crate::services::connections::{audit, context, expire_if_stale};
 use crate::services::state_token::{self, StateProblem};
-use crate::services::strategy;
+use crate::services::{connection_config, strategy};
 use crate::state::AppState;
 use nexus_core::wire::CaptureRequest;
 use nexus_core::wire::ErrorCode;
@@ -78,25 +78,22 @@ pub async fn schema(state: &AppState, raw_state: &str) -> Result<CaptureSchema, 
     })
 }
 
-/// Every way `credentials` fails the schema, as `{field, message}` pairs.
-pub fn schema_errors(schema: &Value, credentials: &Value) -> Vec<Value> {
+/// Every way `value` (the body field `prefix`) fails the schema, as
+/// `{field, message}` pairs.
+pub fn schema_errors(schema: &Value, value: &Value, prefix: &str) -> Vec<Value> {
     let validator = match jsonschema::validator_for(schema) {
         Ok(v) => v,
         Err(e) => {
-            return vec![
-                json!({ "field": "credentials", "message": format!("the provider's schema is unusable: {e}") }),
-            ]
+            return vec![json!({ "field": prefix, "message": format!("the provider's schema is unusable: {e}") })]
         }
     };
     validator
-        .iter_errors(credentials)
+        .iter_errors(value)
         .map(|e| {
             let path = e.instance_path().to_string();
             let field = match path.trim_start_matches('/') {
-                "" => missing_field(&e.to_string())
-                    .map(|f| format!("credentials.{f}"))
-                    .unwrap_or_else(|| "credentials".into()),
-                p => format!("credentials.{}", p.replace('/', ".")),
+                "" => missing_field(&e.to_string()).map(|f| format!("{prefix}.{f}")).unwrap_or_else(|| prefix.into()),
+                p => format!("{prefix}.{}", p.replace('/', ".")),
             };
             // The message names the rule, never the submitted value.
             json!({ "field": field, "message": describe_kind(&e) })
@@ -127,7 +124,7 @@ pub async fn submit(state: &AppState, caller: &Caller, body: Value) -> Result<Ca
     let credentials = Value::Object(credentials);
     let (row, provider, nonce) = pending(state, &raw_state).await?;
     let schema = provider.config.params.get("credential_schema").cloned().unwrap_or_else(|| json!({}));
-    let errors = schema_errors(&schema, &credentials);
+    let errors = schema_errors(&schema, &credentials, "credentials");
     if !errors.is_empty() {
         let fields: Vec<&str> = errors.iter().filter_map(|e| e["field"].as_str()).collect();
         return Err(ApiError::bad_request(format!(
@@ -137,8 +134,9 @@ pub async fn submit(state: &AppState, caller: &Caller, body: Value) -> Result<Ca
         .with_details(json!({ "fields": errors })));
     }
     let credentials = credentials.as_object().cloned().unwrap_or_default();
-    strategy::check_credentials(&provider, &credentials).map_err(ApiError::bad_request)?;
-    verify_live(state, &provider, &credentials).await?;
+    let config = row.handshake_config.clone().unwrap_or_else(|| row.connection_config.clone());
+    strategy::check_credentials(&provider, &config, &credentials).map_err(ApiError::bad_request)?;
+    verify_live(state, &provider, &config, &credentials).await?;
 
     let activation = Activation {
         credentials_enc: state
@@ -149,6 +147,7 @@ pub async fn submit(state: &AppState, caller: &Caller, body: Value) -> Result<Ca
         expires_at: None,
         scopes: Some(Vec::new()),
         next_refresh_at: None,
+        connection_config: config,
     };
     let fields: Vec<&String> = credentials.keys().collect();
     let data =
@@ -180,19 +179,15 @@ fn has_live_check(provider: &ProviderRow) -> bool {
 async fn verify_live(
     state: &AppState,
     provider: &ProviderRow,
+    config: &Map<String, Value>,
     credentials: &Map<String, Value>,
 ) -> Result<(), ApiError> {
-    let (Some(base), Some(endpoint)) = (&provider.config.api_base_url, &provider.config.user_info_endpoint) else {
+    let Some(url) = connection_config::user_info_url(&provider.config, config)
+        .map_err(|e| ApiError::new(ErrorCode::ProviderMisconfigured, e))?
+    else {
         return Ok(());
     };
-    let url = if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
-        endpoint.clone()
-    } else {
-        format!("{}/{}", base.trim_end_matches('/'), endpoint.trim_start_matches('/'))
-    };
-    nexus_core::url_policy::parse_outbound_url(&url)
-        .map_err(|e| ApiError::new(ErrorCode::ProviderMisconfigured, format!("user_info_endpoint: {e}")))?;
-    let request = strategy::sign_request(state, provider, credentials, reqwest::Method::GET, &url, b"")
+    let request = strategy::sign_request(state, provider, config, credentials, reqwest::Method::GET, &url, b"")
         .map_err(|e| ApiError::new(ErrorCode::ProviderMisconfigured, e))?;
     let unreachable =
         || ApiError::new(ErrorCode::ProviderUnreachable, "the provider could not be reached to verify the credentials");

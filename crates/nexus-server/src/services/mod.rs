@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod capture;
+pub mod connection_config;
 pub mod connections;
 pub mod providers;
 pub mod proxy;

@@ -177,7 +177,7 @@ async fn refresh_now(state: &AppState, caller: Option<&Caller>, id: &str, reason
         return Err(ApiError::provider_deleted());
     };
     let keyring = &state.config.keyring;
-    let opened = client_config(state, &provider).and_then(|cfg| {
+    let opened = client_config(state, &provider, &row.connection_config).and_then(|cfg| {
         keyring
             .open_string(&context(&row.id, "refresh_token"), row.refresh_token_enc.as_deref().unwrap_or_default())
             .map(|t| (cfg, t))

@@ -5,19 +5,37 @@ use nexus_core::strategy::{self, Strategy};
 use nexus_store::ProviderRow;
 use serde_json::{Map, Value};
 
-pub fn for_provider(provider: &ProviderRow) -> Strategy {
-    strategy::strategy_for(&provider.config)
+/// The strategy of `provider` for a connection with configuration
+/// `connection`: a templated SigV4 `region` is expanded (`Err` names why not).
+pub fn for_connection(provider: &ProviderRow, connection: &Map<String, Value>) -> Result<Strategy, String> {
+    let mut strategy = strategy::strategy_for(&provider.config);
+    if let Strategy::AwsSigv4(c) = &mut strategy {
+        if nexus_core::template::is_template(&c.region) {
+            c.region = crate::services::connection_config::expand_field(
+                &provider.config,
+                "params.region",
+                &c.region,
+                connection,
+            )?;
+        }
+    }
+    Ok(strategy)
 }
 
 /// Captured credentials must carry what the strategy reads.
-pub fn check_credentials(provider: &ProviderRow, credentials: &Map<String, Value>) -> Result<(), String> {
-    strategy::check_credentials(&for_provider(provider), credentials)
+pub fn check_credentials(
+    provider: &ProviderRow,
+    connection: &Map<String, Value>,
+    credentials: &Map<String, Value>,
+) -> Result<(), String> {
+    strategy::check_credentials(&for_connection(provider, connection)?, credentials)
 }
 
 /// A request to `url`, signed exactly as an agent's Bridge would sign it.
 pub fn sign_request(
     state: &AppState,
     provider: &ProviderRow,
+    connection: &Map<String, Value>,
     credentials: &Map<String, Value>,
     method: reqwest::Method,
     url: &str,
@@ -29,7 +47,7 @@ pub fn sign_request(
         .header("accept", "application/json")
         .body(body.to_vec())
         .map_err(|e| e.to_string())?;
-    nexus_bridge::apply(&mut req, &for_provider(provider), credentials).map_err(|e| e.to_string())?;
+    nexus_bridge::apply(&mut req, &for_connection(provider, connection)?, credentials).map_err(|e| e.to_string())?;
     let (parts, body) = req.into_parts();
     let mut out = state.http.request(parts.method, parts.uri.to_string()).body(body);
     for (k, v) in parts.headers.iter() {

@@ -5,8 +5,8 @@ use crate::error::ApiError;
 use crate::middleware::Caller;
 use crate::services::connections::{audit, context, expire_if_stale};
 use crate::services::refresh::{refresh, Reason, Refresh, Settled};
-use crate::services::strategy;
 use crate::services::token_cache::Cached;
+use crate::services::{connection_config, strategy};
 use crate::state::AppState;
 use axum::body::Bytes;
 use nexus_core::wire::ErrorCode;
@@ -161,15 +161,20 @@ async fn view_of(state: &AppState, caller: &Caller, settled: Settled) -> Result<
         Some(exp) => state.config.token_max_age_secs.min(exp - state.clock.now_secs()).max(0),
         None => state.config.token_max_age_secs,
     };
+    let strategy =
+        strategy::for_connection(&provider, &row.connection_config).map_err(connection_config::misconfigured)?;
+    let api_base_url = connection_config::api_base_url(&provider.config, &row.connection_config)
+        .map_err(connection_config::misconfigured)?;
     let view = TokenView {
         max_age: Some(max_age as u64),
         connection_id: row.id,
         provider: provider.config.name.to_string(),
         auth_type: provider.config.auth_type,
-        strategy: strategy::for_provider(&provider),
+        strategy,
         credentials,
         expires_at: row.expires_at,
-        api_base_url: provider.config.api_base_url.clone(),
+        api_base_url,
+        connection_config: row.connection_config.clone(),
     };
     Ok((view, row.provider_id, row.workspace_id))
 }

@@ -187,6 +187,7 @@ async fn debug_output_shows_no_credential() {
             credentials: token.json["credentials"].as_object().unwrap().clone(),
             expires_at: None,
             api_base_url: None,
+            connection_config: Default::default(),
             max_age: Some(30),
         };
         let shown = format!("{view:?}");

@@ -3,6 +3,7 @@
 
 use super::{audit, client_config, context, endpoints, param_bool, param_map, param_str};
 use crate::middleware::Caller;
+use crate::services::connection_config;
 use crate::services::state_token::{self, StateProblem};
 use crate::state::AppState;
 use nexus_core::{AuditEvent, SecretString};
@@ -26,6 +27,10 @@ pub struct CallbackQuery {
     pub error: Option<String>,
     pub error_description: Option<String>,
     pub iss: Option<String>,
+    /// Everything else the provider put in the query; only the names
+    /// `params.connection_config_from_callback` lists are kept.
+    #[serde(flatten)]
+    pub extra: std::collections::HashMap<String, String>,
 }
 
 fn redirect_to(return_url: &str, pairs: &[(&str, &str)]) -> String {
@@ -111,7 +116,12 @@ async fn complete(state: &AppState, caller: &Caller, conn: &ConnectionRow, q: &C
     let Some(code) = q.code.as_deref().filter(|c| !c.is_empty() && c.len() <= 4096) else {
         return Err("missing_code".into());
     };
-    let cfg = client_config(state, &provider).map_err(|e| e.code.as_str().to_owned())?;
+    let mut config = conn.handshake_config.clone().unwrap_or_else(|| conn.connection_config.clone());
+    connection_config::learn_from_callback(&provider.config, &q.extra, &mut config);
+    let cfg = client_config(state, &provider, &config).map_err(|e| {
+        tracing::warn!(connection = %conn.id, error = %e.message, "no usable token endpoint");
+        e.code.as_str().to_owned()
+    })?;
     let verifier = conn
         .pkce_verifier_enc
         .as_deref()
@@ -132,7 +142,7 @@ async fn complete(state: &AppState, caller: &Caller, conn: &ConnectionRow, q: &C
     let mut id_token_verified = false;
     if let Some(id_token) = &tokens.id_token {
         let issuer = provider.config.issuer.clone();
-        let jwks = endpoints(&provider).ok().and_then(|e| e.jwks_uri);
+        let jwks = endpoints(&provider, &config).ok().and_then(|e| e.jwks_uri);
         match (issuer, jwks, conn.oidc_nonce.as_deref()) {
             (Some(issuer), Some(jwks), Some(nonce)) => {
                 let check = nexus_oauth::IdTokenCheck {
@@ -151,6 +161,17 @@ async fn complete(state: &AppState, caller: &Caller, conn: &ConnectionRow, q: &C
             (_, _, None) => return Err("unexpected_id_token".into()),
             _ => tracing::warn!(connection = %conn.id, "id_token kept unverified: the provider has no discovered JWKS"),
         }
+    }
+
+    let mut answer = tokens.extras.clone();
+    if let Some(scope) = &tokens.scope {
+        answer.insert("scope".into(), Value::String(scope.clone()));
+    }
+    connection_config::learn_from(&provider.config, "connection_config_from_token", &answer, &mut config);
+    if let Err(why) = connection_config::check_all(&provider.config, &config) {
+        // A value the provider gave points where the provider may not send us.
+        tracing::warn!(connection = %conn.id, reason = %why, "the provider's values do not expand to allowed URLs");
+        return Err("provider_misconfigured".into());
     }
 
     let mut credentials = tokens.extras.clone();
@@ -175,6 +196,7 @@ async fn complete(state: &AppState, caller: &Caller, conn: &ConnectionRow, q: &C
         next_refresh_at: tokens.refresh_token.as_ref().and(tokens.expires_in).map(|s| {
             crate::services::refresh::renew_at(state.clock.now_secs() + s as i64, state.config.refresh_window_secs)
         }),
+        connection_config: config,
     };
     let data = json!({ "auth_type": "oauth2", "id_token_verified": id_token_verified, "refresh_token": tokens.refresh_token.is_some() });
     let stored = state

@@ -36,6 +36,7 @@ pub fn view(row: ConnectionRow) -> ConnectionView {
         workspace_id: row.workspace_id,
         scopes: row.scopes,
         metadata: row.metadata,
+        connection_config: row.connection_config,
         error: row.last_error,
         expires_at: row.expires_at,
         created_at: rfc3339(row.created_at),

@@ -14,15 +14,21 @@ pub fn redirect_uri(state: &AppState) -> String {
     format!("{}{}", state.config.base_url.as_str().trim_end_matches('/'), state.config.redirect_path)
 }
 
-/// The endpoints of an oauth2 provider (discovered or configured).
-pub(crate) fn endpoints(provider: &ProviderRow) -> Result<Endpoints, ApiError> {
-    Endpoints::of(&provider.config, provider.discovery.as_ref())
+/// The endpoints of an oauth2 provider (discovered or configured) for a
+/// connection with configuration `connection`.
+pub(crate) fn endpoints(provider: &ProviderRow, connection: &Map<String, Value>) -> Result<Endpoints, ApiError> {
+    Endpoints::of(&provider.config, provider.discovery.as_ref(), connection)
         .map_err(|message| ApiError::new(ErrorCode::ProviderMisconfigured, message))
 }
 
-/// The client registration of an oauth2 provider, with its secret opened.
-pub(crate) fn client_config(state: &AppState, provider: &ProviderRow) -> Result<ClientConfig, ApiError> {
-    let endpoints = endpoints(provider)?;
+/// The client registration of an oauth2 provider for a connection with
+/// configuration `connection`, with its secret opened.
+pub(crate) fn client_config(
+    state: &AppState,
+    provider: &ProviderRow,
+    connection: &Map<String, Value>,
+) -> Result<ClientConfig, ApiError> {
+    let endpoints = endpoints(provider, connection)?;
     let Some(enc) = &provider.client_secret_enc else {
         return Err(ApiError::new(ErrorCode::ProviderMisconfigured, "the provider has no client secret"));
     };

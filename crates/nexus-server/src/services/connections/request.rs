@@ -4,8 +4,8 @@
 use super::{audit, client_config, context, param_bool, param_map, param_str};
 use crate::error::ApiError;
 use crate::middleware::Caller;
-use crate::services::providers;
 use crate::services::state_token::{self, StateClaims};
+use crate::services::{connection_config, providers};
 use crate::state::AppState;
 use nexus_core::connection::{narrow_scopes, parse_return_url, PENDING_TTL_SECS};
 use nexus_core::wire::ErrorCode;
@@ -45,6 +45,7 @@ pub async fn request(state: &AppState, caller: &Caller, body: Value) -> Result<C
         }
     })?;
     let auth_type = provider.config.auth_type;
+    let connection_config = connection_config::for_request(&provider.config, input.connection_config.clone())?;
     let scopes = if auth_type == AuthType::Oauth2 {
         narrow_scopes(&provider.config.scopes, input.scopes.as_deref())
             .map_err(|m| ApiError::bad_request(format!("scopes: {m}")))?
@@ -78,7 +79,7 @@ pub async fn request(state: &AppState, caller: &Caller, body: Value) -> Result<C
     );
 
     let (auth_url, pkce_enc, oidc_nonce) = if auth_type == AuthType::Oauth2 {
-        let cfg = client_config(state, &provider)?;
+        let cfg = client_config(state, &provider, &connection_config)?;
         let verifier = nexus_oauth::new_pkce_verifier();
         let oidc_nonce = scopes.iter().any(|s| s == "openid").then(state_token::random_nonce);
         let extra = param_map(&provider, "authorization_params");
@@ -109,6 +110,7 @@ pub async fn request(state: &AppState, caller: &Caller, body: Value) -> Result<C
         scopes: scopes.clone(),
         return_url: return_url.to_string(),
         metadata: input.metadata.clone(),
+        connection_config: connection_config.clone(),
     };
     let data = json!({ "provider": provider.config.name, "auth_type": auth_type, "scopes": scopes, "reauthorize": existing.is_some() });
     match existing {
@@ -129,6 +131,8 @@ pub async fn request(state: &AppState, caller: &Caller, body: Value) -> Result<C
                 scopes: handshake.scopes.clone(),
                 return_url: handshake.return_url.clone(),
                 metadata: handshake.metadata.clone(),
+                connection_config: connection_config.clone(),
+                handshake_config: Some(connection_config),
                 state_nonce: Some(handshake.state_nonce.clone()),
                 handshake_expires_at: Some(handshake.expires_at),
                 pkce_verifier_enc: handshake.pkce_verifier_enc.clone(),
