@@ -101,6 +101,18 @@ pub fn schema_errors(schema: &Value, value: &Value, prefix: &str) -> Vec<Value> 
         .collect()
 }
 
+/// `400` listing every field of `value` (the body field `prefix`) that fails
+/// `schema` (`what` names it in the message).
+pub fn check_schema(schema: &Value, value: &Value, prefix: &str, what: &str) -> Result<(), ApiError> {
+    let errors = schema_errors(schema, value, prefix);
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let fields: Vec<&str> = errors.iter().filter_map(|e| e["field"].as_str()).collect();
+    Err(ApiError::bad_request(format!("{prefix} do not match {what}: {}", fields.join(", ")))
+        .with_details(json!({ "fields": errors })))
+}
+
 fn missing_field(message: &str) -> Option<String> {
     let start = message.find('"')? + 1;
     let end = start + message[start..].find('"')?;
@@ -124,15 +136,7 @@ pub async fn submit(state: &AppState, caller: &Caller, body: Value) -> Result<Ca
     let credentials = Value::Object(credentials);
     let (row, provider, nonce) = pending(state, &raw_state).await?;
     let schema = provider.config.params.get("credential_schema").cloned().unwrap_or_else(|| json!({}));
-    let errors = schema_errors(&schema, &credentials, "credentials");
-    if !errors.is_empty() {
-        let fields: Vec<&str> = errors.iter().filter_map(|e| e["field"].as_str()).collect();
-        return Err(ApiError::bad_request(format!(
-            "credentials do not match the provider's schema: {}",
-            fields.join(", ")
-        ))
-        .with_details(json!({ "fields": errors })));
-    }
+    check_schema(&schema, &credentials, "credentials", "the provider's schema")?;
     let credentials = credentials.as_object().cloned().unwrap_or_default();
     let config = row.handshake_config.clone().unwrap_or_else(|| row.connection_config.clone());
     strategy::check_credentials(&provider, &config, &credentials).map_err(ApiError::bad_request)?;

@@ -5,11 +5,11 @@
 //! templates expanded over them, every host checked before anything is sent.
 
 use crate::error::ApiError;
-use crate::services::capture::schema_errors;
+use crate::services::capture::check_schema;
 use nexus_core::provider::{config_names, ProviderConfig};
 use nexus_core::template::UrlTemplate;
 use nexus_core::wire::ErrorCode;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use std::collections::HashMap;
 
 /// Largest `connection_config` accepted, serialized.
@@ -39,15 +39,8 @@ pub fn for_request(provider: &ProviderConfig, given: Option<Value>) -> Result<Ma
         None => {}
         Some(schema) => {
             fill_defaults(schema, &mut config);
-            let errors = schema_errors(schema, &Value::Object(config.clone()), "connection_config");
-            if !errors.is_empty() {
-                let fields: Vec<&str> = errors.iter().filter_map(|e| e["field"].as_str()).collect();
-                return Err(ApiError::bad_request(format!(
-                    "connection_config does not match the provider's connection_config_schema: {}",
-                    fields.join(", ")
-                ))
-                .with_details(json!({ "fields": errors })));
-            }
+            let value = Value::Object(config.clone());
+            check_schema(schema, &value, "connection_config", "the provider's connection_config_schema")?;
         }
     }
     let learnable = learned_names(provider);
@@ -183,6 +176,7 @@ pub fn misconfigured(message: String) -> ApiError {
 mod tests {
     use super::*;
     use nexus_core::ProviderInput;
+    use serde_json::json;
 
     fn zendesk() -> ProviderConfig {
         ProviderInput::from_json(json!({
