@@ -1,9 +1,8 @@
 //! A typed client for the Nexus Gateway API (`/v1/*`), with the error codes of
 //! the API as typed errors.
 
-use crate::strategies::{static_header, BridgeError};
+use crate::strategies::{static_headers, BridgeError, Header};
 use crate::target::Base;
-use http::{HeaderName, HeaderValue};
 use nexus_core::strategy::Strategy;
 use nexus_core::wire::{self, ErrorBody, ErrorCode};
 use nexus_core::AuthType;
@@ -51,7 +50,7 @@ pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 struct Prepared {
     base: Option<Result<Base, String>>,
-    signature: Result<Option<(HeaderName, HeaderValue)>, BridgeError>,
+    signature: Result<Option<Vec<Header>>, BridgeError>,
 }
 
 impl TokenAnswer {
@@ -142,7 +141,7 @@ impl TokenAnswer {
     fn prepared(&self) -> &Prepared {
         self.prepared.get_or_init(|| Prepared {
             base: self.wire.api_base_url.as_deref().map(Base::parse),
-            signature: static_header(&self.wire.strategy, &self.wire.credentials),
+            signature: static_headers(&self.wire.strategy, &self.wire.credentials),
         })
     }
 
@@ -152,10 +151,10 @@ impl TokenAnswer {
         self.prepared().base.as_ref().map(|b| b.as_ref().map_err(String::as_str))
     }
 
-    /// [`static_header`] for this answer's strategy and credentials, worked
+    /// [`static_headers`] for this answer's strategy and credentials, worked
     /// out once per answer.
-    pub fn static_header(&self) -> Result<Option<&(HeaderName, HeaderValue)>, &BridgeError> {
-        self.prepared().signature.as_ref().map(Option::as_ref)
+    pub fn static_headers(&self) -> Result<Option<&[Header]>, &BridgeError> {
+        self.prepared().signature.as_ref().map(|h| h.as_deref())
     }
 }
 

@@ -182,9 +182,11 @@ impl Forward {
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = self.headers.clone();
-        match answer.static_header() {
-            Ok(Some((name, value))) => {
-                req.headers_mut().insert(name.clone(), value.clone());
+        match answer.static_headers() {
+            Ok(Some(headers)) => {
+                for (name, value) in headers {
+                    req.headers_mut().insert(name.clone(), value.clone());
+                }
             }
             Ok(None) => apply(&mut req, answer.strategy(), answer.credentials())?,
             Err(e) => return Err(e.clone()),
@@ -314,8 +316,8 @@ mod tests {
         let keyed = answer(StrategyType::Header, json!({"header_name": "X-Key"}), json!({"api_key": "k1"}))
             .with_api_base_url(Some("https://api.x.com/v1/".into()));
         assert_eq!(fwd.signed(&keyed).unwrap().headers()["x-key"], "k1");
-        let (name, value) = keyed.static_header().unwrap().unwrap();
-        assert!(std::ptr::eq(name, &keyed.static_header().unwrap().unwrap().0), "the same one each time");
+        let (name, value) = &keyed.static_headers().unwrap().unwrap()[0];
+        assert!(std::ptr::eq(name, &keyed.static_headers().unwrap().unwrap()[0].0), "the same one each time");
         assert!(value.is_sensitive());
         assert_eq!(fwd.signed(&keyed).unwrap().headers()["x-key"], "k1");
         let base = keyed.base().unwrap().unwrap();

@@ -72,7 +72,7 @@ struct Shared {
 struct Signed {
     answer: Arc<TokenAnswer>,
     /// The one entry they sign with.
-    metadata: (MetadataKey<tonic::metadata::Ascii>, AsciiMetadataValue),
+    metadata: Vec<(MetadataKey<tonic::metadata::Ascii>, AsciiMetadataValue)>,
 }
 
 impl std::fmt::Debug for GrpcAuth {
@@ -103,21 +103,25 @@ impl Bridge {
 impl Signed {
     fn new(answer: Arc<TokenAnswer>) -> Result<Signed, GrpcAuthError> {
         // gRPC metadata can carry what signs every request alike: the
-        // strategies that add one header, worked out once per answer.
-        let (name, value) = match answer.static_header() {
-            Ok(Some(header)) => header,
+        // strategies that add headers only, worked out once per answer.
+        let headers = match answer.static_headers() {
+            Ok(Some(headers)) => headers,
             Ok(None) => return Err(GrpcAuthError::Unsupported(answer.strategy().kind())),
             Err(e) => return Err(e.clone().into()),
         };
-        let key = MetadataKey::from_bytes(name.as_str().as_bytes())
-            .map_err(|_| BridgeError::Config(format!("'{name}' is not a gRPC metadata key")))?;
-        let mut value = value
-            .to_str()
-            .ok()
-            .and_then(|v| AsciiMetadataValue::try_from(v).ok())
-            .ok_or_else(|| BridgeError::Request("credential is not valid gRPC metadata".into()))?;
-        value.set_sensitive(true);
-        Ok(Signed { answer, metadata: (key, value) })
+        let mut metadata = Vec::with_capacity(headers.len());
+        for (name, value) in headers {
+            let key = MetadataKey::from_bytes(name.as_str().as_bytes())
+                .map_err(|_| BridgeError::Config(format!("'{name}' is not a gRPC metadata key")))?;
+            let mut value = value
+                .to_str()
+                .ok()
+                .and_then(|v| AsciiMetadataValue::try_from(v).ok())
+                .ok_or_else(|| BridgeError::Request("credential is not valid gRPC metadata".into()))?;
+            value.set_sensitive(true);
+            metadata.push((key, value));
+        }
+        Ok(Signed { answer, metadata })
     }
 }
 
@@ -199,8 +203,9 @@ impl tonic::service::Interceptor for GrpcAuth {
                 )));
             }
         }
-        let (key, value) = signed.metadata;
-        request.metadata_mut().insert(key, value);
+        for (key, value) in signed.metadata {
+            request.metadata_mut().insert(key, value);
+        }
         Ok(request)
     }
 }

@@ -44,29 +44,56 @@ fn set_header<B>(req: &mut http::Request<B>, name: &str, value: &str) -> Result<
     Ok(())
 }
 
-/// The header that signs every request alike, for the strategies whose
+/// The headers that sign every request alike, for the strategies whose
 /// signature does not depend on the request (`oauth2`, `header`,
-/// `basic_auth`); `None` for the others. A proxy computes it once per set of
-/// credentials rather than once per request.
-pub fn static_header(
-    strategy: &Strategy,
-    creds: &Map<String, Value>,
-) -> Result<Option<(HeaderName, HeaderValue)>, BridgeError> {
-    let (name, value) = match strategy {
+/// `basic_auth`), with the strategy's `extra_headers`; `None` for the
+/// others. A proxy computes them once per set of credentials rather than
+/// once per request.
+pub fn static_headers(strategy: &Strategy, creds: &Map<String, Value>) -> Result<Option<Vec<Header>>, BridgeError> {
+    let signing: Vec<Header> = match strategy {
         Strategy::Oauth2(c) => {
-            (c.header_name.as_str(), format!("{}{}", c.value_prefix, credential(creds, &c.credential_field)?))
+            vec![header(&c.header_name, &format!("{}{}", c.value_prefix, credential(creds, &c.credential_field)?))?]
         }
+        Strategy::Header(c) if !c.credential_headers.is_empty() => c
+            .credential_headers
+            .iter()
+            .map(|(name, field)| header(name, credential(creds, field)?))
+            .collect::<Result<_, _>>()?,
         Strategy::Header(c) => {
-            (c.header_name.as_str(), format!("{}{}", c.value_prefix, credential(creds, &c.credential_field)?))
+            vec![header(&c.header_name, &format!("{}{}", c.value_prefix, credential(creds, &c.credential_field)?))?]
         }
         Strategy::BasicAuth(c) => {
             let user = credential(creds, &c.username_field)?;
-            let pass = credential(creds, &c.password_field)?;
-            ("authorization", format!("Basic {}", STANDARD.encode(format!("{user}:{pass}"))))
+            // An empty or absent password is allowed (Greenhouse): the
+            // capture's schema decides whether one is required.
+            let pass = creds.get(&c.password_field).and_then(Value::as_str).unwrap_or("");
+            vec![header("authorization", &format!("Basic {}", STANDARD.encode(format!("{user}:{pass}"))))?]
         }
         Strategy::QueryParam(_) | Strategy::HmacPayload(_) | Strategy::AwsSigv4(_) => return Ok(None),
     };
-    header(name, &value).map(Some)
+    // The extra headers first: a provider's own header never gives way to one.
+    let mut headers = extra_headers(strategy)?;
+    headers.extend(signing);
+    Ok(Some(headers))
+}
+
+/// A header a strategy sets.
+pub type Header = (HeaderName, HeaderValue);
+
+/// The strategy's `extra_headers` (`Notion-Version`, `anthropic-version`):
+/// not secret, set on every request.
+fn extra_headers(strategy: &Strategy) -> Result<Vec<Header>, BridgeError> {
+    strategy
+        .extra_headers()
+        .iter()
+        .map(|(name, value)| {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| BridgeError::Config(format!("'{name}' is not a header name")))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| BridgeError::Config(format!("the value of extra header '{name}' is not header text")))?;
+            Ok((name, value))
+        })
+        .collect()
 }
 
 /// Signs `req` (whose body is already final) according to `strategy`.
@@ -85,22 +112,35 @@ pub fn apply_at<B: AsRef<[u8]>>(
     creds: &Map<String, Value>,
     now: SystemTime,
 ) -> Result<(), BridgeError> {
-    if let Some((name, value)) = static_header(strategy, creds)? {
-        req.headers_mut().insert(name, value);
+    if let Some(headers) = static_headers(strategy, creds)? {
+        for (name, value) in headers {
+            req.headers_mut().insert(name, value);
+        }
         return Ok(());
+    }
+    // Set before signing: SigV4 signs them too.
+    for (name, value) in extra_headers(strategy)? {
+        req.headers_mut().insert(name, value);
     }
     match strategy {
         Strategy::QueryParam(c) => {
-            let value = credential(creds, &c.credential_field)?;
-            if c.param_name.is_empty() {
-                return Err(BridgeError::Config("param_name is required".into()));
-            }
+            let pairs: Vec<(&str, &str)> = if c.credential_query_params.is_empty() {
+                if c.param_name.is_empty() {
+                    return Err(BridgeError::Config("param_name is required".into()));
+                }
+                vec![(c.param_name.as_str(), credential(creds, &c.credential_field)?)]
+            } else {
+                c.credential_query_params
+                    .iter()
+                    .map(|(param, field)| Ok((param.as_str(), credential(creds, field)?)))
+                    .collect::<Result<_, BridgeError>>()?
+            };
             // Appended to the query as sent, form-encoded, the rest of the URL untouched.
             let mut parts = req.uri().clone().into_parts();
             let (path, query) =
                 parts.path_and_query.as_ref().map_or(("/", ""), |pq| (pq.path(), pq.query().unwrap_or("")));
             let mut query = url::form_urlencoded::Serializer::for_suffix(query.to_owned(), 0);
-            query.append_pair(&c.param_name, value);
+            query.extend_pairs(pairs);
             let path_and_query = format!("{path}?{}", query.finish());
             parts.path_and_query =
                 Some(path_and_query.parse().map_err(|_| BridgeError::Request("could not rebuild the URL".into()))?);
@@ -242,7 +282,8 @@ mod tests {
         ];
         for (kind, config, creds, want) in cases {
             let (strategy, creds) = (strategy(kind, config), obj(creds));
-            let got = static_header(&strategy, &creds).unwrap();
+            let got = static_headers(&strategy, &creds).unwrap();
+            let got = got.map(|h| h.into_iter().next().unwrap());
             assert_eq!(got.as_ref().map(|(n, v)| (n.as_str(), v.to_str().unwrap())), want, "{kind:?}");
             if let Some((name, value)) = got {
                 assert!(value.is_sensitive(), "{kind:?}: kept out of logs");
@@ -251,7 +292,7 @@ mod tests {
                 assert_eq!(req.headers()[&name], value, "{kind:?}: apply sets the same header");
             }
         }
-        let missing = static_header(&strategy(StrategyType::Oauth2, json!({})), &obj(json!({})));
+        let missing = static_headers(&strategy(StrategyType::Oauth2, json!({})), &obj(json!({})));
         assert_eq!(missing, Err(BridgeError::MissingCredential("access_token".into())));
     }
 
@@ -393,12 +434,12 @@ mod tests {
                 assert!(!err.to_string().contains("42"), "errors name fields, never values");
             }
         }
-        let err = apply(
-            &mut get("https://api.example.com/"),
-            &strategy(StrategyType::BasicAuth, json!({})),
-            &obj(json!({"username": "u"})),
-        );
-        assert_eq!(err, Err(BridgeError::MissingCredential("password".into())));
+        // An empty or absent password is a password (Greenhouse: the key is the user name).
+        for creds in [json!({"username": "u"}), json!({"username": "u", "password": ""})] {
+            let mut req = get("https://api.example.com/");
+            apply(&mut req, &strategy(StrategyType::BasicAuth, json!({})), &obj(creds)).unwrap();
+            assert_eq!(header(&req, "authorization"), "Basic dTo=");
+        }
     }
 
     #[test]

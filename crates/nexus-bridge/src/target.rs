@@ -96,25 +96,11 @@ pub fn host_header(uri: &Uri) -> Option<HeaderValue> {
     HeaderValue::from_str(host).ok()
 }
 
-/// Headers a proxy must not pass on: those that describe one hop, and the
-/// caller's own credentials (`X-API-Key`, `Authorization`, cookies), and
-/// `Expect` (a proxy reads the whole body before it sends anything on).
-const NOT_FORWARDED: [&str; 14] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-    "x-api-key",
-    "authorization",
-    "cookie",
-    "expect",
-];
+/// Headers a proxy must not pass on beside those of one hop
+/// ([`nexus_core::provider::HOP_HEADERS`], `Expect` among them: a proxy
+/// reads the whole body before it sends anything on): the caller's own
+/// credentials (`X-API-Key`, `Authorization`, cookies).
+const CALLER_CREDENTIALS: [&str; 3] = ["x-api-key", "authorization", "cookie"];
 
 /// Whether a proxy refuses to forward requests of this method (in any
 /// case): `TRACE` and `TRACK` would echo the signed request, credentials
@@ -125,7 +111,7 @@ pub fn refused_method(method: &str) -> bool {
 
 /// Whether a proxy passes this header on (its name in any case).
 pub fn forwardable_header(name: &str) -> bool {
-    !NOT_FORWARDED.iter().any(|n| n.eq_ignore_ascii_case(name))
+    !nexus_core::provider::HOP_HEADERS.iter().chain(&CALLER_CREDENTIALS).any(|n| n.eq_ignore_ascii_case(name))
 }
 
 #[cfg(test)]

@@ -21,8 +21,12 @@ use tokio::sync::watch;
 mod apart;
 #[path = "relay/hardening.rs"]
 mod hardening;
+#[path = "relay/quirks.rs"]
+mod quirks;
 #[path = "relay/refresh_rule.rs"]
 mod refresh_rule;
+#[path = "relay/tenants.rs"]
+mod tenants;
 
 /// The scripted answer for a path (under `/api`), as raw bytes, and
 /// whether the provider closes the connection after it.

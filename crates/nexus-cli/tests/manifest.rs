@@ -459,3 +459,105 @@ async fn an_unreachable_server_or_missing_key_is_one_clear_line() {
     assert_eq!(code, 1);
     assert!(stderr.starts_with("error: API_KEY is not set"), "{stderr}");
 }
+
+/// Providers with URL templates (SPEC 10): the new fields and params are
+/// planned, applied, exported and diffed like every other field; a
+/// template that starts with `{` (a YAML flow mapping if left bare) reads
+/// back as the string it is.
+const TENANTS: &str = "\
+providers:
+  - name: zendesk
+    auth_type: oauth2
+    client_id: zd
+    client_secret: ${ZENDESK_CLIENT_SECRET}
+    auth_url: https://{subdomain}.zendesk.com/oauth/authorizations/new
+    token_url: https://{subdomain}.zendesk.com/oauth/tokens
+    refresh_url: https://{subdomain}.zendesk.com/oauth/tokens
+    revocation_url: https://{subdomain}.zendesk.com/oauth/revoke
+    api_base_url: https://{subdomain}.zendesk.com/api/v2
+    params:
+      allowed_hosts: ['*.zendesk.com']
+      connection_config_schema: {type: object, required: [subdomain], properties: {subdomain: {type: string}}}
+  - name: salesforce
+    auth_type: oauth2
+    client_id: sf
+    client_secret: ${SALESFORCE_CLIENT_SECRET}
+    auth_url: https://login.salesforce.com/services/oauth2/authorize
+    token_url: https://login.salesforce.com/services/oauth2/token
+    api_base_url: '{+instance_url}/services/data/v59.0'
+    params:
+      allowed_hosts: ['*.my.salesforce.com']
+      connection_config_from_token: {instance_url: instance_url}
+  - name: notion
+    auth_type: oauth2
+    client_id: nt
+    client_secret: ${NOTION_CLIENT_SECRET}
+    auth_url: https://api.notion.com/v1/oauth/authorize
+    token_url: https://api.notion.com/v1/oauth/token
+    params:
+      token_request_format: json
+      token_response: {access_token: access_token}
+      refresh_params: {audience: api}
+      extra_headers: {Notion-Version: '2022-06-28'}
+";
+
+const TENANT_SECRETS: [(&str, &str); 3] = [
+    ("ZENDESK_CLIENT_SECRET", "zendesk-secret-1"),
+    ("SALESFORCE_CLIENT_SECRET", "salesforce-secret-1"),
+    ("NOTION_CLIENT_SECRET", "notion-secret-1"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templated_providers_apply_export_and_diff() {
+    nexus_testkit::run_bounded(async {
+        let nexus = Nexus::start().await;
+        nexus.write("nexus-providers.yaml", TENANTS);
+        let out = nexus.cli(&["providers", "apply", "--auto-approve"], &TENANT_SECRETS).await;
+        assert_eq!(out.code, 0, "{out:?}");
+        let zendesk = nexus.provider("zendesk").await;
+        assert_eq!(zendesk["refresh_url"], "https://{subdomain}.zendesk.com/oauth/tokens");
+        assert_eq!(zendesk["revocation_url"], "https://{subdomain}.zendesk.com/oauth/revoke");
+        assert_eq!(zendesk["params"]["allowed_hosts"], json!(["*.zendesk.com"]));
+        let salesforce = nexus.provider("salesforce").await;
+        assert_eq!(salesforce["api_base_url"], "{+instance_url}/services/data/v59.0");
+        assert_eq!(salesforce["params"]["connection_config_from_token"], json!({"instance_url": "instance_url"}));
+        let notion = nexus.provider("notion").await;
+        assert_eq!(notion["params"]["extra_headers"], json!({"Notion-Version": "2022-06-28"}));
+        assert_eq!(notion["params"]["token_request_format"], "json");
+
+        let plan = ["providers", "plan", "--detailed-exitcode"];
+        assert_eq!(nexus.cli(&plan, &TENANT_SECRETS).await.code, 0);
+        let out = nexus.cli(&["providers", "export", "--output", "exported.yaml"], &[]).await;
+        assert_eq!(out.code, 0, "{out:?}");
+        let exported = ["providers", "plan", "--file", "exported.yaml", "--detailed-exitcode"];
+        let out = nexus.cli(&exported, &TENANT_SECRETS).await;
+        assert_eq!(out.code, 0, "export then plan is clean: {out:?}");
+
+        // A wider host list and a new refresh URL: two fields of one update.
+        let edited = TENANTS.replace("['*.zendesk.com']", "['*.zendesk.com', '*.zendesk-staging.com']").replace(
+            "refresh_url: https://{subdomain}.zendesk.com/oauth/tokens",
+            "refresh_url: https://{subdomain}.zendesk.com/oauth/refresh",
+        );
+        nexus.write("nexus-providers.yaml", &edited);
+        let out = nexus.cli(&plan, &TENANT_SECRETS).await;
+        assert_eq!(out.code, 2, "{out:?}");
+        assert_eq!(
+            out.lines_starting("~ UPDATE "),
+            ["~ UPDATE zendesk (fields: params, refresh_url)"],
+            "{}",
+            out.stdout
+        );
+
+        // A host variable without allowed_hosts is refused, naming the field; nothing changes.
+        let unguarded = TENANTS.replace("      allowed_hosts: ['*.zendesk.com']\n", "");
+        nexus.write("unguarded.yaml", &unguarded);
+        let out =
+            nexus.cli(&["providers", "apply", "--file", "unguarded.yaml", "--auto-approve"], &TENANT_SECRETS).await;
+        assert_ne!(out.code, 0, "{out:?}");
+        assert!(out.all().contains("allowed_hosts"), "{out:?}");
+        assert_eq!(nexus.provider("zendesk").await["params"]["allowed_hosts"], json!(["*.zendesk.com"]));
+        assert_no_secret(&out, &["zendesk-secret-1", "salesforce-secret-1"]);
+        nexus.stop().await;
+    })
+    .await;
+}

@@ -5,7 +5,7 @@
 
 use nexus_testkit::flows::{connect, register, setup};
 use nexus_testkit::moto::{xml, Moto, ACCOUNT};
-use nexus_testkit::upstream::{odd_upstream, recording_upstream, schema, static_connection};
+use nexus_testkit::upstream::{capture_connection, odd_upstream, recording_upstream, schema, static_connection};
 use nexus_testkit::{Backend, TestApp};
 use serde_json::{json, Value};
 use std::process::Stdio;
@@ -231,13 +231,25 @@ async fn moto_verifies_sigv4_made_by_both_proxies_and_refuses_a_wrong_secret() {
         let (key, secret) = moto.create_user_with_key("nexus-proxy", &["sts:GetCallerIdentity"]).await;
         // From here on moto verifies every signature with botocore.
         let app = TestApp::spawn(Backend::Sqlite).await;
+        // A templated region (SPEC 10) with a default: each connection
+        // signs for its own region.
         let provider = |service: &str| {
             json!({"auth_type": "aws_sigv4", "api_base_url": moto.base_url,
-                   "params": {"service": service, "region": "us-east-1",
+                   "params": {"service": service, "region": "{region}",
+                              "connection_config_schema": {"type": "object", "properties": {
+                                  "region": {"type": "string", "pattern": "^[a-z]{2}(-[a-z]+)+-[0-9]$", "default": "us-east-1"}}},
                               "credential_schema": schema(&["access_key", "secret_key"])}})
         };
         let right =
             static_connection(&app, "sts", provider("sts"), json!({"access_key": key, "secret_key": secret})).await;
+        let creds = json!({"access_key": key, "secret_key": secret});
+        let eu = capture_connection(&app, "sts", json!({"region": "eu-west-1"}), creds).await;
+        let hostile = app.post("/v1/request-connection", &json!({"provider_name": "sts", "return_url": "https://app.example.test/", "connection_config": {"region": "us-east-1/x"}})).await;
+        assert_eq!(hostile.status, 400, "{}", hostile.text);
+        for (id, region) in [(&right, "us-east-1"), (&eu, "eu-west-1")] {
+            let token = app.get(&format!("/v1/token/{id}")).await;
+            assert_eq!(token.json["strategy"]["config"]["region"], region, "{}", token.text);
+        }
         let wrong = static_connection(
             &app,
             "sts-wrong",
@@ -253,6 +265,26 @@ async fn moto_verifies_sigv4_made_by_both_proxies_and_refuses_a_wrong_secret() {
         let (status, body) = get_caller_identity(&app.url(&format!("/v1/proxy/{right}/")), Some(&app.api_key)).await;
         assert_eq!(status, 200, "through the gateway proxy: {body}\n{}", moto.stderr_tail());
         assert_eq!(xml(&body, "Arn"), format!("arn:aws:iam::{ACCOUNT}:user/nexus-proxy"));
+        // The connection in eu-west-1, through both proxies and the Bridge.
+        for url in [format!("{proxy}/{eu}/"), app.url(&format!("/v1/proxy/{eu}/"))] {
+            let (status, body) = get_caller_identity(&url, Some(&app.api_key)).await;
+            assert_eq!(status, 200, "{url}: {body}\n{}", moto.stderr_tail());
+            assert_eq!(xml(&body, "Arn"), format!("arn:aws:iam::{ACCOUNT}:user/nexus-proxy"));
+        }
+        let bridge = nexus_bridge::Bridge::new(app.base_url.clone(), app.api_key.clone());
+        let identity = || {
+            http::Request::post(&moto.base_url)
+                .header("content-type", "application/x-www-form-urlencoded; charset=utf-8")
+                .body(b"Action=GetCallerIdentity&Version=2011-06-15".to_vec())
+                .unwrap()
+        };
+        let mut signed = identity();
+        bridge.sign(&eu, &mut signed).await.unwrap();
+        let scope = signed.headers()["authorization"].to_str().unwrap().to_owned();
+        assert!(scope.contains("/eu-west-1/sts/aws4_request"), "{scope}");
+        let bridged = bridge.send(&eu, identity()).await.unwrap();
+        let status = bridged.status();
+        assert_eq!(status, 200, "through the Bridge: {}", bridged.text().await.unwrap_or_default());
 
         for url in [format!("{proxy}/{wrong}/"), app.url(&format!("/v1/proxy/{wrong}/"))] {
             let (status, body) = get_caller_identity(&url, Some(&app.api_key)).await;

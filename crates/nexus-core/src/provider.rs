@@ -602,6 +602,22 @@ fn check_template_names(errs: &mut ValidationErrors, config: &ProviderConfig) {
             errs.push("params.allowed_hosts", format!("is required: {field} has a variable in its scheme or host"));
         }
     }
+    let headers = config.params.get("extra_headers").and_then(Value::as_object);
+    for (name, value) in headers.into_iter().flatten() {
+        let Some(value) = value.as_str().filter(|v| is_template(v)) else { continue };
+        let field = format!("params.extra_headers.{name}");
+        match UrlTemplate::parse(value) {
+            Err(e) => errs.push(field, e),
+            Ok(template) => {
+                for n in template.names().iter().filter(|n| !declared.contains(*n)) {
+                    errs.push(
+                        field.clone(),
+                        format!("uses {{{n}}}, which params.connection_config_schema does not declare and no connection_config_from_* produces"),
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// RFC 9110 token characters.
@@ -672,7 +688,51 @@ fn check_known_params(errs: &mut ValidationErrors, params: &Map<String, Value>) 
                 }
                 None => errs.push(field, "must be a list of callback query parameter names"),
             },
-            "authorization_params" | "token_params" => match value.as_object() {
+            "token_request_format" => check_enum(errs, &field, value, &["form", "json"]),
+            "token_response" => match value.as_object() {
+                Some(map) => {
+                    for (k, v) in map {
+                        if !TOKEN_RESPONSE_FIELDS.contains(&k.as_str()) {
+                            errs.push(
+                                format!("{field}.{k}"),
+                                format!("must be one of {}", TOKEN_RESPONSE_FIELDS.join(", ")),
+                            );
+                        } else if !v.as_str().is_some_and(is_dotted_path) {
+                            errs.push(format!("{field}.{k}"), "must be a dotted path such as authed_user.access_token");
+                        }
+                    }
+                }
+                None => errs.push(field, "must be an object of token field to dotted path"),
+            },
+            "extra_headers" | "credential_headers" => match value.as_object() {
+                Some(map) if map.len() <= 32 => {
+                    for (name, v) in map {
+                        if let Err(m) = check_added_header(name) {
+                            errs.push(format!("{field}.{name}"), m);
+                        } else if !v.as_str().is_some_and(|v| is_header_text(v) && !v.is_empty()) {
+                            let what = if key == "extra_headers" { "header value" } else { "captured field name" };
+                            errs.push(
+                                format!("{field}.{name}"),
+                                format!("must be a {what}: 1 to 4096 characters, no control characters"),
+                            );
+                        }
+                    }
+                }
+                _ => errs.push(field, "must be an object of at most 32 header names to strings"),
+            },
+            "credential_query_params" => match value.as_object() {
+                Some(map) if !map.is_empty() && map.len() <= 32 => {
+                    for (name, v) in map {
+                        if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+                            errs.push(format!("{field}.{name}"), "must be a query parameter name");
+                        } else if !v.as_str().is_some_and(|v| !v.is_empty() && v.len() <= 256) {
+                            errs.push(format!("{field}.{name}"), "must name a captured field");
+                        }
+                    }
+                }
+                _ => errs.push(field, "must be an object of 1 to 32 query parameter names to captured fields"),
+            },
+            "authorization_params" | "token_params" | "refresh_params" => match value.as_object() {
                 Some(map) => {
                     for (k, v) in map {
                         if !(v.is_string() || v.is_number() || v.is_boolean()) {
@@ -685,6 +745,46 @@ fn check_known_params(errs: &mut ValidationErrors, params: &Map<String, Value>) 
             _ => {}
         }
     }
+}
+
+/// What `params.token_response` may point at.
+const TOKEN_RESPONSE_FIELDS: [&str; 6] =
+    ["access_token", "refresh_token", "expires_in", "scope", "token_type", "id_token"];
+
+/// Headers that describe one hop or the framing of a request, not the
+/// request itself: hop-by-hop headers (RFC 9110 §7.6.1), `Host`,
+/// `Content-Length` and `Expect`. A provider may not add them to every
+/// request, and a proxy does not pass them on.
+pub const HOP_HEADERS: [&str; 12] = [
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "expect",
+];
+
+/// A header name `extra_headers` or `credential_headers` may set.
+fn check_added_header(name: &str) -> Result<(), String> {
+    if !is_header_name(name) {
+        return Err("must be a valid HTTP header name".into());
+    }
+    if HOP_HEADERS.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+        return Err(format!("'{name}' is a hop-by-hop or framing header, which a provider cannot set"));
+    }
+    Ok(())
+}
+
+/// Text a header value can hold: no control characters (so no CR or LF),
+/// at most 4096 bytes.
+fn is_header_text(v: &str) -> bool {
+    v.len() <= 4096 && !v.chars().any(|c| c.is_control() && c != '\t')
 }
 
 /// Query parameters of the callback that are the OAuth response itself.

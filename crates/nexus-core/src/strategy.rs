@@ -8,6 +8,12 @@
 use crate::provider::{AuthType, ProviderConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+/// Header name → value: `params.extra_headers` (static headers every signed
+/// request carries, expanded for the connection by the Gateway), or
+/// `params.credential_headers` (header → captured field).
+pub type HeaderMap = BTreeMap<String, String>;
 
 /// The strategy names of the wire format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -47,6 +53,10 @@ pub struct BearerConfig {
     pub header_name: String,
     pub value_prefix: String,
     pub credential_field: String,
+    /// Static headers every signed request carries (`params.extra_headers`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = HashMap<String, String>))]
+    pub extra_headers: HeaderMap,
 }
 
 impl Default for BearerConfig {
@@ -55,6 +65,7 @@ impl Default for BearerConfig {
             header_name: "Authorization".into(),
             value_prefix: "Bearer ".into(),
             credential_field: "access_token".into(),
+            extra_headers: HeaderMap::new(),
         }
     }
 }
@@ -68,6 +79,15 @@ pub struct HeaderConfig {
     /// Defaults to `Bearer ` when the header is `Authorization`, else empty.
     pub value_prefix: String,
     pub credential_field: String,
+    /// Header → captured field, for APIs that want several secrets
+    /// (`params.credential_headers`); when given, they replace the one header.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = HashMap<String, String>))]
+    pub credential_headers: HeaderMap,
+    /// Static headers every signed request carries (`params.extra_headers`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = HashMap<String, String>))]
+    pub extra_headers: HeaderMap,
 }
 
 impl Default for HeaderConfig {
@@ -76,6 +96,8 @@ impl Default for HeaderConfig {
             header_name: "Authorization".into(),
             value_prefix: String::new(),
             credential_field: "api_key".into(),
+            credential_headers: HeaderMap::new(),
+            extra_headers: HeaderMap::new(),
         }
     }
 }
@@ -87,11 +109,25 @@ impl Default for HeaderConfig {
 pub struct QueryParamConfig {
     pub param_name: String,
     pub credential_field: String,
+    /// Query parameter → captured field (`params.credential_query_params`);
+    /// when given, they replace the one parameter.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = HashMap<String, String>))]
+    pub credential_query_params: HeaderMap,
+    /// Static headers every signed request carries (`params.extra_headers`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = HashMap<String, String>))]
+    pub extra_headers: HeaderMap,
 }
 
 impl Default for QueryParamConfig {
     fn default() -> Self {
-        QueryParamConfig { param_name: "api_key".into(), credential_field: "api_key".into() }
+        QueryParamConfig {
+            param_name: "api_key".into(),
+            credential_field: "api_key".into(),
+            credential_query_params: HeaderMap::new(),
+            extra_headers: HeaderMap::new(),
+        }
     }
 }
 
@@ -102,11 +138,19 @@ impl Default for QueryParamConfig {
 pub struct BasicAuthConfig {
     pub username_field: String,
     pub password_field: String,
+    /// Static headers every signed request carries (`params.extra_headers`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = HashMap<String, String>))]
+    pub extra_headers: HeaderMap,
 }
 
 impl Default for BasicAuthConfig {
     fn default() -> Self {
-        BasicAuthConfig { username_field: "username".into(), password_field: "password".into() }
+        BasicAuthConfig {
+            username_field: "username".into(),
+            password_field: "password".into(),
+            extra_headers: HeaderMap::new(),
+        }
     }
 }
 
@@ -119,11 +163,15 @@ pub struct AwsSigv4Config {
     /// Required: an empty service cannot sign.
     pub service: String,
     pub region: String,
+    /// Static headers every signed request carries (`params.extra_headers`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = HashMap<String, String>))]
+    pub extra_headers: HeaderMap,
 }
 
 impl Default for AwsSigv4Config {
     fn default() -> Self {
-        AwsSigv4Config { service: String::new(), region: "us-east-1".into() }
+        AwsSigv4Config { service: String::new(), region: "us-east-1".into(), extra_headers: HeaderMap::new() }
     }
 }
 
@@ -159,6 +207,10 @@ pub struct HmacConfig {
     pub secret_field: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value_prefix: Option<String>,
+    /// Static headers every signed request carries (`params.extra_headers`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = HashMap<String, String>))]
+    pub extra_headers: HeaderMap,
 }
 
 impl Default for HmacConfig {
@@ -169,6 +221,7 @@ impl Default for HmacConfig {
             encoding: Encoding::Hex,
             secret_field: "api_secret".into(),
             value_prefix: None,
+            extra_headers: HeaderMap::new(),
         }
     }
 }
@@ -232,13 +285,43 @@ impl Strategy {
         }
     }
 
+    /// The static headers every request carries (`params.extra_headers`).
+    pub fn extra_headers(&self) -> &HeaderMap {
+        match self {
+            Strategy::Oauth2(c) => &c.extra_headers,
+            Strategy::Header(c) => &c.extra_headers,
+            Strategy::QueryParam(c) => &c.extra_headers,
+            Strategy::BasicAuth(c) => &c.extra_headers,
+            Strategy::AwsSigv4(c) => &c.extra_headers,
+            Strategy::HmacPayload(c) => &c.extra_headers,
+        }
+    }
+
+    /// [`Strategy::extra_headers`], to expand them for a connection.
+    pub fn extra_headers_mut(&mut self) -> &mut HeaderMap {
+        match self {
+            Strategy::Oauth2(c) => &mut c.extra_headers,
+            Strategy::Header(c) => &mut c.extra_headers,
+            Strategy::QueryParam(c) => &mut c.extra_headers,
+            Strategy::BasicAuth(c) => &mut c.extra_headers,
+            Strategy::AwsSigv4(c) => &mut c.extra_headers,
+            Strategy::HmacPayload(c) => &mut c.extra_headers,
+        }
+    }
+
     /// The credential fields this strategy reads (to check a capture up front).
     pub fn required_fields(&self) -> Vec<String> {
         match self {
             Strategy::Oauth2(c) => vec![c.credential_field.clone()],
+            Strategy::Header(c) if !c.credential_headers.is_empty() => c.credential_headers.values().cloned().collect(),
             Strategy::Header(c) => vec![c.credential_field.clone()],
+            Strategy::QueryParam(c) if !c.credential_query_params.is_empty() => {
+                c.credential_query_params.values().cloned().collect()
+            }
             Strategy::QueryParam(c) => vec![c.credential_field.clone()],
-            Strategy::BasicAuth(c) => vec![c.username_field.clone(), c.password_field.clone()],
+            // The password may be empty when the credential schema allows it
+            // (Greenhouse: the API key is the user name).
+            Strategy::BasicAuth(c) => vec![c.username_field.clone()],
             Strategy::AwsSigv4(_) => vec!["access_key".into(), "secret_key".into()],
             Strategy::HmacPayload(c) => vec![c.secret_field.clone()],
         }
@@ -255,16 +338,47 @@ fn set(slot: &mut String, value: Option<&str>) {
     }
 }
 
+/// A `params` object of string values (`extra_headers`, `credential_headers`,
+/// `credential_query_params`); validation admits nothing else.
+fn string_map(p: &ProviderConfig, key: &str) -> HeaderMap {
+    let map = p.params.get(key).and_then(Value::as_object);
+    map.into_iter().flatten().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned()))).collect()
+}
+
+/// `params.value_prefix`, or by default `Bearer ` for an `Authorization`
+/// header and nothing for a custom one (Shopify's `X-Shopify-Access-Token`).
+fn value_prefix(p: &ProviderConfig, header_name: &str) -> String {
+    match p.params.get("value_prefix").and_then(Value::as_str) {
+        Some(prefix) => prefix.to_owned(),
+        None if header_name.eq_ignore_ascii_case("authorization") => "Bearer ".into(),
+        None => String::new(),
+    }
+}
+
 /// The strategy of a provider: the defaults, overridden by its `params`.
+/// `extra_headers` are as registered (templates unexpanded): the Gateway
+/// expands them for each connection.
 pub fn strategy_for(p: &ProviderConfig) -> Strategy {
+    let mut strategy = strategy_without_extras(p);
+    *strategy.extra_headers_mut() = string_map(p, "extra_headers");
+    strategy
+}
+
+fn strategy_without_extras(p: &ProviderConfig) -> Strategy {
     let query_param = || {
         let mut c = QueryParamConfig::default();
         set(&mut c.param_name, param(p, "param_name"));
         set(&mut c.credential_field, param(p, "credential_field"));
+        c.credential_query_params = string_map(p, "credential_query_params");
         Strategy::QueryParam(c)
     };
     match p.auth_type {
-        AuthType::Oauth2 => Strategy::Oauth2(BearerConfig::default()),
+        AuthType::Oauth2 => {
+            let mut c = BearerConfig::default();
+            set(&mut c.header_name, param(p, "header_name"));
+            c.value_prefix = value_prefix(p, &c.header_name);
+            Strategy::Oauth2(c)
+        }
         AuthType::ApiKey if param(p, "auth_strategy") == Some("query_param") => query_param(),
         AuthType::QueryParam => query_param(),
         AuthType::ApiKey => {
@@ -272,11 +386,8 @@ pub fn strategy_for(p: &ProviderConfig) -> Strategy {
             set(&mut c.header_name, param(p, "header_name").or(p.auth_header.as_deref()));
             set(&mut c.credential_field, param(p, "credential_field"));
             // An `Authorization` header carries a scheme; a custom header the bare key.
-            c.value_prefix = match p.params.get("value_prefix").and_then(Value::as_str) {
-                Some(prefix) => prefix.to_owned(),
-                None if c.header_name.eq_ignore_ascii_case("authorization") => "Bearer ".into(),
-                None => String::new(),
-            };
+            c.value_prefix = value_prefix(p, &c.header_name);
+            c.credential_headers = string_map(p, "credential_headers");
             Strategy::Header(c)
         }
         AuthType::BasicAuth => {
@@ -401,10 +512,7 @@ mod tests {
         assert_eq!(bare, Strategy::HmacPayload(HmacConfig::default()));
         let partial: Strategy =
             serde_json::from_value(json!({"type": "query_param", "config": {"param_name": "k"}})).unwrap();
-        assert_eq!(
-            partial,
-            Strategy::QueryParam(QueryParamConfig { param_name: "k".into(), credential_field: "api_key".into() })
-        );
+        assert_eq!(partial, Strategy::QueryParam(QueryParamConfig { param_name: "k".into(), ..Default::default() }));
         for bad in [
             json!({"type": "hmac_payload", "config": {"algo": "md5"}}),
             json!({"type": "header", "config": {"header_name": 7}}),
@@ -421,7 +529,11 @@ mod tests {
         ));
         let ok: Map<String, Value> = serde_json::from_value(json!({"username": "u", "password": "p"})).unwrap();
         assert!(check_credentials(&s, &ok).is_ok());
-        let err = check_credentials(&s, &serde_json::from_value(json!({"username": "u"})).unwrap()).unwrap_err();
-        assert!(err.contains("credentials.password") && err.contains("basic_auth strategy"), "{err}");
+        // The password may be empty (the credential schema decides); the user name may not.
+        assert!(
+            check_credentials(&s, &serde_json::from_value(json!({"username": "u", "password": ""})).unwrap()).is_ok()
+        );
+        let err = check_credentials(&s, &serde_json::from_value(json!({"password": "p"})).unwrap()).unwrap_err();
+        assert!(err.contains("credentials.username") && err.contains("basic_auth strategy"), "{err}");
     }
 }

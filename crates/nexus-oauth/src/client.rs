@@ -75,6 +75,7 @@ impl ClientConfig {
             token_url: endpoints.token_url,
             refresh_url: endpoints.refresh_url,
             redirect_uri,
+            quirks: crate::http::TokenQuirks::of(&config.params),
         }
     }
 }

@@ -64,6 +64,8 @@ pub struct ClientConfig {
     /// Where refreshes go: `refresh_url`, or the token endpoint.
     pub refresh_url: Option<String>,
     pub redirect_uri: String,
+    /// How the token endpoint bends RFC 6749.
+    pub quirks: crate::http::TokenQuirks,
 }
 
 /// What goes into one authorization URL.
@@ -256,23 +258,25 @@ pub async fn exchange_code(
     for (k, v) in token_params {
         req = req.add_extra_param(k.clone(), param_string(v));
     }
-    req.request_async(http).await.map(into_token_set).map_err(map_error)
+    req.request_async(&http.with_quirks(&cfg.quirks)).await.map(into_token_set).map_err(map_error)
 }
 
-/// Uses a refresh token (the refresh grant), with the provider's `token_params`.
+/// Uses a refresh token (the refresh grant) at `refresh_url`, with the
+/// provider's `refresh_params` (its `token_params` are for the code
+/// exchange only).
 pub async fn refresh(
     http: &ProviderHttp,
     cfg: &ClientConfig,
     refresh_token: &SecretString,
-    token_params: &Map<String, Value>,
+    refresh_params: &Map<String, Value>,
 ) -> Result<TokenSet, OAuthError> {
     let client = client(cfg, "refresh_url", cfg.refresh_url.as_ref())?;
     let token = RefreshToken::new(refresh_token.expose().to_owned());
     let mut req = client.exchange_refresh_token(&token);
-    for (k, v) in token_params {
+    for (k, v) in refresh_params {
         req = req.add_extra_param(k.clone(), param_string(v));
     }
-    req.request_async(http).await.map(into_token_set).map_err(map_error)
+    req.request_async(&http.with_quirks(&cfg.quirks)).await.map(into_token_set).map_err(map_error)
 }
 
 #[cfg(test)]
@@ -289,6 +293,7 @@ mod tests {
             token_url: Some("https://idp.example/token".into()),
             refresh_url: Some("https://idp.example/token".into()),
             redirect_uri: "https://nexus.example/auth/callback".into(),
+            quirks: Default::default(),
         }
     }
 

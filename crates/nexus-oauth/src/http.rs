@@ -26,16 +26,76 @@ pub struct HttpError(pub String);
 #[derive(Debug, Clone)]
 pub struct ProviderHttp {
     client: reqwest::Client,
+    quirks: TokenQuirks,
+}
+
+/// How one provider's token endpoint bends RFC 6749 (SPEC 10): requests
+/// are rewritten and replies normalised here, before the `oauth2` crate
+/// builds or parses them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenQuirks {
+    /// `params.token_request_format: json`: the form the crate builds is
+    /// sent as a JSON object instead (Notion, Figma).
+    pub json_body: bool,
+    /// `params.token_response`: token field → dotted path in the reply,
+    /// for providers that nest them (Slack's `authed_user.access_token`).
+    pub response_paths: Vec<(String, String)>,
+}
+
+impl TokenQuirks {
+    /// The quirks `params` declares.
+    pub fn of(params: &Map<String, Value>) -> TokenQuirks {
+        TokenQuirks {
+            json_body: params.get("token_request_format").and_then(Value::as_str) == Some("json"),
+            response_paths: params
+                .get("token_response")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                .collect(),
+        }
+    }
 }
 
 impl ProviderHttp {
     pub fn new(client: reqwest::Client) -> ProviderHttp {
-        ProviderHttp { client }
+        ProviderHttp { client, quirks: TokenQuirks::default() }
+    }
+
+    /// This client for a token endpoint with `quirks`.
+    pub fn with_quirks(&self, quirks: &TokenQuirks) -> ProviderHttp {
+        ProviderHttp { client: self.client.clone(), quirks: quirks.clone() }
+    }
+
+    /// GETs `url` with `Authorization: Bearer {access_token}` and answers
+    /// its JSON object (the user-info answer a provider gives right after
+    /// the exchange), under the same limits as every reply.
+    pub async fn get_json(&self, url: &str, access_token: &str) -> Result<Map<String, Value>, String> {
+        let request = http::Request::get(url)
+            .header(http::header::AUTHORIZATION, format!("Bearer {access_token}"))
+            .header(http::header::ACCEPT, "application/json")
+            .body(Vec::new())
+            .map_err(|e| format!("{url}: {e}"))?;
+        let response = self.execute(request).await.map_err(|e| e.0)?;
+        if !response.status().is_success() {
+            return Err(format!("{} answered HTTP {}", host_of(url), response.status().as_u16()));
+        }
+        match serde_json::from_slice(response.body()) {
+            Ok(Value::Object(map)) => Ok(map),
+            _ => Err(format!("{} did not answer a JSON object", host_of(url))),
+        }
     }
 
     async fn execute(&self, request: HttpRequest) -> Result<HttpResponse, HttpError> {
-        let (parts, body) = request.into_parts();
+        let (mut parts, mut body) = request.into_parts();
         let mut masker = sent_secrets(&parts.headers, &body);
+        if self.quirks.json_body {
+            if let Some(json) = form_body_as_json(&parts.headers, &body) {
+                body = json;
+                parts.headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            }
+        }
         let url = parts.uri.to_string();
         nexus_core::url_policy::parse_outbound_url(&url).map_err(|e| HttpError(format!("{url}: {e}")))?;
         let mut builder = self.client.request(parts.method, &url).body(body);
@@ -60,6 +120,11 @@ impl ProviderHttp {
         let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let (status, mut json) = normalise(status.as_u16(), content_type, &bytes);
         if let Some(Value::Object(reply)) = &mut json {
+            lift_nested(reply, &self.quirks.response_paths);
+            if status == 200 {
+                // Lifted values may be the first `access_token` the reply has.
+                fill_token_defaults(reply);
+            }
             mask_provider_text(reply, &mut masker);
         }
         let mut out = http::Response::builder().status(status);
@@ -197,8 +262,53 @@ pub fn normalise(status: u16, content_type: &str, body: &[u8]) -> (u16, Option<V
         if status == 200 && map.get("error").is_some_and(|e| e.is_string()) {
             status = 400;
         }
+        fill_token_defaults(map);
     }
     (status, value)
+}
+
+/// What a token reply leaves out: a missing `token_type` means Bearer (SPEC
+/// 10; Mailchimp sends none), and `expires_in: 0` (how Mailchimp says a
+/// token never expires) means no expiry, not expired on arrival.
+fn fill_token_defaults(map: &mut Map<String, Value>) {
+    if !map.contains_key("access_token") {
+        return;
+    }
+    if map.get("token_type").is_none_or(Value::is_null) {
+        map.insert("token_type".into(), Value::from("bearer"));
+    }
+    if map.get("expires_in").and_then(Value::as_u64) == Some(0) {
+        map.remove("expires_in");
+    }
+}
+
+/// A form-encoded request body as a JSON object of strings.
+fn form_body_as_json(headers: &http::HeaderMap, body: &[u8]) -> Option<Vec<u8>> {
+    let ct = headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
+    if !ct.starts_with("application/x-www-form-urlencoded") {
+        return None;
+    }
+    let map: Map<String, Value> =
+        url::form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), Value::String(v.into_owned()))).collect();
+    Some(Value::Object(map).to_string().into_bytes())
+}
+
+/// `params.token_response`: each named field takes the value at its dotted
+/// path, when there is one there.
+fn lift_nested(reply: &mut Map<String, Value>, paths: &[(String, String)]) {
+    for (field, path) in paths {
+        let mut at = path.split('.');
+        let first = at.next().and_then(|k| reply.get(k));
+        let found = at.try_fold(first, |v, k| Some(v.and_then(|v| v.get(k)))).flatten().cloned();
+        if let Some(value) = found.filter(|v| !v.is_null()) {
+            reply.insert(field.clone(), value);
+        }
+    }
+    if let Some(Value::String(s)) = reply.get("expires_in") {
+        if let Ok(n) = s.trim().parse::<u64>() {
+            reply.insert("expires_in".into(), Value::from(n));
+        }
+    }
 }
 
 fn form_to_json(body: &[u8]) -> Option<Value> {
@@ -277,5 +387,17 @@ mod tests {
         assert_eq!(v.unwrap()["expires_in"], 60);
         let (_, v) = normalise(500, "text/html", b"<html>");
         assert!(v.is_none());
+    }
+
+    #[test]
+    fn a_missing_token_type_is_bearer_and_a_zero_lifetime_is_none() {
+        // Mailchimp's documented answer.
+        let (status, v) = normalise(200, "application/json", br#"{"access_token":"a","expires_in":0,"scope":null}"#);
+        assert_eq!((status, v.unwrap()), (200, json!({"access_token": "a", "token_type": "bearer", "scope": null})));
+        let (_, v) = normalise(200, "application/json", br#"{"access_token":"a","token_type":null,"expires_in":"0"}"#);
+        assert_eq!(v.unwrap(), json!({"access_token": "a", "token_type": "bearer"}));
+        // An error answer is not given a token type.
+        let (_, v) = normalise(400, "application/json", br#"{"error":"invalid_grant"}"#);
+        assert_eq!(v.unwrap(), json!({"error": "invalid_grant"}));
     }
 }

@@ -21,6 +21,6 @@ pub use flow::{
     authorization_url, exchange_code, new_pkce_verifier, refresh, AuthorizationParams, ClientAuth, ClientConfig,
     OAuthError, TokenSet,
 };
-pub use http::ProviderHttp;
+pub use http::{ProviderHttp, TokenQuirks};
 pub use id_token::{verify_id_token, IdTokenCheck};
 pub use revoke::{revoke, RevocableToken};

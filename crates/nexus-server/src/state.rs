@@ -27,6 +27,8 @@ pub struct Inner {
     pub token_cache: TokenCache,
     /// Per-connection locks for single-flight refresh.
     pub refresh_locks: crate::services::refresh::RefreshLocks,
+    /// OIDC discovery documents of per-tenant issuers.
+    pub issuers: crate::services::tenant_discovery::IssuerCache,
     audit_tx: mpsc::Sender<AuditMsg>,
     /// Set at the end of shutdown's grace: the audit writer logs what the
     /// database still refuses instead of retrying.
@@ -93,6 +95,7 @@ impl AppState {
             providers,
             token_cache: TokenCache::new(Duration::from_secs(30)),
             refresh_locks: Default::default(),
+            issuers: Default::default(),
             audit_tx,
             audit_give_up,
             changes,

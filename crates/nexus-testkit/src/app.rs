@@ -256,6 +256,10 @@ fn collect_secrets(body: &Value, out: &mut Vec<String>) {
     match body {
         Value::Object(map) => {
             for (k, v) in map {
+                // `params.token_response` names where tokens are, not tokens.
+                if k == "token_response" {
+                    continue;
+                }
                 if matches!(
                     k.as_str(),
                     "client_secret"

@@ -67,15 +67,22 @@ pub async fn recording_upstream_with_refusals() -> (SocketAddr, Arc<Mutex<Vec<Se
 
 /// Registers a static provider at `base` and captures `credentials`; returns the connection id.
 pub async fn static_connection(app: &TestApp, name: &str, provider: Value, credentials: Value) -> String {
-    app.remember_credentials(&credentials);
     let mut provider = provider;
     provider["name"] = json!(name);
     let created = app.post("/v1/providers", &provider).await;
     assert_eq!(created.status, 201, "{}", created.text);
+    capture_connection(app, name, json!({}), credentials).await
+}
+
+/// A connection to the registered static provider `name` with
+/// `connection_config`, its `credentials` captured; returns its id.
+pub async fn capture_connection(app: &TestApp, name: &str, connection_config: Value, credentials: Value) -> String {
+    app.remember_credentials(&credentials);
     let req = app
         .post(
             "/v1/request-connection",
-            &json!({"workspace_id": "w", "provider_name": name, "return_url": "https://app.example.test/"}),
+            &json!({"workspace_id": "w", "provider_name": name, "return_url": "https://app.example.test/",
+                    "connection_config": connection_config}),
         )
         .await;
     assert_eq!(req.status, 200, "{}", req.text);

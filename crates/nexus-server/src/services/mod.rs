@@ -11,5 +11,6 @@ pub mod refresh;
 pub mod refresher;
 pub mod state_token;
 pub mod strategy;
+pub mod tenant_discovery;
 pub mod token_cache;
 pub mod tokens;

@@ -67,6 +67,10 @@ async fn discovery_for(state: &AppState, config: &ProviderConfig) -> Result<Opti
     if config.auth_type != AuthType::Oauth2 || !config.enable_discovery {
         return Ok(None);
     }
+    if crate::services::tenant_discovery::per_tenant(config) {
+        // Discovered per connection, at the issuer expanded for it.
+        return Ok(None);
+    }
     let issuer = config.issuer.as_deref().unwrap_or_default();
     nexus_oauth::discover(&nexus_oauth::ProviderHttp::new(state.http.clone()), issuer, state.clock.now_secs())
         .await

@@ -177,7 +177,7 @@ async fn refresh_now(state: &AppState, caller: Option<&Caller>, id: &str, reason
         return Err(ApiError::provider_deleted());
     };
     let keyring = &state.config.keyring;
-    let opened = client_config(state, &provider, &row.connection_config).and_then(|cfg| {
+    let opened = client_config(state, &provider, &row.connection_config).await.and_then(|cfg| {
         keyring
             .open_string(&context(&row.id, "refresh_token"), row.refresh_token_enc.as_deref().unwrap_or_default())
             .map(|t| (cfg, t))
@@ -190,11 +190,12 @@ async fn refresh_now(state: &AppState, caller: Option<&Caller>, id: &str, reason
             return Err(e);
         }
     };
-    let token_params =
-        provider.config.params.get("token_params").and_then(Value::as_object).cloned().unwrap_or_default();
+    let refresh_params =
+        provider.config.params.get("refresh_params").and_then(Value::as_object).cloned().unwrap_or_default();
     let http = nexus_oauth::ProviderHttp::new(state.http.clone());
     let result =
-        nexus_oauth::refresh(&http, &cfg, &nexus_core::SecretString::new(refresh_token.as_str()), &token_params).await;
+        nexus_oauth::refresh(&http, &cfg, &nexus_core::SecretString::new(refresh_token.as_str()), &refresh_params)
+            .await;
 
     let mut written_credentials = None;
     let (outcome, answer, audits) = match result {

@@ -162,13 +162,17 @@ impl TokenHosts {
             }
         }
         let host = match state.store.provider_by_id(provider_id).await {
-            Ok(Some(provider)) => crate::services::connections::endpoints(&provider, &serde_json::Map::new())
-                .ok()
-                .and_then(|e| e.refresh_url)
-                .and_then(|u| url::Url::parse(&u).ok())
-                .map(|u| format!("{}:{}", u.host_str().unwrap_or_default(), u.port_or_known_default().unwrap_or(0)))
-                // A token endpoint per tenant (a template): one circuit for the provider.
-                .unwrap_or_else(|| format!("provider:{provider_id}")),
+            Ok(Some(provider)) => crate::services::connections::endpoints_with(
+                &provider,
+                provider.discovery.as_ref(),
+                &serde_json::Map::new(),
+            )
+            .ok()
+            .and_then(|e| e.refresh_url)
+            .and_then(|u| url::Url::parse(&u).ok())
+            .map(|u| format!("{}:{}", u.host_str().unwrap_or_default(), u.port_or_known_default().unwrap_or(0)))
+            // A token endpoint per tenant (a template): one circuit for the provider.
+            .unwrap_or_else(|| format!("provider:{provider_id}")),
             // Deleted or unreadable: the refresh itself reports it.
             _ => String::new(),
         };

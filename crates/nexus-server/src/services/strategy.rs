@@ -6,9 +6,19 @@ use nexus_store::ProviderRow;
 use serde_json::{Map, Value};
 
 /// The strategy of `provider` for a connection with configuration
-/// `connection`: a templated SigV4 `region` is expanded (`Err` names why not).
+/// `connection`: a templated SigV4 `region` and templated `extra_headers`
+/// values are expanded (`Err` names why not). A value is percent-encoded
+/// as `{name}` expands it, so a connection's value cannot add a line to a
+/// header.
 pub fn for_connection(provider: &ProviderRow, connection: &Map<String, Value>) -> Result<Strategy, String> {
     let mut strategy = strategy::strategy_for(&provider.config);
+    for (name, value) in strategy.extra_headers_mut().iter_mut() {
+        if nexus_core::template::is_template(value) {
+            *value = nexus_core::template::UrlTemplate::parse(value)
+                .and_then(|t| t.expand_text(connection).map_err(|e| e.to_string()))
+                .map_err(|e| format!("params.extra_headers.{name} {e}"))?;
+        }
+    }
     if let Strategy::AwsSigv4(c) = &mut strategy {
         if nexus_core::template::is_template(&c.region) {
             c.region = crate::services::connection_config::expand_field(

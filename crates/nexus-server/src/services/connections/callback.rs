@@ -1,10 +1,11 @@
 //! `GET /auth/callback`: the provider sends the user back; Nexus checks the
 //! state, exchanges the code and activates the connection.
 
-use super::{audit, client_config, context, endpoints, param_bool, param_map, param_str};
+use super::{audit, client_config_at, context, endpoints_with, param_bool, param_map, param_str};
+use crate::error::ApiError;
 use crate::middleware::Caller;
-use crate::services::connection_config;
 use crate::services::state_token::{self, StateProblem};
+use crate::services::{connection_config, tenant_discovery};
 use crate::state::AppState;
 use nexus_core::{AuditEvent, SecretString};
 use nexus_store::{Activation, ConnectionRow, Invalidation};
@@ -107,7 +108,15 @@ async fn complete(state: &AppState, caller: &Caller, conn: &ConnectionRow, q: &C
         Ok(None) => return Err("provider_deleted".into()),
         Err(_) => return Err("server_error".into()),
     };
-    let expected_issuer = provider.config.issuer.as_deref().filter(|_| provider.discovery.is_some());
+    let mut config = conn.handshake_config.clone().unwrap_or_else(|| conn.connection_config.clone());
+    connection_config::learn_from_callback(&provider.config, &q.extra, &mut config);
+    let unusable = |e: ApiError| {
+        tracing::warn!(connection = %conn.id, error = %e.message, "no usable token endpoint");
+        e.code.as_str().to_owned()
+    };
+    let discovery = tenant_discovery::for_connection(state, &provider, &config).await.map_err(unusable)?;
+    let issuer = tenant_discovery::issuer(&provider.config, &config).map_err(unusable)?;
+    let expected_issuer = issuer.as_deref().filter(|_| discovery.is_some());
     if let (Some(iss), Some(expected)) = (q.iss.as_deref(), expected_issuer) {
         if iss.trim_end_matches('/') != expected.trim_end_matches('/') {
             return Err("invalid_issuer".into());
@@ -116,12 +125,9 @@ async fn complete(state: &AppState, caller: &Caller, conn: &ConnectionRow, q: &C
     let Some(code) = q.code.as_deref().filter(|c| !c.is_empty() && c.len() <= 4096) else {
         return Err("missing_code".into());
     };
-    let mut config = conn.handshake_config.clone().unwrap_or_else(|| conn.connection_config.clone());
-    connection_config::learn_from_callback(&provider.config, &q.extra, &mut config);
-    let cfg = client_config(state, &provider, &config).map_err(|e| {
-        tracing::warn!(connection = %conn.id, error = %e.message, "no usable token endpoint");
-        e.code.as_str().to_owned()
-    })?;
+    let endpoints = endpoints_with(&provider, discovery.as_ref(), &config).map_err(unusable)?;
+    let jwks = endpoints.jwks_uri.clone();
+    let cfg = client_config_at(state, &provider, endpoints).map_err(unusable)?;
     let verifier = conn
         .pkce_verifier_enc
         .as_deref()
@@ -141,8 +147,6 @@ async fn complete(state: &AppState, caller: &Caller, conn: &ConnectionRow, q: &C
 
     let mut id_token_verified = false;
     if let Some(id_token) = &tokens.id_token {
-        let issuer = provider.config.issuer.clone();
-        let jwks = endpoints(&provider, &config).ok().and_then(|e| e.jwks_uri);
         match (issuer, jwks, conn.oidc_nonce.as_deref()) {
             (Some(issuer), Some(jwks), Some(nonce)) => {
                 let check = nexus_oauth::IdTokenCheck {
@@ -168,6 +172,24 @@ async fn complete(state: &AppState, caller: &Caller, conn: &ConnectionRow, q: &C
         answer.insert("scope".into(), Value::String(scope.clone()));
     }
     connection_config::learn_from(&provider.config, "connection_config_from_token", &answer, &mut config);
+    if provider.config.params.contains_key("connection_config_from_userinfo") {
+        // Mailchimp names its data centre only in the answer of its
+        // metadata endpoint, asked with the new token.
+        let url = connection_config::user_info_url(&provider.config, &config).ok().flatten();
+        let learned = match url {
+            Some(url) => http.get_json(&url, tokens.access_token.expose()).await,
+            None => Err("user_info_endpoint does not expand for this connection".into()),
+        };
+        match learned {
+            Ok(info) => {
+                connection_config::learn_from(&provider.config, "connection_config_from_userinfo", &info, &mut config)
+            }
+            Err(why) => {
+                tracing::warn!(connection = %conn.id, reason = %why, "the user-info endpoint gave no values");
+                return Err("provider_unavailable".into());
+            }
+        }
+    }
     if let Err(why) = connection_config::check_all(&provider.config, &config) {
         // A value the provider gave points where the provider may not send us.
         tracing::warn!(connection = %conn.id, reason = %why, "the provider's values do not expand to allowed URLs");

@@ -15,7 +15,7 @@ pub(crate) use lifecycle::expire_if_stale;
 pub use lifecycle::{check, list, ListQuery};
 pub use nexus_core::wire::{ConnectionRequested, ConnectionView, RequestConnection};
 pub use oauth_client::redirect_uri;
-pub(crate) use oauth_client::{client_config, endpoints};
+pub(crate) use oauth_client::{client_config, client_config_at, endpoints, endpoints_with};
 use oauth_client::{param_bool, param_map, param_str};
 pub use request::request;
 pub use revoke::revoke;

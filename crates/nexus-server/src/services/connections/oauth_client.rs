@@ -14,21 +14,44 @@ pub fn redirect_uri(state: &AppState) -> String {
     format!("{}{}", state.config.base_url.as_str().trim_end_matches('/'), state.config.redirect_path)
 }
 
-/// The endpoints of an oauth2 provider (discovered or configured) for a
-/// connection with configuration `connection`.
-pub(crate) fn endpoints(provider: &ProviderRow, connection: &Map<String, Value>) -> Result<Endpoints, ApiError> {
-    Endpoints::of(&provider.config, provider.discovery.as_ref(), connection)
+/// The endpoints of an oauth2 provider (discovered, per tenant when its
+/// issuer is a template, or configured) for a connection with
+/// configuration `connection`.
+pub(crate) async fn endpoints(
+    state: &AppState,
+    provider: &ProviderRow,
+    connection: &Map<String, Value>,
+) -> Result<Endpoints, ApiError> {
+    let discovery = crate::services::tenant_discovery::for_connection(state, provider, connection).await?;
+    endpoints_with(provider, discovery.as_ref(), connection)
+}
+
+/// [`endpoints`] with the discovery document at hand (or none).
+pub(crate) fn endpoints_with(
+    provider: &ProviderRow,
+    discovery: Option<&nexus_core::provider::Discovery>,
+    connection: &Map<String, Value>,
+) -> Result<Endpoints, ApiError> {
+    Endpoints::of(&provider.config, discovery, connection)
         .map_err(|message| ApiError::new(ErrorCode::ProviderMisconfigured, message))
 }
 
 /// The client registration of an oauth2 provider for a connection with
 /// configuration `connection`, with its secret opened.
-pub(crate) fn client_config(
+pub(crate) async fn client_config(
     state: &AppState,
     provider: &ProviderRow,
     connection: &Map<String, Value>,
 ) -> Result<ClientConfig, ApiError> {
-    let endpoints = endpoints(provider, connection)?;
+    client_config_at(state, provider, endpoints(state, provider, connection).await?)
+}
+
+/// [`client_config`] at endpoints already found.
+pub(crate) fn client_config_at(
+    state: &AppState,
+    provider: &ProviderRow,
+    endpoints: Endpoints,
+) -> Result<ClientConfig, ApiError> {
     let Some(enc) = &provider.client_secret_enc else {
         return Err(ApiError::new(ErrorCode::ProviderMisconfigured, "the provider has no client secret"));
     };

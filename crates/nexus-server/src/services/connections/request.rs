@@ -79,7 +79,7 @@ pub async fn request(state: &AppState, caller: &Caller, body: Value) -> Result<C
     );
 
     let (auth_url, pkce_enc, oidc_nonce) = if auth_type == AuthType::Oauth2 {
-        let cfg = client_config(state, &provider, &connection_config)?;
+        let cfg = client_config(state, &provider, &connection_config).await?;
         let verifier = nexus_oauth::new_pkce_verifier();
         let oidc_nonce = scopes.iter().any(|s| s == "openid").then(state_token::random_nonce);
         let extra = param_map(&provider, "authorization_params");

@@ -19,7 +19,9 @@ pub async fn revoke(state: &AppState, caller: &Caller, id: &str) -> Result<Conne
     // Tell the provider first, while we still hold the token.
     let mut provider_revocation = "not_supported";
     if let (Some(provider), true) = (&provider, row.refresh_token_enc.is_some() || row.credentials_enc.is_some()) {
-        if let Ok(Endpoints { revocation: Some(revocation_url), .. }) = endpoints(provider, &row.connection_config) {
+        if let Ok(Endpoints { revocation: Some(revocation_url), .. }) =
+            endpoints(state, provider, &row.connection_config).await
+        {
             provider_revocation = match revoke_at_provider(state, provider, &row, &revocation_url).await {
                 Ok(()) => "ok",
                 Err(e) => {
@@ -46,7 +48,7 @@ async fn revoke_at_provider(
     row: &ConnectionRow,
     revocation_url: &str,
 ) -> Result<(), String> {
-    let cfg = client_config(state, provider, &row.connection_config).map_err(|e| e.message)?;
+    let cfg = client_config(state, provider, &row.connection_config).await.map_err(|e| e.message)?;
     let keyring = &state.config.keyring;
     let token = match &row.refresh_token_enc {
         Some(enc) => {

@@ -1,0 +1,112 @@
+//! OIDC discovery per tenant (SPEC 10): a provider whose `issuer` is a URL
+//! template (Okta's `https://{domain}`, Auth0's `https://{tenant}.auth0.com`)
+//! is discovered at the issuer expanded for each connection, not at
+//! registration, and the document is cached per expanded issuer. A provider
+//! with a plain issuer keeps the document fetched at registration.
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use nexus_core::provider::{Discovery, ProviderConfig};
+use nexus_core::template::is_template;
+use nexus_core::wire::ErrorCode;
+use nexus_store::ProviderRow;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// How long a tenant's document is used before it is fetched again.
+const TTL_SECS: i64 = 3600;
+/// Most tenants' documents kept; past it, expired ones go first, then all.
+const MAX_ISSUERS: usize = 10_000;
+
+/// Discovery documents by expanded issuer.
+#[derive(Debug, Default)]
+pub struct IssuerCache(Mutex<HashMap<String, Discovery>>);
+
+impl IssuerCache {
+    fn get(&self, issuer: &str, now: i64) -> Option<Discovery> {
+        let cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        cache.get(issuer).filter(|d| now - d.fetched_at < TTL_SECS).cloned()
+    }
+
+    fn put(&self, issuer: String, discovery: Discovery, now: i64) {
+        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= MAX_ISSUERS {
+            cache.retain(|_, d| now - d.fetched_at < TTL_SECS);
+            if cache.len() >= MAX_ISSUERS {
+                cache.clear();
+            }
+        }
+        cache.insert(issuer, discovery);
+    }
+}
+
+/// Whether the provider is discovered per connection.
+pub fn per_tenant(config: &ProviderConfig) -> bool {
+    config.enable_discovery && config.issuer.as_deref().is_some_and(is_template)
+}
+
+/// The issuer of this connection: the provider's, expanded over the
+/// connection's configuration when it is a template.
+pub fn issuer(config: &ProviderConfig, connection: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+    let Some(raw) = config.issuer.as_deref() else { return Ok(None) };
+    config.expand(raw, connection).map(Some).map_err(|e| {
+        ApiError::new(ErrorCode::ProviderMisconfigured, format!("issuer {e}")).with_details(json!({"field": "issuer"}))
+    })
+}
+
+/// The discovery document for this connection: the stored one, or the
+/// tenant's (cached, fetched when missing or older than an hour).
+pub async fn for_connection(
+    state: &AppState,
+    provider: &ProviderRow,
+    connection: &Map<String, Value>,
+) -> Result<Option<Discovery>, ApiError> {
+    if !per_tenant(&provider.config) {
+        return Ok(provider.discovery.clone());
+    }
+    let Some(issuer) = issuer(&provider.config, connection)? else { return Ok(None) };
+    let now = state.clock.now_secs();
+    if let Some(found) = state.issuers.get(&issuer, now) {
+        return Ok(Some(found));
+    }
+    let http = nexus_oauth::ProviderHttp::new(state.http.clone());
+    let discovery = nexus_oauth::discover(&http, &issuer, now).await.map_err(|reason| {
+        ApiError::new(
+            ErrorCode::DiscoveryFailed,
+            format!("issuer (for this connection): OIDC discovery failed: {reason}"),
+        )
+        .with_details(json!({"field": "issuer"}))
+    })?;
+    // The document's endpoints are the tenant's own: they must be where the
+    // provider may send us, like every expanded URL.
+    for endpoint in [Some(&discovery.authorization_endpoint), Some(&discovery.token_endpoint)]
+        .into_iter()
+        .chain([
+            discovery.revocation_endpoint.as_ref(),
+            discovery.userinfo_endpoint.as_ref(),
+            discovery.jwks_uri.as_ref(),
+        ])
+        .flatten()
+    {
+        check_host(&provider.config, endpoint)?;
+    }
+    state.issuers.put(issuer, discovery.clone(), now);
+    Ok(Some(discovery))
+}
+
+/// A discovered endpoint's host must match `params.allowed_hosts`.
+fn check_host(config: &ProviderConfig, endpoint: &str) -> Result<(), ApiError> {
+    let globs = config.allowed_hosts();
+    let host = url::Url::parse(endpoint).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
+    if globs.iter().any(|g| nexus_core::template::host_matches(g, &host)) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::DiscoveryFailed,
+        format!(
+            "issuer (for this connection): the document names {endpoint}, whose host is not in params.allowed_hosts"
+        ),
+    )
+    .with_details(json!({"field": "issuer"})))
+}
