@@ -181,6 +181,7 @@ const stats = {
   authorization_code_requests: 0,
   userinfo_requests: 0,
   revocation_requests: 0,
+  client_credentials_requests: 0,
 };
 
 // queued injections for the token endpoint
@@ -290,6 +291,7 @@ async function interceptToken(req, res) {
   stats.token_requests += 1;
   if (grantType === 'refresh_token') stats.refresh_requests += 1;
   if (grantType === 'authorization_code') stats.authorization_code_requests += 1;
+  if (grantType === 'client_credentials') stats.client_credentials_requests += 1;
 
   if (delays.remaining > 0) {
     delays.remaining -= 1;
@@ -344,6 +346,9 @@ function buildProvider(issuer) {
       devInteractions: { enabled: true },
       revocation: { enabled: true },
       userinfo: { enabled: true },
+      // Grants without a browser (SPEC 11): clients that list the grant
+      // get an access token for their own scopes.
+      clientCredentials: { enabled: true },
     },
     pkce: {
       required: () => true,
@@ -360,6 +365,7 @@ function buildProvider(issuer) {
     }),
     ttl: {
       AccessToken: accessTokenTtl,
+      ClientCredentials: accessTokenTtl,
       AuthorizationCode: 120,
       IdToken: 3600,
       RefreshToken: 14 * 24 * 60 * 60,

@@ -18,6 +18,8 @@ use std::fmt;
 #[serde(rename_all = "snake_case")]
 pub enum AuthType {
     Oauth2,
+    /// The client credentials grant (RFC 6749 §4.4): no person consents.
+    Oauth2ClientCredentials,
     #[serde(alias = "header")]
     ApiKey,
     BasicAuth,
@@ -27,8 +29,9 @@ pub enum AuthType {
 }
 
 impl AuthType {
-    pub const ALL: [AuthType; 6] = [
+    pub const ALL: [AuthType; 7] = [
         AuthType::Oauth2,
+        AuthType::Oauth2ClientCredentials,
         AuthType::ApiKey,
         AuthType::BasicAuth,
         AuthType::AwsSigv4,
@@ -39,6 +42,7 @@ impl AuthType {
     pub fn as_str(self) -> &'static str {
         match self {
             AuthType::Oauth2 => "oauth2",
+            AuthType::Oauth2ClientCredentials => "oauth2_client_credentials",
             AuthType::ApiKey => "api_key",
             AuthType::BasicAuth => "basic_auth",
             AuthType::AwsSigv4 => "aws_sigv4",
@@ -57,7 +61,13 @@ impl AuthType {
 
     /// Static types store a user-supplied credential instead of running OAuth.
     pub fn is_static(self) -> bool {
-        self != AuthType::Oauth2
+        !self.uses_token_endpoint()
+    }
+
+    /// The types whose tokens come from an OAuth token endpoint: signed
+    /// with the `oauth2` strategy, renewed by Nexus.
+    pub fn uses_token_endpoint(self) -> bool {
+        matches!(self, AuthType::Oauth2 | AuthType::Oauth2ClientCredentials)
     }
 }
 
@@ -396,6 +406,39 @@ impl ProviderInput {
                     }
                 }
             }
+            Some(AuthType::Oauth2ClientCredentials) => {
+                let kind = "oauth2_client_credentials";
+                if client_id.is_none() {
+                    errs.push("client_id", format!("is required for {kind}"));
+                }
+                if !has_secret {
+                    errs.push("client_secret", format!("is required for {kind}"));
+                }
+                if params.contains_key("credential_schema") {
+                    errs.push(
+                        "params.credential_schema",
+                        format!("{kind} with client credentials captured per connection is not supported yet: register the client's credentials on the provider"),
+                    );
+                }
+                if enable_discovery {
+                    if issuer.is_none() {
+                        errs.push_once("issuer", "is required when enable_discovery is true");
+                    }
+                } else if token_url.is_none() {
+                    errs.push_once(
+                        "token_url",
+                        format!("is required for {kind} unless enable_discovery is true with an issuer"),
+                    );
+                }
+                if let Some(h) = &auth_header {
+                    if h != "client_secret_post" && h != "client_secret_basic" {
+                        errs.push(
+                            "auth_header",
+                            format!("must be client_secret_post or client_secret_basic for {kind}"),
+                        );
+                    }
+                }
+            }
             Some(static_type) => {
                 if enable_discovery {
                     errs.push("enable_discovery", format!("applies to oauth2 only, not {static_type}"));
@@ -598,7 +641,9 @@ fn check_template_names(errs: &mut ValidationErrors, config: &ProviderConfig) {
                 );
             }
         }
-        if template.host_is_variable() && field != "params.region" && !has_allowed_hosts {
+        let path_only = field == "params.region"
+            || field == "user_info_endpoint" && config.user_info_endpoint.as_deref().is_some_and(is_relative_endpoint);
+        if template.host_is_variable() && !path_only && !has_allowed_hosts {
             errs.push("params.allowed_hosts", format!("is required: {field} has a variable in its scheme or host"));
         }
     }
@@ -618,6 +663,12 @@ fn check_template_names(errs: &mut ValidationErrors, config: &ProviderConfig) {
             }
         }
     }
+}
+
+/// Whether a `user_info_endpoint` is a path under `api_base_url` rather
+/// than a URL (or a `{+url}` template) of its own.
+pub fn is_relative_endpoint(endpoint: &str) -> bool {
+    !(endpoint.starts_with("http://") || endpoint.starts_with("https://") || endpoint.starts_with('{'))
 }
 
 /// RFC 9110 token characters.
@@ -669,6 +720,11 @@ fn check_known_params(errs: &mut ValidationErrors, params: &Map<String, Value>) 
                             errs.push(format!("{field}.{k}"), "must be a name of letters, digits and '_'");
                         } else if !v.as_str().is_some_and(is_dotted_path) {
                             errs.push(format!("{field}.{k}"), "must be a dotted path such as team.id");
+                        } else if v.as_str().and_then(|p| p.rsplit('.').next()).is_some_and(is_secret_field) {
+                            errs.push(
+                                format!("{field}.{k}"),
+                                "points at a secret: a connection's configuration is not secret and is shown to callers",
+                            );
                         }
                     }
                 }
@@ -745,6 +801,16 @@ fn check_known_params(errs: &mut ValidationErrors, params: &Map<String, Value>) 
             _ => {}
         }
     }
+}
+
+/// Token-answer fields that hold secrets: never copied into a connection's
+/// configuration, which is shown to callers.
+fn is_secret_field(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["access_token", "refresh_token", "id_token", "client_secret", "password", "secret", "api_key", "private_key"]
+        .iter()
+        .any(|s| name == *s || name.ends_with(&format!("_{s}")))
+        || name.contains("token") && !name.ends_with("_type") && !name.ends_with("_url")
 }
 
 /// What `params.token_response` may point at.

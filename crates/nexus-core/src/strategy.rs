@@ -373,7 +373,7 @@ fn strategy_without_extras(p: &ProviderConfig) -> Strategy {
         Strategy::QueryParam(c)
     };
     match p.auth_type {
-        AuthType::Oauth2 => {
+        AuthType::Oauth2 | AuthType::Oauth2ClientCredentials => {
             let mut c = BearerConfig::default();
             set(&mut c.header_name, param(p, "header_name"));
             c.value_prefix = value_prefix(p, &c.header_name);
@@ -501,8 +501,8 @@ mod tests {
     fn the_wire_form_round_trips_and_missing_settings_take_the_same_defaults() {
         for auth_type in AuthType::ALL {
             let mut body = json!({"name": "p", "auth_type": auth_type.as_str(), "params": {"credential_schema": schema(), "service": "s3", "region": "eu-west-1"}});
-            if auth_type == AuthType::Oauth2 {
-                body = json!({"name": "p", "auth_type": "oauth2", "client_id": "c", "client_secret": "s", "auth_url": "https://a.example/auth", "token_url": "https://a.example/token"});
+            if auth_type.uses_token_endpoint() {
+                body = json!({"name": "p", "auth_type": auth_type.as_str(), "client_id": "c", "client_secret": "s", "auth_url": "https://a.example/auth", "token_url": "https://a.example/token"});
             }
             let s = strategy_for(&provider(body));
             let back: Strategy = serde_json::from_value(wire(&s)).unwrap();

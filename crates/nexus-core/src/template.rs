@@ -86,12 +86,28 @@ impl<'a> UrlTemplate<'a> {
             Some(at) => {
                 let literal = &raw[..at];
                 match literal.find("://") {
-                    Some(i) => !literal[i + 3..].contains('/'),
+                    // `https:///{x}` has an empty authority: a URL parser
+                    // takes the next segment, the variable, as the host.
+                    Some(i) => !matches!(literal[i + 3..].find('/'), Some(end) if end > 0),
                     None => true,
                 }
             }
         };
-        Ok(UrlTemplate { raw, names, host_is_variable })
+        let mut template = UrlTemplate { raw, names, host_is_variable };
+        // Whatever the text says, a template whose origin changes with its
+        // values has a variable host: expand it twice and compare.
+        if !template.host_is_variable && !template.names.is_empty() {
+            template.host_is_variable = template.origin_with("a") != template.origin_with("b");
+        }
+        Ok(template)
+    }
+
+    /// The scheme, host and port of the URL this template expands to when
+    /// every variable is `value` (`None` when that is not a URL).
+    fn origin_with(&self, value: &str) -> Option<(String, Option<String>, Option<u16>)> {
+        let sample: Map<String, Value> = self.names.iter().map(|n| (n.clone(), Value::from(value))).collect();
+        let url = url::Url::parse(&self.expand_text(&sample).ok()?).ok()?;
+        Some((url.scheme().to_owned(), url.host_str().map(str::to_owned), url.port_or_known_default()))
     }
 
     /// The variable names the template uses.
@@ -223,6 +239,16 @@ mod tests {
         assert!(t.host_is_variable());
         let t = UrlTemplate::parse("https://api.example.com").unwrap();
         assert!(t.names().is_empty() && !t.host_is_variable());
+    }
+
+    #[test]
+    fn an_empty_authority_or_a_lenient_parse_cannot_hide_a_variable_host() {
+        // A URL parser reads the segment after `https:///` as the host
+        // (a backslash is not template text: iri-string refuses it).
+        for raw in ["https:///{tenant}/oauth/token", "https:/{tenant}/x", "https:{tenant}/x"] {
+            assert!(UrlTemplate::parse(raw).unwrap().host_is_variable(), "{raw}");
+        }
+        assert!(!UrlTemplate::parse("https://api.example.com/{tenant}/x").unwrap().host_is_variable());
     }
 
     #[test]

@@ -34,10 +34,16 @@ impl Endpoints {
         let (auth_url, token_url) = match discovery {
             Some(d) => (d.authorization_endpoint.clone(), Some(d.token_endpoint.clone())),
             None => {
-                let auth = config.auth_url.as_deref().ok_or("the provider has no authorization endpoint")?;
+                // The client credentials grant has no authorization endpoint.
+                let auth = match config.auth_url.as_deref() {
+                    Some(auth) => auth,
+                    None if config.auth_type == nexus_core::AuthType::Oauth2ClientCredentials => "",
+                    None => return Err("the provider has no authorization endpoint".into()),
+                };
                 let token = config.token_url.as_deref().ok_or("the provider has no token endpoint")?;
                 let token = config.is_ready(token, connection).then(|| expand("token_url", token)).transpose()?;
-                (expand("auth_url", auth)?, token)
+                let auth = if auth.is_empty() { String::new() } else { expand("auth_url", auth)? };
+                (auth, token)
             }
         };
         let refresh_url = match config.refresh_url.as_deref() {

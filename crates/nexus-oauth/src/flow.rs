@@ -261,6 +261,37 @@ pub async fn exchange_code(
     req.request_async(&http.with_quirks(&cfg.quirks)).await.map(into_token_set).map_err(map_error)
 }
 
+/// The client credentials grant (RFC 6749 §4.4) at the token endpoint,
+/// with `scopes` (joined by `separator`) and the provider's `token_params`.
+/// The same request issues the first token and renews it.
+pub async fn client_credentials(
+    http: &ProviderHttp,
+    cfg: &ClientConfig,
+    scopes: Option<(&[String], &str)>,
+    token_params: &Map<String, Value>,
+) -> Result<TokenSet, OAuthError> {
+    let endpoint = cfg
+        .token_url
+        .as_ref()
+        .ok_or_else(|| OAuthError::Config("token_url: the connection lacks a value it needs".into()))?;
+    let token_url = TokenUrl::new(endpoint.clone()).map_err(|e| OAuthError::Config(format!("token_url: {e}")))?;
+    let client = Client::new(ClientId::new(cfg.client_id.clone()))
+        .set_client_secret(ClientSecret::new(cfg.client_secret.expose().to_owned()))
+        .set_token_uri(token_url)
+        .set_auth_type(match cfg.auth {
+            ClientAuth::Post => AuthType::RequestBody,
+            ClientAuth::Basic => AuthType::BasicAuth,
+        });
+    let mut req = client.exchange_client_credentials();
+    if let Some((scopes, sep)) = scopes.filter(|(s, _)| !s.is_empty()) {
+        req = req.add_extra_param("scope", scopes.join(sep));
+    }
+    for (k, v) in token_params {
+        req = req.add_extra_param(k.clone(), param_string(v));
+    }
+    req.request_async(&http.with_quirks(&cfg.quirks)).await.map(into_token_set).map_err(map_error)
+}
+
 /// Uses a refresh token (the refresh grant) at `refresh_url`, with the
 /// provider's `refresh_params` (its `token_params` are for the code
 /// exchange only).

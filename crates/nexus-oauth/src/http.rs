@@ -27,6 +27,8 @@ pub struct HttpError(pub String);
 pub struct ProviderHttp {
     client: reqwest::Client,
     quirks: TokenQuirks,
+    /// When set, the only hosts (globs) requests may go to.
+    hosts: Option<std::sync::Arc<[String]>>,
 }
 
 /// How one provider's token endpoint bends RFC 6749 (SPEC 10): requests
@@ -60,12 +62,19 @@ impl TokenQuirks {
 
 impl ProviderHttp {
     pub fn new(client: reqwest::Client) -> ProviderHttp {
-        ProviderHttp { client, quirks: TokenQuirks::default() }
+        ProviderHttp { client, quirks: TokenQuirks::default(), hosts: None }
     }
 
     /// This client for a token endpoint with `quirks`.
     pub fn with_quirks(&self, quirks: &TokenQuirks) -> ProviderHttp {
-        ProviderHttp { client: self.client.clone(), quirks: quirks.clone() }
+        ProviderHttp { quirks: quirks.clone(), ..self.clone() }
+    }
+
+    /// This client, refusing every request whose host matches none of
+    /// `globs` before it is sent (a tenant's discovery document and the
+    /// keys it names).
+    pub fn only_to(&self, globs: Vec<String>) -> ProviderHttp {
+        ProviderHttp { hosts: Some(globs.into()), ..self.clone() }
     }
 
     /// GETs `url` with `Authorization: Bearer {access_token}` and answers
@@ -97,7 +106,13 @@ impl ProviderHttp {
             }
         }
         let url = parts.uri.to_string();
-        nexus_core::url_policy::parse_outbound_url(&url).map_err(|e| HttpError(format!("{url}: {e}")))?;
+        let parsed = nexus_core::url_policy::parse_outbound_url(&url).map_err(|e| HttpError(format!("{url}: {e}")))?;
+        if let Some(globs) = &self.hosts {
+            let host = parsed.host_str().unwrap_or_default();
+            if !globs.iter().any(|g| nexus_core::template::host_matches(g, host)) {
+                return Err(HttpError(format!("{} is not an allowed host of this provider", host_of(&url))));
+            }
+        }
         let mut builder = self.client.request(parts.method, &url).body(body);
         for (name, value) in parts.headers.iter() {
             builder = builder.header(name, value);

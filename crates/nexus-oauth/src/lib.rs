@@ -18,8 +18,8 @@ pub mod revoke;
 pub use client::Endpoints;
 pub use discovery::discover;
 pub use flow::{
-    authorization_url, exchange_code, new_pkce_verifier, refresh, AuthorizationParams, ClientAuth, ClientConfig,
-    OAuthError, TokenSet,
+    authorization_url, client_credentials, exchange_code, new_pkce_verifier, refresh, AuthorizationParams, ClientAuth,
+    ClientConfig, OAuthError, TokenSet,
 };
 pub use http::{ProviderHttp, TokenQuirks};
 pub use id_token::{verify_id_token, IdTokenCheck};

@@ -101,6 +101,9 @@ pub struct Stats {
     /// Requests to the revocation endpoint.
     #[serde(default)]
     pub revocation_requests: u64,
+    /// Token endpoint POSTs with `grant_type=client_credentials`.
+    #[serde(default)]
+    pub client_credentials_requests: u64,
 }
 
 /// A running provider. Dropping it kills the node process.

@@ -289,6 +289,19 @@ impl ProviderKit {
 
     fn discovery(&self, host: &str) -> Answer {
         let issuer = format!("http://{host}:{}", self.port());
+        if host.starts_with("rogue.") {
+            // A tenant whose document sends Nexus elsewhere.
+            let evil = format!("http://evil.localhost:{}", self.port());
+            return ok(json!({
+                "issuer": issuer,
+                "authorization_endpoint": format!("{issuer}/oauth2/v1/authorize"),
+                "token_endpoint": format!("{evil}/token"),
+                "jwks_uri": format!("{evil}/keys"),
+                "response_types_supported": ["code"],
+                "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+            }));
+        }
         ok(json!({
             "issuer": issuer,
             "authorization_endpoint": format!("{issuer}/oauth2/v1/authorize"),

@@ -240,6 +240,8 @@ async fn hostile_header_settings_are_refused_at_registration(backend: Backend) {
         json!({"token_response": {"access_token": "a..b"}}),
         json!({"token_response": {"password": "a.b"}}),
         json!({"refresh_params": {"x": {"nested": true}}}),
+        json!({"connection_config_from_token": {"user_token": "authed_user.access_token"}}),
+        json!({"connection_config_from_userinfo": {"k": "keys.api_key"}}),
     ];
     for params in cases {
         let resp = app.post("/v1/providers", &base(params.clone())).await;

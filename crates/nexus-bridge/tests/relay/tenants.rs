@@ -357,16 +357,33 @@ async fn hostile_values_are_refused_before_anything_is_sent(backend: Backend) {
         ("okta-manual", json!({"domain": "evil.localhost"})),
         ("okta-manual", json!({"domain": "acme.okta.localhost.evil.example"})),
         ("okta", json!({"domain": "evil.localhost"})),
+        // A tenant whose discovery document names a token endpoint and keys elsewhere.
+        ("okta", json!({"domain": "rogue.okta.localhost"})),
     ];
     for (provider, config) in cases {
         let before = (kit.seen_count(), app.get("/v1/connections").await.json.as_array().map(Vec::len));
         let refused = request(&app, provider, &config).await;
         assert_eq!(refused.status, 400, "{provider} {config}: {}", refused.text);
-        assert!(refused.text.contains("connection_config"), "{provider} {config}: {}", refused.text);
         assert!(!refused.text.contains(CLIENT_SECRET), "{}", refused.text);
         let after = (kit.seen_count(), app.get("/v1/connections").await.json.as_array().map(Vec::len));
+        if config["domain"] == "rogue.okta.localhost" {
+            // Only the tenant's own document was read; nothing went where it points.
+            assert_eq!(refused.code(), "discovery_failed", "{}", refused.text);
+            assert_eq!(after.1, before.1, "nothing stored");
+            assert!(kit.seen().iter().all(|s| s.host != "evil.localhost"), "the keys were fetched from elsewhere");
+            continue;
+        }
+        assert!(refused.text.contains("connection_config"), "{provider} {config}: {}", refused.text);
         assert_eq!(before, after, "{provider} {config}: something was sent or stored");
     }
+
+    // A path under a fixed API base needs no allowed_hosts, even with a variable.
+    let company = json!({"name": "qbo-info", "auth_type": "oauth2", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+        "auth_url": kit.url("appcenter.intuit", "/connect/oauth2"), "token_url": kit.url("oauth.platform.intuit", "/t"),
+        "api_base_url": kit.url("quickbooks.api.intuit", "/v3"), "user_info_endpoint": "/company/{realmId}/companyinfo/{realmId}",
+        "params": {"connection_config_from_callback": ["realmId"]}});
+    let created = app.post("/v1/providers", &company).await;
+    assert_eq!(created.status, 201, "{}", created.text);
 
     // A host variable without allowed_hosts: refused at registration.
     let mut unguarded = zendesk(&kit);

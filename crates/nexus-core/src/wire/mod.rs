@@ -11,8 +11,8 @@ mod views;
 
 pub use error::{ErrorBody, ErrorCode};
 pub use views::{
-    CaptureRequest, ConnectionRequested, ConnectionView, DeletedProvider, InvalidationData, MetadataEntry,
-    ProviderView, RequestConnection, TokenAnswer,
+    CaptureRequest, ConnectionActivated, ConnectionRequested, ConnectionView, DeletedProvider, InvalidationData,
+    MetadataEntry, ProviderView, RequestConnection, TokenAnswer,
 };
 
 /// Reads a JSON body as `T`. A field of the wrong type or a missing one is

@@ -124,7 +124,9 @@ pub struct RequestConnection {
     /// A subset of the provider's scopes; default: all of them.
     pub scopes: Option<Vec<String>>,
     /// Where the user lands afterwards (`?connection_id=…&status=success|error`):
-    /// an absolute http(s) URL allowed by `ALLOWED_RETURN_DOMAINS`.
+    /// an absolute http(s) URL allowed by `ALLOWED_RETURN_DOMAINS`. Not
+    /// needed when nobody is sent anywhere (`oauth2_client_credentials`).
+    #[serde(default)]
     #[cfg_attr(
         feature = "openapi",
         schema(
@@ -158,6 +160,15 @@ pub struct ConnectionRequested {
     pub scopes: Vec<String>,
     /// Unix seconds after which the pending connection expires.
     pub expires_at: i64,
+}
+
+/// The answer of `POST /v1/request-connection` (`201`) when no person needs
+/// to act: the grant ran and the connection is active (SPEC 11).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ConnectionActivated {
+    pub connection_id: String,
+    pub status: ConnectionStatus,
 }
 
 /// The answer of `GET /v1/check-connection/{id}` and the items of

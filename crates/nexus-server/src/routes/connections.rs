@@ -12,6 +12,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use nexus_core::wire::ConnectionActivated;
 
 /// Starts a connection: returns the URL to send the user to and a pending `connection_id`.
 #[utoipa::path(post, path = "/v1/request-connection", tag = "connections",
@@ -19,6 +20,8 @@ use axum::{Extension, Json};
     security(("api_key" = [])),
     responses(
         (status = 200, body = ConnectionRequested),
+        (status = 201, description = "oauth2_client_credentials: the grant ran, the connection is active", body = ConnectionActivated),
+        (status = 503, description = "the provider's token endpoint could not be reached", body = ErrorBody),
         (status = 400, body = ErrorBody),
         (status = 404, description = "unknown provider or connection", body = ErrorBody),
         (status = 409, description = "connection_id belongs to another provider or workspace", body = ErrorBody)
@@ -27,8 +30,11 @@ pub async fn request_connection(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody,
-) -> Result<Json<ConnectionRequested>, ApiError> {
-    connections::request(&state, &caller, body).await.map(Json)
+) -> Result<Response, ApiError> {
+    Ok(match connections::request(&state, &caller, body).await? {
+        connections::Requested::Pending(requested) => Json(requested).into_response(),
+        connections::Requested::Active(active) => (StatusCode::CREATED, Json(active)).into_response(),
+    })
 }
 
 /// The status of one connection.

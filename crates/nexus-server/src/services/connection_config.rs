@@ -82,6 +82,15 @@ pub fn expand_field(
     raw: &str,
     config: &Map<String, Value>,
 ) -> Result<String, String> {
+    if field == "user_info_endpoint" {
+        // A path is under `api_base_url`: expanded (and checked) joined to it,
+        // once every value the two need is known.
+        let Some(joined) = user_info_template(provider) else { return Ok(String::new()) };
+        if !provider.is_ready(&joined, config) {
+            return Ok(String::new());
+        }
+        return provider.expand(&joined, config).map_err(|e| format!("{field} {e}"));
+    }
     if field == "params.region" {
         return UrlTemplate::parse(raw)
             .map_err(|e| format!("{field} {e}"))?
@@ -145,16 +154,21 @@ pub fn learn_from(provider: &ProviderConfig, key: &str, answer: &Map<String, Val
 /// it is, a path under `api_base_url`; both expanded and checked. `None`
 /// without both.
 pub fn user_info_url(provider: &ProviderConfig, config: &Map<String, Value>) -> Result<Option<String>, String> {
-    let Some(endpoint) = provider.user_info_endpoint.as_deref() else { return Ok(None) };
-    let raw = if endpoint.starts_with("http://") || endpoint.starts_with("https://") || endpoint.starts_with("{+") {
-        endpoint.to_owned()
-    } else {
-        let Some(base) = provider.api_base_url.as_deref() else { return Ok(None) };
-        format!("{}/{}", base.trim_end_matches('/'), endpoint.trim_start_matches('/'))
-    };
+    let Some(raw) = user_info_template(provider) else { return Ok(None) };
     let url = provider.expand(&raw, config).map_err(|e| format!("user_info_endpoint {e}"))?;
     nexus_core::url_policy::parse_outbound_url(&url).map_err(|e| format!("user_info_endpoint: {e}"))?;
     Ok(Some(url))
+}
+
+/// `user_info_endpoint` as an absolute URL (template): as it is, or a path
+/// joined to `api_base_url`. `None` without both.
+fn user_info_template(provider: &ProviderConfig) -> Option<String> {
+    let endpoint = provider.user_info_endpoint.as_deref()?;
+    if !nexus_core::provider::is_relative_endpoint(endpoint) {
+        return Some(endpoint.to_owned());
+    }
+    let base = provider.api_base_url.as_deref()?;
+    Some(format!("{}/{}", base.trim_end_matches('/'), endpoint.trim_start_matches('/')))
 }
 
 /// The API root of this connection (`api_base_url` expanded).

@@ -64,7 +64,7 @@ fn clip(s: &str) -> String {
 }
 
 async fn discovery_for(state: &AppState, config: &ProviderConfig) -> Result<Option<Discovery>, ApiError> {
-    if config.auth_type != AuthType::Oauth2 || !config.enable_discovery {
+    if !config.auth_type.uses_token_endpoint() || !config.enable_discovery {
         return Ok(None);
     }
     if crate::services::tenant_discovery::per_tenant(config) {

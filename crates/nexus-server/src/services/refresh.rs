@@ -98,6 +98,38 @@ fn needs_refresh(state: &AppState, row: &ConnectionRow, reason: Reason) -> bool 
     }
 }
 
+/// Whether Nexus can renew this connection's token: an oauth2 connection
+/// with a refresh token, or a grant it can run again by itself (SPEC 11).
+pub(crate) fn renewable(row: &ConnectionRow) -> bool {
+    match row.auth_type {
+        AuthType::Oauth2 => row.refresh_token_enc.is_some(),
+        AuthType::Oauth2ClientCredentials => true,
+        _ => false,
+    }
+}
+
+/// New tokens for `row` from its provider: the refresh grant with its
+/// refresh token and `refresh_params`, or the client credentials grant
+/// again. `Err` when the request cannot even be made.
+async fn ask_provider(
+    state: &AppState,
+    provider: &ProviderRow,
+    row: &ConnectionRow,
+) -> Result<Result<nexus_oauth::TokenSet, OAuthError>, ApiError> {
+    let cfg = client_config(state, provider, &row.connection_config).await?;
+    if row.auth_type == AuthType::Oauth2ClientCredentials {
+        return Ok(crate::services::connections::grant::renew(state, provider, &cfg, &row.scopes).await);
+    }
+    let enc = row.refresh_token_enc.as_deref().unwrap_or_default();
+    let refresh_token =
+        state.config.keyring.open_string(&context(&row.id, "refresh_token"), enc).map_err(|_| ApiError::internal())?;
+    let refresh_params =
+        provider.config.params.get("refresh_params").and_then(Value::as_object).cloned().unwrap_or_default();
+    let http = nexus_oauth::ProviderHttp::new(state.http.clone());
+    let token = nexus_core::SecretString::new(refresh_token.as_str());
+    Ok(nexus_oauth::refresh(&http, &cfg, &token, &refresh_params).await)
+}
+
 /// When the background refresher should renew a token that expires at
 /// `expires_at`: at a random point in the first half of the refresh
 /// window, so connections created together (an import, a launch) do not
@@ -164,7 +196,7 @@ async fn refresh_now(state: &AppState, caller: Option<&Caller>, id: &str, reason
     let row = lock.row().clone();
     let provider = lock.provider().cloned();
     let unchanged = |outcome| Settled { outcome, row: row.clone(), provider: provider.clone(), credentials: None };
-    if row.status != ConnectionStatus::Active || row.auth_type != AuthType::Oauth2 || row.refresh_token_enc.is_none() {
+    if row.status != ConnectionStatus::Active || !renewable(&row) {
         lock.release().await;
         return Ok(unchanged(Refresh::NotRefreshable));
     }
@@ -177,25 +209,13 @@ async fn refresh_now(state: &AppState, caller: Option<&Caller>, id: &str, reason
         return Err(ApiError::provider_deleted());
     };
     let keyring = &state.config.keyring;
-    let opened = client_config(state, &provider, &row.connection_config).await.and_then(|cfg| {
-        keyring
-            .open_string(&context(&row.id, "refresh_token"), row.refresh_token_enc.as_deref().unwrap_or_default())
-            .map(|t| (cfg, t))
-            .map_err(|_| ApiError::internal())
-    });
-    let (cfg, refresh_token) = match opened {
-        Ok(v) => v,
+    let result = match ask_provider(state, &provider, &row).await {
+        Ok(result) => result,
         Err(e) => {
             lock.release().await;
             return Err(e);
         }
     };
-    let refresh_params =
-        provider.config.params.get("refresh_params").and_then(Value::as_object).cloned().unwrap_or_default();
-    let http = nexus_oauth::ProviderHttp::new(state.http.clone());
-    let result =
-        nexus_oauth::refresh(&http, &cfg, &nexus_core::SecretString::new(refresh_token.as_str()), &refresh_params)
-            .await;
 
     let mut written_credentials = None;
     let (outcome, answer, audits) = match result {

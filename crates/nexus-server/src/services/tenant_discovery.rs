@@ -19,7 +19,8 @@ const TTL_SECS: i64 = 3600;
 /// Most tenants' documents kept; past it, expired ones go first, then all.
 const MAX_ISSUERS: usize = 10_000;
 
-/// Discovery documents by expanded issuer.
+/// Discovery documents by provider and expanded issuer (a document checked
+/// against one provider's `allowed_hosts` is never used for another).
 #[derive(Debug, Default)]
 pub struct IssuerCache(Mutex<HashMap<String, Discovery>>);
 
@@ -67,10 +68,14 @@ pub async fn for_connection(
     }
     let Some(issuer) = issuer(&provider.config, connection)? else { return Ok(None) };
     let now = state.clock.now_secs();
-    if let Some(found) = state.issuers.get(&issuer, now) {
+    let key = format!("{}\n{issuer}", provider.id);
+    if let Some(found) = state.issuers.get(&key, now) {
         return Ok(Some(found));
     }
-    let http = nexus_oauth::ProviderHttp::new(state.http.clone());
+    // Every request of the discovery (the document, and the keys it names)
+    // and every endpoint it names must be where the provider may send us.
+    let hosts = hosts_for(&provider.config, &issuer);
+    let http = nexus_oauth::ProviderHttp::new(state.http.clone()).only_to(hosts.clone());
     let discovery = nexus_oauth::discover(&http, &issuer, now).await.map_err(|reason| {
         ApiError::new(
             ErrorCode::DiscoveryFailed,
@@ -78,8 +83,6 @@ pub async fn for_connection(
         )
         .with_details(json!({"field": "issuer"}))
     })?;
-    // The document's endpoints are the tenant's own: they must be where the
-    // provider may send us, like every expanded URL.
     for endpoint in [Some(&discovery.authorization_endpoint), Some(&discovery.token_endpoint)]
         .into_iter()
         .chain([
@@ -89,24 +92,33 @@ pub async fn for_connection(
         ])
         .flatten()
     {
-        check_host(&provider.config, endpoint)?;
+        check_host(&hosts, endpoint)?;
     }
-    state.issuers.put(issuer, discovery.clone(), now);
+    state.issuers.put(key, discovery.clone(), now);
     Ok(Some(discovery))
 }
 
-/// A discovered endpoint's host must match `params.allowed_hosts`.
-fn check_host(config: &ProviderConfig, endpoint: &str) -> Result<(), ApiError> {
+/// Where a tenant's discovery may lead: `params.allowed_hosts`, or, when a
+/// provider needs none (its issuer's host is fixed, as in
+/// `https://login.microsoftonline.com/{tenant}/v2.0`), the issuer's host.
+fn hosts_for(config: &ProviderConfig, issuer: &str) -> Vec<String> {
     let globs = config.allowed_hosts();
+    if !globs.is_empty() {
+        return globs;
+    }
+    url::Url::parse(issuer).ok().and_then(|u| u.host_str().map(str::to_owned)).into_iter().collect()
+}
+
+/// A discovered endpoint's host must match one of `hosts`.
+fn check_host(hosts: &[String], endpoint: &str) -> Result<(), ApiError> {
     let host = url::Url::parse(endpoint).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
-    if globs.iter().any(|g| nexus_core::template::host_matches(g, &host)) {
+    if hosts.iter().any(|g| nexus_core::template::host_matches(g, &host)) {
         return Ok(());
     }
+    let shown: String = endpoint.chars().take(200).collect();
     Err(ApiError::new(
         ErrorCode::DiscoveryFailed,
-        format!(
-            "issuer (for this connection): the document names {endpoint}, whose host is not in params.allowed_hosts"
-        ),
+        format!("issuer (for this connection): the document names {shown}, whose host the provider may not send to (params.allowed_hosts)"),
     )
     .with_details(json!({"field": "issuer"})))
 }

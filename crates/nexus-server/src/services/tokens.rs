@@ -96,7 +96,7 @@ async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<(TokenView,
     let window = state.config.refresh_window_secs;
     let now = state.clock.now_secs();
     let settled = if row.status == ConnectionStatus::Active
-        && row.refresh_token_enc.is_some()
+        && crate::services::refresh::renewable(&row)
         && row.expires_at.is_some_and(|e| e - now <= window)
     {
         let settled = refresh(state, Some(caller), &row.id, Reason::OnDemand(row.expires_at)).await?;
@@ -152,7 +152,7 @@ async fn view_of(state: &AppState, caller: &Caller, settled: Settled) -> Result<
         }
     };
     credentials.remove("refresh_token");
-    if provider.config.auth_type == nexus_core::AuthType::Oauth2 {
+    if provider.config.auth_type.uses_token_endpoint() {
         credentials.insert("expires_at".into(), row.expires_at.map(Value::from).unwrap_or(Value::Null));
     }
     let entry = audit(Some(caller), AuditEvent::TokenRetrieved, &row, json!({}));

@@ -5,6 +5,7 @@ mod audit;
 mod bad_input;
 mod capture;
 mod contract;
+mod grants;
 mod leaks;
 mod limits;
 mod network;

@@ -5,6 +5,7 @@
 //! [`super::capture`]; what they share is here.
 
 mod callback;
+pub(crate) mod grant;
 mod lifecycle;
 mod oauth_client;
 mod request;
@@ -17,7 +18,7 @@ pub use nexus_core::wire::{ConnectionRequested, ConnectionView, RequestConnectio
 pub use oauth_client::redirect_uri;
 pub(crate) use oauth_client::{client_config, client_config_at, endpoints, endpoints_with};
 use oauth_client::{param_bool, param_map, param_str};
-pub use request::request;
+pub use request::{request, Requested};
 pub use revoke::revoke;
 
 use crate::middleware::Caller;

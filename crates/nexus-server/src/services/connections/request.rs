@@ -1,7 +1,7 @@
 //! `POST /v1/request-connection`: a pending connection and where to send the
 //! user (the provider's consent page, or Nexus's capture page).
 
-use super::{audit, client_config, context, param_bool, param_map, param_str};
+use super::{audit, client_config, context, grant, param_bool, param_map, param_str};
 use crate::error::ApiError;
 use crate::middleware::Caller;
 use crate::services::state_token::{self, StateClaims};
@@ -9,13 +9,22 @@ use crate::services::{connection_config, providers};
 use crate::state::AppState;
 use nexus_core::connection::{narrow_scopes, parse_return_url, PENDING_TTL_SECS};
 use nexus_core::wire::ErrorCode;
-use nexus_core::wire::{ConnectionRequested, RequestConnection};
+use nexus_core::wire::{ConnectionActivated, ConnectionRequested, RequestConnection};
 use nexus_core::{AuditEvent, AuthType};
 use nexus_store::{ConnectionRow, Handshake};
 use serde_json::{json, Value};
 
+/// What `POST /v1/request-connection` answers.
+#[derive(Debug)]
+pub enum Requested {
+    /// `200`: where to send the user.
+    Pending(ConnectionRequested),
+    /// `201`: nobody needs to act; the connection is active (SPEC 11).
+    Active(ConnectionActivated),
+}
+
 /// `POST /v1/request-connection`.
-pub async fn request(state: &AppState, caller: &Caller, body: Value) -> Result<ConnectionRequested, ApiError> {
+pub async fn request(state: &AppState, caller: &Caller, body: Value) -> Result<Requested, ApiError> {
     let input: RequestConnection = nexus_core::wire::from_body(body)?;
     let workspace_id = input.workspace_id.trim().to_owned();
     if workspace_id.is_empty() || workspace_id.len() > 256 {
@@ -27,8 +36,10 @@ pub async fn request(state: &AppState, caller: &Caller, body: Value) -> Result<C
         _ => return Err(ApiError::bad_request("provider_id: provider_id or provider_name is required")),
     };
     let allowed = state.config.allowed_return_domains.as_deref();
-    let return_url =
-        parse_return_url(&input.return_url, allowed).map_err(|m| ApiError::bad_request(format!("return_url: {m}")))?;
+    let return_url = (!input.return_url.is_empty())
+        .then(|| parse_return_url(&input.return_url, allowed))
+        .transpose()
+        .map_err(|m| ApiError::bad_request(format!("return_url: {m}")))?;
     if let Some(m) = &input.metadata {
         if !m.is_object() || m.to_string().len() > 16 * 1024 {
             return Err(ApiError::bad_request("metadata: must be a JSON object of at most 16 KiB"));
@@ -46,7 +57,7 @@ pub async fn request(state: &AppState, caller: &Caller, body: Value) -> Result<C
     })?;
     let auth_type = provider.config.auth_type;
     let connection_config = connection_config::for_request(&provider.config, input.connection_config.clone())?;
-    let scopes = if auth_type == AuthType::Oauth2 {
+    let scopes = if auth_type.uses_token_endpoint() {
         narrow_scopes(&provider.config.scopes, input.scopes.as_deref())
             .map_err(|m| ApiError::bad_request(format!("scopes: {m}")))?
     } else {
@@ -69,6 +80,14 @@ pub async fn request(state: &AppState, caller: &Caller, body: Value) -> Result<C
             }
             Some(row)
         }
+    };
+    if auth_type == AuthType::Oauth2ClientCredentials {
+        let req =
+            grant::Request { workspace_id, scopes, metadata: input.metadata.clone(), connection_config, existing };
+        return grant::connect(state, caller, &provider, req).await.map(Requested::Active);
+    }
+    let Some(return_url) = return_url else {
+        return Err(ApiError::bad_request("return_url: is required (the user is sent back there)"));
     };
     let connection_id = existing.as_ref().map(|r| r.id.clone()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let expires_at = state.clock.now_secs() + PENDING_TTL_SECS;
@@ -152,7 +171,7 @@ pub async fn request(state: &AppState, caller: &Caller, body: Value) -> Result<C
                 .await?;
         }
     }
-    Ok(ConnectionRequested {
+    Ok(Requested::Pending(ConnectionRequested {
         connection_id,
         auth_url_alias: auth_url.clone(),
         auth_url,
@@ -160,7 +179,7 @@ pub async fn request(state: &AppState, caller: &Caller, body: Value) -> Result<C
         provider_id: provider.id,
         scopes,
         expires_at,
-    })
+    }))
 }
 
 /// Where a static provider's `auth_url` points: Nexus's own capture page.
