@@ -19,6 +19,8 @@ use tokio::sync::watch;
 
 #[path = "relay/apart.rs"]
 mod apart;
+#[path = "relay/grants.rs"]
+mod grants;
 #[path = "relay/hardening.rs"]
 mod hardening;
 #[path = "relay/quirks.rs"]

@@ -499,12 +499,24 @@ providers:
       token_response: {access_token: access_token}
       refresh_params: {audience: api}
       extra_headers: {Notion-Version: '2022-06-28'}
+  - name: machine
+    auth_type: oauth2_client_credentials
+    client_id: m2m
+    client_secret: ${MACHINE_CLIENT_SECRET}
+    auth_header: client_secret_basic
+    token_url: https://login.example.com/oauth2/token
+    scopes: [api.read]
+  - name: google-sa
+    auth_type: jwt_bearer
+    token_url: https://oauth2.googleapis.com/token
+    scopes: ['https://www.googleapis.com/auth/drive.readonly']
 ";
 
-const TENANT_SECRETS: [(&str, &str); 3] = [
+const TENANT_SECRETS: [(&str, &str); 4] = [
     ("ZENDESK_CLIENT_SECRET", "zendesk-secret-1"),
     ("SALESFORCE_CLIENT_SECRET", "salesforce-secret-1"),
     ("NOTION_CLIENT_SECRET", "notion-secret-1"),
+    ("MACHINE_CLIENT_SECRET", "machine-secret-1"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -524,6 +536,8 @@ async fn templated_providers_apply_export_and_diff() {
         let notion = nexus.provider("notion").await;
         assert_eq!(notion["params"]["extra_headers"], json!({"Notion-Version": "2022-06-28"}));
         assert_eq!(notion["params"]["token_request_format"], "json");
+        assert_eq!(nexus.provider("machine").await["auth_type"], "oauth2_client_credentials");
+        assert_eq!(nexus.provider("google-sa").await["auth_type"], "jwt_bearer");
 
         let plan = ["providers", "plan", "--detailed-exitcode"];
         assert_eq!(nexus.cli(&plan, &TENANT_SECRETS).await.code, 0);

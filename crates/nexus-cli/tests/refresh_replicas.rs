@@ -44,8 +44,11 @@ async fn cluster(backend: Backend, replicas: usize) -> Cluster {
     cluster_refreshing_every(backend, replicas, "3600").await
 }
 
-/// A cluster whose background refresher ticks every `interval` seconds.
-async fn cluster_refreshing_every(backend: Backend, replicas: usize, interval: &str) -> Cluster {
+/// `replicas` servers on one fresh database, their refresher ticking every
+/// `interval` seconds; the environment they were started with.
+type Servers = (Vec<Server>, Vec<(&'static str, String)>, TestDb, tempfile::TempDir);
+
+async fn servers(backend: Backend, replicas: usize, interval: &str) -> Servers {
     let dir = tempfile::tempdir().unwrap();
     let db = TestDb::new(backend).await.unwrap();
     let (enc, state) = (nexus_vault::generate_key(), nexus_vault::generate_key());
@@ -63,6 +66,12 @@ async fn cluster_refreshing_every(backend: Backend, replicas: usize, interval: &
     for _ in 0..replicas {
         servers.push(Server::start(BIN, dir.path(), &env, &[]).await);
     }
+    (servers, owned, db, dir)
+}
+
+/// A cluster whose background refresher ticks every `interval` seconds.
+async fn cluster_refreshing_every(backend: Backend, replicas: usize, interval: &str) -> Cluster {
+    let (servers, owned, db, dir) = self::servers(backend, replicas, interval).await;
     let redirect_uris: Vec<String> = servers.iter().map(|s| s.url("/auth/callback")).collect();
     let idp = OidcProvider::start(OidcOptions {
         clients: json!([{
@@ -194,6 +203,62 @@ async fn single_flight(backend: Backend, replicas: usize, rounds: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_is_single_flight_across_three_replicas_on_postgres() {
     tokio::time::timeout(Duration::from_secs(170), single_flight(Backend::Postgres, 3, 20)).await.expect("bounded");
+}
+
+/// The client credentials grant (SPEC 11) renewed the same way: three
+/// replicas, 200 concurrent callers per round, one grant per expiry.
+async fn client_credentials_single_flight(rounds: usize) {
+    let (servers, _env, _db, _dir) = servers(Backend::Postgres, 3, "3600").await;
+    let idp = OidcProvider::start(OidcOptions {
+        clients: json!([{"client_id": "machine", "client_secret": "replica-machine-secret",
+            "token_endpoint_auth_method": "client_secret_basic", "grant_types": ["client_credentials"],
+            "response_types": [], "redirect_uris": [], "scope": "api:read"}]),
+        access_token_ttl: 3,
+        extra_scopes: vec!["api:read".into()],
+        ..OidcOptions::default()
+    })
+    .await
+    .unwrap();
+    let c = client();
+    let created = c
+        .post(servers[0].url("/v1/providers"))
+        .header("x-api-key", API_KEY)
+        .json(&json!({"name": "machine", "auth_type": "oauth2_client_credentials", "client_id": "machine",
+            "client_secret": "replica-machine-secret", "auth_header": "client_secret_basic",
+            "token_url": idp.url("/token"), "scopes": ["api:read"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let connected = c
+        .post(servers[1].url("/v1/request-connection"))
+        .header("x-api-key", API_KEY)
+        .json(&json!({"workspace_id": "w", "provider_name": "machine"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(connected.status(), 201);
+    let id = connected.json::<Value>().await.unwrap()["connection_id"].as_str().unwrap().to_owned();
+    let replicas: Vec<&Server> = servers.iter().collect();
+    let mut seen = HashSet::new();
+    for r in 0..rounds {
+        idp.reset().await.unwrap();
+        let (tokens, ok, failed) = round(&replicas, &id, 200).await;
+        assert_eq!((ok, failed), (200, 0), "round {r}");
+        assert_eq!(tokens.len(), 1, "round {r}: every answer carries the same new token");
+        assert!(seen.insert(tokens.into_iter().next().unwrap()), "round {r}: the token is new");
+        assert_eq!(idp.stats().await.unwrap().client_credentials_requests, 1, "round {r}: exactly one grant");
+    }
+    for s in servers {
+        let (code, logs) = s.terminate().await;
+        assert_eq!(code, 0);
+        assert!(!logs.contains("replica-machine-secret"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_credentials_renewal_is_single_flight_across_three_replicas_on_postgres() {
+    tokio::time::timeout(Duration::from_secs(120), client_credentials_single_flight(8)).await.expect("bounded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,6 +20,9 @@ pub enum AuthType {
     Oauth2,
     /// The client credentials grant (RFC 6749 §4.4): no person consents.
     Oauth2ClientCredentials,
+    /// The JWT bearer grant (RFC 7523 §2.1) with a service-account key
+    /// captured per connection.
+    JwtBearer,
     #[serde(alias = "header")]
     ApiKey,
     BasicAuth,
@@ -29,9 +32,10 @@ pub enum AuthType {
 }
 
 impl AuthType {
-    pub const ALL: [AuthType; 7] = [
+    pub const ALL: [AuthType; 8] = [
         AuthType::Oauth2,
         AuthType::Oauth2ClientCredentials,
+        AuthType::JwtBearer,
         AuthType::ApiKey,
         AuthType::BasicAuth,
         AuthType::AwsSigv4,
@@ -43,6 +47,7 @@ impl AuthType {
         match self {
             AuthType::Oauth2 => "oauth2",
             AuthType::Oauth2ClientCredentials => "oauth2_client_credentials",
+            AuthType::JwtBearer => "jwt_bearer",
             AuthType::ApiKey => "api_key",
             AuthType::BasicAuth => "basic_auth",
             AuthType::AwsSigv4 => "aws_sigv4",
@@ -59,15 +64,17 @@ impl AuthType {
         }
     }
 
-    /// Static types store a user-supplied credential instead of running OAuth.
+    /// The types whose connections are made by capturing what a person
+    /// types (Nexus's capture form) rather than by an OAuth redirect or a
+    /// grant Nexus runs alone.
     pub fn is_static(self) -> bool {
-        !self.uses_token_endpoint()
+        !matches!(self, AuthType::Oauth2 | AuthType::Oauth2ClientCredentials)
     }
 
     /// The types whose tokens come from an OAuth token endpoint: signed
     /// with the `oauth2` strategy, renewed by Nexus.
     pub fn uses_token_endpoint(self) -> bool {
-        matches!(self, AuthType::Oauth2 | AuthType::Oauth2ClientCredentials)
+        matches!(self, AuthType::Oauth2 | AuthType::Oauth2ClientCredentials | AuthType::JwtBearer)
     }
 }
 
@@ -408,17 +415,26 @@ impl ProviderInput {
             }
             Some(AuthType::Oauth2ClientCredentials) => {
                 let kind = "oauth2_client_credentials";
-                if client_id.is_none() {
-                    errs.push("client_id", format!("is required for {kind}"));
-                }
-                if !has_secret {
-                    errs.push("client_secret", format!("is required for {kind}"));
-                }
-                if params.contains_key("credential_schema") {
-                    errs.push(
-                        "params.credential_schema",
-                        format!("{kind} with client credentials captured per connection is not supported yet: register the client's credentials on the provider"),
-                    );
+                match params.get("credential_schema") {
+                    // The client's credentials are captured per connection.
+                    Some(schema) => {
+                        let required = schema.get("required").and_then(Value::as_array);
+                        let asks = |f: &str| required.is_some_and(|r| r.iter().any(|v| v == f));
+                        if !(asks("client_id") && asks("client_secret")) {
+                            errs.push(
+                                "params.credential_schema",
+                                format!("must require client_id and client_secret for {kind} (or leave it out and register them on the provider)"),
+                            );
+                        }
+                    }
+                    None => {
+                        if client_id.is_none() {
+                            errs.push("client_id", format!("is required for {kind}"));
+                        }
+                        if !has_secret {
+                            errs.push("client_secret", format!("is required for {kind}"));
+                        }
+                    }
                 }
                 if enable_discovery {
                     if issuer.is_none() {
@@ -430,13 +446,31 @@ impl ProviderInput {
                         format!("is required for {kind} unless enable_discovery is true with an issuer"),
                     );
                 }
-                if let Some(h) = &auth_header {
-                    if h != "client_secret_post" && h != "client_secret_basic" {
-                        errs.push(
-                            "auth_header",
-                            format!("must be client_secret_post or client_secret_basic for {kind}"),
-                        );
+                match auth_header.as_deref() {
+                    None | Some("client_secret_post" | "client_secret_basic") => {}
+                    Some("private_key_jwt") => {
+                        // The secret is the client's PEM private key.
+                        if let SecretChange::Set(pem) = &secret {
+                            if !looks_like_private_key(pem.expose()) {
+                                errs.push(
+                                    "client_secret",
+                                    "must be a PEM private key (-----BEGIN PRIVATE KEY-----) with private_key_jwt",
+                                );
+                            }
+                        }
                     }
+                    Some(_) => errs.push(
+                        "auth_header",
+                        format!("must be client_secret_post, client_secret_basic or private_key_jwt for {kind}"),
+                    ),
+                }
+            }
+            Some(AuthType::JwtBearer) => {
+                if enable_discovery {
+                    errs.push("enable_discovery", "applies to oauth2 only, not jwt_bearer");
+                }
+                if token_url.is_none() {
+                    errs.push_once("token_url", "is required for jwt_bearer (the assertion's audience)");
                 }
             }
             Some(static_type) => {
@@ -529,6 +563,24 @@ impl ProviderConfig {
     /// Whether every name `raw` uses has a value in `connection`.
     pub fn is_ready(&self, raw: &str, connection: &Map<String, Value>) -> bool {
         !is_template(raw) || UrlTemplate::parse(raw).is_ok_and(|t| t.is_ready(connection))
+    }
+
+    /// Whether a person types this provider's credentials into Nexus's
+    /// capture form for each connection: the static types, and the client
+    /// credentials grant when its `credential_schema` asks for the client.
+    pub fn captures_credentials(&self) -> bool {
+        self.auth_type.is_static()
+            || self.auth_type == AuthType::Oauth2ClientCredentials && self.params.contains_key("credential_schema")
+    }
+
+    /// What the capture form asks for: `params.credential_schema`, or for
+    /// `jwt_bearer` without one, a service-account key.
+    pub fn credential_schema(&self) -> Value {
+        match self.params.get("credential_schema") {
+            Some(schema) => schema.clone(),
+            None if self.auth_type == AuthType::JwtBearer => service_account_schema(),
+            None => serde_json::json!({}),
+        }
     }
 
     /// `params.connection_config_schema`, when the provider has one.
@@ -669,6 +721,29 @@ fn check_template_names(errs: &mut ValidationErrors, config: &ProviderConfig) {
 /// than a URL (or a `{+url}` template) of its own.
 pub fn is_relative_endpoint(endpoint: &str) -> bool {
     !(endpoint.starts_with("http://") || endpoint.starts_with("https://") || endpoint.starts_with('{'))
+}
+
+/// Whether `pem` is a PEM private key (RSA or PKCS #8); the key itself is
+/// read when an assertion is signed.
+pub fn looks_like_private_key(pem: &str) -> bool {
+    let pem = pem.trim();
+    (pem.starts_with("-----BEGIN PRIVATE KEY-----") || pem.starts_with("-----BEGIN RSA PRIVATE KEY-----"))
+        && pem.ends_with("PRIVATE KEY-----")
+}
+
+/// The `credential_schema` of `jwt_bearer` when the operator gives none: a
+/// service-account key as Google issues it.
+pub fn service_account_schema() -> Value {
+    serde_json::json!({
+        "type": "object",
+        "required": ["client_email", "private_key", "token_uri"],
+        "properties": {
+            "client_email": {"type": "string", "title": "Service account e-mail", "minLength": 3},
+            "private_key": {"type": "string", "title": "Private key (PEM)", "minLength": 64},
+            "token_uri": {"type": "string", "title": "Token URI", "minLength": 8},
+            "subject": {"type": "string", "title": "User to act as (optional)"}
+        }
+    })
 }
 
 /// RFC 9110 token characters.

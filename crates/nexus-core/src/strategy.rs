@@ -373,7 +373,7 @@ fn strategy_without_extras(p: &ProviderConfig) -> Strategy {
         Strategy::QueryParam(c)
     };
     match p.auth_type {
-        AuthType::Oauth2 | AuthType::Oauth2ClientCredentials => {
+        AuthType::Oauth2 | AuthType::Oauth2ClientCredentials | AuthType::JwtBearer => {
             let mut c = BearerConfig::default();
             set(&mut c.header_name, param(p, "header_name"));
             c.value_prefix = value_prefix(p, &c.header_name);

@@ -37,7 +37,7 @@ impl Endpoints {
                 // The client credentials grant has no authorization endpoint.
                 let auth = match config.auth_url.as_deref() {
                     Some(auth) => auth,
-                    None if config.auth_type == nexus_core::AuthType::Oauth2ClientCredentials => "",
+                    None if config.auth_type != nexus_core::AuthType::Oauth2 => "",
                     None => return Err("the provider has no authorization endpoint".into()),
                 };
                 let token = config.token_url.as_deref().ok_or("the provider has no token endpoint")?;
@@ -82,6 +82,7 @@ impl ClientConfig {
             refresh_url: endpoints.refresh_url,
             redirect_uri,
             quirks: crate::http::TokenQuirks::of(&config.params),
+            assertion_kid: config.params.get("client_assertion_kid").and_then(Value::as_str).map(str::to_owned),
         }
     }
 }

@@ -40,17 +40,25 @@ pub enum ClientAuth {
     Post,
     /// HTTP Basic with the client credentials.
     Basic,
+    /// A client assertion signed with the client's private key (RFC 7523
+    /// §2.2); the client secret holds the PEM key.
+    PrivateKeyJwt,
 }
 
 impl ClientAuth {
     pub fn from_auth_header(h: Option<&str>) -> ClientAuth {
-        if h == Some("client_secret_basic") {
-            ClientAuth::Basic
-        } else {
-            ClientAuth::Post
+        match h {
+            Some("client_secret_basic") => ClientAuth::Basic,
+            Some("private_key_jwt") => ClientAuth::PrivateKeyJwt,
+            _ => ClientAuth::Post,
         }
     }
 }
+
+/// The grant type of RFC 7523 §2.1.
+const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// The client assertion type of RFC 7523 §2.2.
+const JWT_BEARER_CLIENT: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// The client registration at one provider.
 #[derive(Debug, Clone)]
@@ -66,6 +74,9 @@ pub struct ClientConfig {
     pub redirect_uri: String,
     /// How the token endpoint bends RFC 6749.
     pub quirks: crate::http::TokenQuirks,
+    /// `params.client_assertion_kid`: the key id a `private_key_jwt`
+    /// assertion names.
+    pub assertion_kid: Option<String>,
 }
 
 /// What goes into one authorization URL.
@@ -149,8 +160,8 @@ fn authorize_client(cfg: &ClientConfig) -> Result<ConfiguredClient<oauth2::Endpo
         .set_auth_uri(auth_url)
         .set_redirect_uri(redirect)
         .set_auth_type(match cfg.auth {
-            ClientAuth::Post => AuthType::RequestBody,
             ClientAuth::Basic => AuthType::BasicAuth,
+            ClientAuth::Post | ClientAuth::PrivateKeyJwt => AuthType::RequestBody,
         }))
 }
 
@@ -275,14 +286,25 @@ pub async fn client_credentials(
         .as_ref()
         .ok_or_else(|| OAuthError::Config("token_url: the connection lacks a value it needs".into()))?;
     let token_url = TokenUrl::new(endpoint.clone()).map_err(|e| OAuthError::Config(format!("token_url: {e}")))?;
-    let client = Client::new(ClientId::new(cfg.client_id.clone()))
-        .set_client_secret(ClientSecret::new(cfg.client_secret.expose().to_owned()))
-        .set_token_uri(token_url)
-        .set_auth_type(match cfg.auth {
-            ClientAuth::Post => AuthType::RequestBody,
+    let mut client =
+        Client::new(ClientId::new(cfg.client_id.clone())).set_token_uri(token_url).set_auth_type(match cfg.auth {
             ClientAuth::Basic => AuthType::BasicAuth,
+            ClientAuth::Post | ClientAuth::PrivateKeyJwt => AuthType::RequestBody,
         });
+    let mut assertion = None;
+    if cfg.auth == ClientAuth::PrivateKeyJwt {
+        let signed = crate::assertion::client_assertion_for(cfg, endpoint)
+            .map_err(|e| OAuthError::Config(format!("client_secret {e}")))?;
+        assertion = Some(signed);
+    } else {
+        client = client.set_client_secret(ClientSecret::new(cfg.client_secret.expose().to_owned()));
+    }
     let mut req = client.exchange_client_credentials();
+    if let Some(assertion) = assertion {
+        req = req
+            .add_extra_param("client_assertion_type", JWT_BEARER_CLIENT)
+            .add_extra_param("client_assertion", assertion);
+    }
     if let Some((scopes, sep)) = scopes.filter(|(s, _)| !s.is_empty()) {
         req = req.add_extra_param("scope", scopes.join(sep));
     }
@@ -290,6 +312,38 @@ pub async fn client_credentials(
         req = req.add_extra_param(k.clone(), param_string(v));
     }
     req.request_async(&http.with_quirks(&cfg.quirks)).await.map(into_token_set).map_err(map_error)
+}
+
+/// The JWT bearer grant (RFC 7523 §2.1): `assertion`, signed by the
+/// caller, exchanged at `token_url` for an access token.
+pub async fn jwt_bearer(
+    http: &ProviderHttp,
+    token_url: &str,
+    assertion: &str,
+    quirks: &crate::http::TokenQuirks,
+) -> Result<TokenSet, OAuthError> {
+    use oauth2::AsyncHttpClient;
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", JWT_BEARER_GRANT)
+        .append_pair("assertion", assertion)
+        .finish();
+    let request = http::Request::post(token_url)
+        .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(http::header::ACCEPT, "application/json")
+        .body(body.into_bytes())
+        .map_err(|e| OAuthError::Config(format!("token_url: {e}")))?;
+    let reply = http.with_quirks(quirks).call(request).await.map_err(|e| OAuthError::Transport(e.0))?;
+    if reply.status().is_success() {
+        return serde_json::from_slice::<Response>(reply.body())
+            .map(into_token_set)
+            .map_err(|e| OAuthError::InvalidReply(nexus_core::redact::serde_message(&e)));
+    }
+    match serde_json::from_slice::<BasicErrorResponse>(reply.body()) {
+        Ok(error) => Err(map_error(RequestTokenError::ServerResponse(error))),
+        Err(_) => {
+            Err(OAuthError::InvalidReply(format!("the token endpoint answered HTTP {}", reply.status().as_u16())))
+        }
+    }
 }
 
 /// Uses a refresh token (the refresh grant) at `refresh_url`, with the
@@ -325,6 +379,7 @@ mod tests {
             refresh_url: Some("https://idp.example/token".into()),
             redirect_uri: "https://nexus.example/auth/callback".into(),
             quirks: Default::default(),
+            assertion_kid: None,
         }
     }
 

@@ -8,6 +8,7 @@
 //! an `error` inside a `200`, `expires_in` as a string), so the protocol logic
 //! itself stays the crates'.
 
+pub mod assertion;
 pub mod client;
 pub mod discovery;
 pub mod flow;
@@ -18,8 +19,8 @@ pub mod revoke;
 pub use client::Endpoints;
 pub use discovery::discover;
 pub use flow::{
-    authorization_url, client_credentials, exchange_code, new_pkce_verifier, refresh, AuthorizationParams, ClientAuth,
-    ClientConfig, OAuthError, TokenSet,
+    authorization_url, client_credentials, exchange_code, jwt_bearer, new_pkce_verifier, refresh, AuthorizationParams,
+    ClientAuth, ClientConfig, OAuthError, TokenSet,
 };
 pub use http::{ProviderHttp, TokenQuirks};
 pub use id_token::{verify_id_token, IdTokenCheck};

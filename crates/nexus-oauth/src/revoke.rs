@@ -31,7 +31,7 @@ pub async fn revoke(
         RevocableToken::Refresh(t) => (t, "refresh_token"),
         RevocableToken::Access(t) => (t, "access_token"),
     };
-    let mut form = vec![("token", token.expose()), ("token_type_hint", hint)];
+    let mut form = vec![("token", token.expose().to_owned()), ("token_type_hint", hint.to_owned())];
     let mut request = http::Request::post(revocation_url)
         .header(http::header::ACCEPT, "application/json")
         .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded");
@@ -45,8 +45,15 @@ pub async fn revoke(
             request = request.header(http::header::AUTHORIZATION, format!("Basic {basic}"));
         }
         ClientAuth::Post => {
-            form.push(("client_id", cfg.client_id.as_str()));
-            form.push(("client_secret", cfg.client_secret.expose()));
+            form.push(("client_id", cfg.client_id.clone()));
+            form.push(("client_secret", cfg.client_secret.expose().to_owned()));
+        }
+        ClientAuth::PrivateKeyJwt => {
+            // The key never leaves: a client assertion for this endpoint.
+            let assertion = crate::assertion::client_assertion_for(cfg, revocation_url)?;
+            form.push(("client_id", cfg.client_id.clone()));
+            form.push(("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_owned()));
+            form.push(("client_assertion", assertion));
         }
     }
     let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();

@@ -21,6 +21,7 @@
 //! | Datadog | `api.datadoghq` | two secret headers, `DD-API-KEY` and `DD-APPLICATION-KEY` |
 //! | Trello | `api.trello` | two secret query parameters, `key` and `token` |
 //! | Greenhouse | `harvest.greenhouse` | HTTP Basic with the API key as user name and an empty password |
+//! | Google (service accounts) | `oauth2.googleapis`, `www.googleapis` | the JWT bearer grant: the assertion verified by PyJWT against the account's public key (`iss`, `sub`, `aud`, `scope`, `exp` − `iat` ≤ 3600) |
 //!
 //! Every authorization code is PKCE-bound (S256), single-use and tied to the
 //! redirect URI; every request is recorded so a test can prove that nothing
@@ -64,6 +65,7 @@ pub enum Flavor {
     Datadog,
     Trello,
     Greenhouse,
+    Google,
 }
 
 impl Flavor {
@@ -98,6 +100,8 @@ impl Flavor {
             Flavor::Trello
         } else if h == "harvest.greenhouse" {
             Flavor::Greenhouse
+        } else if h == "oauth2.googleapis" || h == "www.googleapis" {
+            Flavor::Google
         } else {
             return None;
         })
@@ -151,6 +155,11 @@ struct KitState {
     /// Salesforce: the `instance_url` the next token answers name instead
     /// of the org's (a provider that points somewhere it should not).
     instance_url: Option<String>,
+    /// Google: service accounts by e-mail: the public key (PEM), and the
+    /// `sub` and `scope` an assertion must carry.
+    accounts: HashMap<String, (String, String, String)>,
+    /// Google: the claims of the assertions PyJWT accepted.
+    verified: Vec<Value>,
 }
 
 /// The running kit.
@@ -191,7 +200,14 @@ impl ProviderKit {
                     body: String::from_utf8_lossy(&body).into_owned(),
                 };
                 kit.state.lock().unwrap().seen.push(seen.clone());
-                let (status, headers, body) = kit.answer(&seen);
+                let google_token = seen.host == "oauth2.googleapis.localhost" && seen.target == "/token";
+                let (status, headers, body) = if google_token {
+                    // PyJWT runs as a process: off the async workers.
+                    let verifier = kit.clone();
+                    tokio::task::spawn_blocking(move || verifier.google_token(&seen)).await.unwrap()
+                } else {
+                    kit.answer(&seen)
+                };
                 let mut resp = axum::response::Response::new(axum::body::Body::from(body));
                 *resp.status_mut() = status;
                 for (k, v) in headers {
@@ -228,6 +244,53 @@ impl ProviderKit {
     /// Salesforce: later token answers name `url` as the `instance_url`.
     pub fn answer_instance_url(&self, url: Option<String>) {
         self.state.lock().unwrap().instance_url = url;
+    }
+
+    /// Google: trusts the service account `email` whose public key is
+    /// `public_pem`; its assertions must carry `sub` and `scope`.
+    pub fn trust_service_account(&self, email: &str, public_pem: &str, sub: &str, scope: &str) {
+        let entry = (public_pem.to_owned(), sub.to_owned(), scope.to_owned());
+        self.state.lock().unwrap().accounts.insert(email.to_owned(), entry);
+    }
+
+    /// Google: the claims of every assertion PyJWT accepted.
+    pub fn verified_assertions(&self) -> Vec<Value> {
+        self.state.lock().unwrap().verified.clone()
+    }
+
+    /// Google's token endpoint for the JWT bearer grant: the assertion is
+    /// verified by PyJWT (an implementation independent of Nexus's).
+    fn google_token(&self, req: &KitSeen) -> Answer {
+        let form: HashMap<String, String> = url::form_urlencoded::parse(req.body.as_bytes()).into_owned().collect();
+        if form.get("grant_type").map(String::as_str) != Some("urn:ietf:params:oauth:grant-type:jwt-bearer") {
+            return error(400, "unsupported_grant_type");
+        }
+        let assertion = form.get("assertion").cloned().unwrap_or_default();
+        // Which account: the unverified `iss`, looked up, then verified.
+        let iss = assertion
+            .split('.')
+            .nth(1)
+            .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|c| c["iss"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let Some((public_pem, sub, scope)) = self.state.lock().unwrap().accounts.get(&iss).cloned() else {
+            return error(400, "invalid_grant");
+        };
+        let input = json!({"assertion": assertion, "public_pem": public_pem, "iss": iss, "sub": sub, "scope": scope,
+                           "aud": format!("http://oauth2.googleapis.localhost:{}/token", self.port())});
+        let out = crate::python::run_script(VERIFY_ASSERTION, input.to_string().as_bytes()).expect("PyJWT runs");
+        let verdict: Value = serde_json::from_str(out.trim()).expect("PyJWT answers JSON");
+        if verdict["ok"] != true {
+            return error(400, "invalid_grant");
+        }
+        let mut st = self.state.lock().unwrap();
+        st.verified.push(verdict["claims"].clone());
+        st.issued += 1;
+        let access = format!("kit-at-{}-google", st.issued);
+        st.access
+            .insert(access.clone(), Issued { api_host: "www.googleapis.localhost".into(), realm: None, kind: "user" });
+        ok(json!({"access_token": access, "expires_in": 3599, "token_type": "Bearer"}))
     }
 
     /// The user consents at `auth_url` (as a browser would follow it);
@@ -449,7 +512,9 @@ impl ProviderKit {
                 "scope": "commands", "bot_user_id": "U0KRQLJ9H", "team": {"id": "T9TK3CUKW", "name": "Acme"},
                 "authed_user": {"id": "U1234", "scope": "chat:write", "access_token": access, "token_type": "user"}}),
             Flavor::Shopify => json!({"access_token": access, "scope": "read_products"}),
-            Flavor::Datadog | Flavor::Trello | Flavor::Greenhouse => return error(404, "no OAuth here"),
+            Flavor::Datadog | Flavor::Trello | Flavor::Greenhouse | Flavor::Google => {
+                return error(404, "no OAuth here")
+            }
         };
         ok(body)
     }
@@ -465,7 +530,7 @@ impl ProviderKit {
             Flavor::Zoho => host.replacen("accounts.zoho.", "www.zohoapis.", 1),
             Flavor::Notion | Flavor::Slack | Flavor::Shopify => host.to_owned(),
             Flavor::Figma => "api.figma.localhost".into(),
-            Flavor::Datadog | Flavor::Trello | Flavor::Greenhouse => String::new(),
+            Flavor::Datadog | Flavor::Trello | Flavor::Greenhouse | Flavor::Google => String::new(),
         };
         Issued { api_host, realm: (flavor == Flavor::QuickBooks).then(|| REALM_ID.to_owned()), kind: "user" }
     }
@@ -531,6 +596,21 @@ impl ProviderKit {
         ok(json!({"ok": true, "host": req.host, "path": path, "kind": issued.kind}))
     }
 }
+
+/// PyJWT's verdict on an assertion: signature (RS256, the account's key),
+/// `iss`, `sub`, `aud`, `scope`, required `iat`/`exp`, at most an hour.
+const VERIFY_ASSERTION: &str = r#"
+import json, sys
+import jwt
+a = json.load(sys.stdin)
+try:
+    claims = jwt.decode(a["assertion"], a["public_pem"], algorithms=["RS256"], audience=a["aud"],
+                        issuer=a["iss"], options={"require": ["iss", "sub", "aud", "iat", "exp"]})
+    ok = claims["sub"] == a["sub"] and claims.get("scope") == a["scope"] and 0 < claims["exp"] - claims["iat"] <= 3600
+    print(json.dumps({"ok": ok, "claims": claims}))
+except jwt.PyJWTError as e:
+    print(json.dumps({"ok": False, "error": type(e).__name__}))
+"#;
 
 fn header<'a>(req: &'a KitSeen, name: &str) -> Option<&'a str> {
     req.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())

@@ -225,7 +225,13 @@ fn install_into(venv: &Path, staging: &Path, requirements: &Path, fingerprint: &
         std::fs::rename(venv, &stale).with_context(|| format!("moving the outdated {} away", venv.display()))?;
         let _ = std::fs::remove_dir_all(&stale);
     }
-    std::fs::rename(staging, venv).with_context(|| format!("moving {} to {}", staging.display(), venv.display()))?;
+    if let Err(e) = std::fs::rename(staging, venv) {
+        // Another installer got there first with the same requirements.
+        if is_installed(venv, fingerprint) {
+            return Ok(());
+        }
+        return Err(e).with_context(|| format!("moving {} to {}", staging.display(), venv.display()));
+    }
     checked(Command::new(venv_python(venv)).args(["-c", "import botocore.auth, moto.server"]), IMPORT_DEADLINE)
         .context("the new virtualenv cannot import botocore and moto")?;
     // The marker goes last: a venv without it is never used.
@@ -303,6 +309,26 @@ impl Drop for DirLock {
             let _ = std::fs::remove_dir_all(&self.path);
         }
     }
+}
+
+/// A fresh RSA key pair from Python's `cryptography` (not Nexus's code):
+/// the private key as PKCS #8 PEM, the public key as PEM and as a JWK
+/// (`kid` `k1`, RS256).
+pub fn rsa_key() -> anyhow::Result<(String, String, serde_json::Value)> {
+    const SCRIPT: &str = r#"
+import base64, json
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+k = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+pem = k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+pub = k.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+nums = k.public_key().public_numbers()
+b64 = lambda i: base64.urlsafe_b64encode(i.to_bytes((i.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
+print(json.dumps({"pem": pem, "public_pem": pub, "jwk": {"kty": "RSA", "n": b64(nums.n), "e": b64(nums.e), "kid": "k1", "alg": "RS256", "use": "sig"}}))
+"#;
+    let out: serde_json::Value = serde_json::from_str(run_script(SCRIPT, b"")?.trim())?;
+    let text = |k: &str| out[k].as_str().map(str::to_owned).context("a key field");
+    Ok((text("pem")?, text("public_pem")?, out["jwk"].clone()))
 }
 
 #[cfg(test)]

@@ -61,7 +61,7 @@ async fn pending(state: &AppState, raw_state: &str) -> Result<(ConnectionRow, Pr
         return Err(ApiError::new(ErrorCode::StateUsed, "state: this capture was already completed or superseded"));
     }
     let provider = state.store.provider_by_id(&row.provider_id).await?.ok_or_else(ApiError::provider_deleted)?;
-    if !provider.config.auth_type.is_static() {
+    if !provider.config.captures_credentials() {
         return Err(ApiError::bad_request("state: this connection uses OAuth2, not credential capture"));
     }
     Ok((row, provider, claims.nonce))
@@ -74,7 +74,7 @@ pub async fn schema(state: &AppState, raw_state: &str) -> Result<CaptureSchema, 
         connection_id: row.id,
         provider: provider.config.name.to_string(),
         auth_type: provider.config.auth_type,
-        credential_schema: provider.config.params.get("credential_schema").cloned().unwrap_or_else(|| json!({})),
+        credential_schema: provider.config.credential_schema(),
     })
 }
 
@@ -135,23 +135,30 @@ pub async fn submit(state: &AppState, caller: &Caller, body: Value) -> Result<Ca
     let CaptureRequest { state: raw_state, credentials } = nexus_core::wire::from_body(body)?;
     let credentials = Value::Object(credentials);
     let (row, provider, nonce) = pending(state, &raw_state).await?;
-    let schema = provider.config.params.get("credential_schema").cloned().unwrap_or_else(|| json!({}));
+    let schema = provider.config.credential_schema();
     check_schema(&schema, &credentials, "credentials", "the provider's schema")?;
     let credentials = credentials.as_object().cloned().unwrap_or_default();
     let config = row.handshake_config.clone().unwrap_or_else(|| row.connection_config.clone());
-    strategy::check_credentials(&provider, &config, &credentials).map_err(ApiError::bad_request)?;
-    verify_live(state, &provider, &config, &credentials).await?;
-
-    let activation = Activation {
-        credentials_enc: state
-            .config
-            .keyring
-            .seal(&context(&row.id, "credentials"), Value::Object(credentials.clone()).to_string().as_bytes()),
-        refresh_token_enc: None,
-        expires_at: None,
-        scopes: Some(Vec::new()),
-        next_refresh_at: None,
-        connection_config: config,
+    let activation = if provider.config.auth_type == AuthType::JwtBearer {
+        // A service-account key: the first token is its live verification.
+        crate::services::connections::grant::service_account(state, &provider, &row, config, &credentials).await?
+    } else if provider.config.auth_type == AuthType::Oauth2ClientCredentials {
+        // A client of its own: likewise.
+        crate::services::connections::grant::captured_client(state, &provider, &row, config, &credentials).await?
+    } else {
+        strategy::check_credentials(&provider, &config, &credentials).map_err(ApiError::bad_request)?;
+        verify_live(state, &provider, &config, &credentials).await?;
+        Activation {
+            credentials_enc: state
+                .config
+                .keyring
+                .seal(&context(&row.id, "credentials"), Value::Object(credentials.clone()).to_string().as_bytes()),
+            refresh_token_enc: None,
+            expires_at: None,
+            scopes: Some(Vec::new()),
+            next_refresh_at: None,
+            connection_config: config,
+        }
     };
     let fields: Vec<&String> = credentials.keys().collect();
     let data =

@@ -103,7 +103,7 @@ fn needs_refresh(state: &AppState, row: &ConnectionRow, reason: Reason) -> bool 
 pub(crate) fn renewable(row: &ConnectionRow) -> bool {
     match row.auth_type {
         AuthType::Oauth2 => row.refresh_token_enc.is_some(),
-        AuthType::Oauth2ClientCredentials => true,
+        AuthType::Oauth2ClientCredentials | AuthType::JwtBearer => true,
         _ => false,
     }
 }
@@ -116,10 +116,14 @@ async fn ask_provider(
     provider: &ProviderRow,
     row: &ConnectionRow,
 ) -> Result<Result<nexus_oauth::TokenSet, OAuthError>, ApiError> {
-    let cfg = client_config(state, provider, &row.connection_config).await?;
+    if row.auth_type == AuthType::JwtBearer {
+        return crate::services::connections::grant::renew_bearer(state, provider, row).await;
+    }
     if row.auth_type == AuthType::Oauth2ClientCredentials {
+        let cfg = crate::services::connections::grant::client_of(state, provider, row).await?;
         return Ok(crate::services::connections::grant::renew(state, provider, &cfg, &row.scopes).await);
     }
+    let cfg = client_config(state, provider, &row.connection_config).await?;
     let enc = row.refresh_token_enc.as_deref().unwrap_or_default();
     let refresh_token =
         state.config.keyring.open_string(&context(&row.id, "refresh_token"), enc).map_err(|_| ApiError::internal())?;

@@ -81,7 +81,7 @@ pub async fn request(state: &AppState, caller: &Caller, body: Value) -> Result<R
             Some(row)
         }
     };
-    if auth_type == AuthType::Oauth2ClientCredentials {
+    if auth_type == AuthType::Oauth2ClientCredentials && !provider.config.captures_credentials() {
         let req =
             grant::Request { workspace_id, scopes, metadata: input.metadata.clone(), connection_config, existing };
         return grant::connect(state, caller, &provider, req).await.map(Requested::Active);

@@ -48,9 +48,17 @@ async fn revoke_at_provider(
     row: &ConnectionRow,
     revocation_url: &str,
 ) -> Result<(), String> {
-    let cfg = client_config(state, provider, &row.connection_config).await.map_err(|e| e.message)?;
+    let cfg = if row.auth_type == nexus_core::AuthType::Oauth2ClientCredentials {
+        super::grant::client_of(state, provider, row).await
+    } else {
+        client_config(state, provider, &row.connection_config).await
+    }
+    .map_err(|e| e.message)?;
     let keyring = &state.config.keyring;
-    let token = match &row.refresh_token_enc {
+    // Only an oauth2 connection keeps a refresh token there (a jwt_bearer
+    // connection keeps its service-account key, which is never sent).
+    let refresh_token = row.refresh_token_enc.as_ref().filter(|_| row.auth_type == nexus_core::AuthType::Oauth2);
+    let token = match refresh_token {
         Some(enc) => {
             let plain = keyring.open_string(&context(&row.id, "refresh_token"), enc).map_err(|e| e.to_string())?;
             RevocableToken::Refresh(SecretString::new(plain.as_str()))
