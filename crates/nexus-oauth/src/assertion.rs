@@ -30,10 +30,28 @@ fn key(pem: &SecretString) -> Result<EncodingKey, String> {
     EncodingKey::from_rsa_pem(pem.expose().as_bytes()).map_err(|_| "is not a PEM RSA private key".to_owned())
 }
 
+/// Longest PEM read: a 4096-bit key is about 3.3 KB; larger keys would make
+/// every signature slow.
+const MAX_PEM_LEN: usize = 8 * 1024;
+/// Shortest PEM read: anything shorter holds less than a 2048-bit key.
+const MIN_PEM_LEN: usize = 1_500;
+
 fn sign(claims: &Claims<'_>, pem: &SecretString, kid: Option<&str>) -> Result<String, String> {
+    if pem.expose().len() > MAX_PEM_LEN {
+        return Err("is longer than a 4096-bit key".into());
+    }
+    // A 2048-bit key's PEM is about 1,700 characters; a 1024-bit one's 900.
+    if pem.expose().trim().len() < MIN_PEM_LEN {
+        return Err("is smaller than a 2048-bit RSA key".into());
+    }
     let mut header = Header::new(Algorithm::RS256);
     header.kid = kid.map(str::to_owned);
-    jsonwebtoken::encode(&header, claims, &key(pem)?).map_err(|_| "could not sign with this key".to_owned())
+    let key = key(pem)?;
+    // The signer panics on a key too small for an RS256 signature: that is
+    // a bad key, not a broken server.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| jsonwebtoken::encode(&header, claims, &key)))
+        .map_err(|_| "is too small a key for RS256".to_owned())?
+        .map_err(|_| "could not sign with this key".to_owned())
 }
 
 /// The client assertion of `private_key_jwt`: `iss` and `sub` the client id,
@@ -104,6 +122,25 @@ pub fn bearer_assertion(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_small_key_is_refused_not_signed_with() {
+        // 512 bits (openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:512).
+        let pem = SecretString::new(concat!(
+            "-----BEGIN PRIVATE KEY-----\n",
+            "MIIBVAIBADANBgkqhkiG9w0BAQEFAASCAT4wggE6AgEAAkEArtORZhEgNJMsgnPE\n",
+            "vbrYPfOTNw4fLs3GXVy6oHwJRtyXcA359JVJRlWxPCExRQ9FXSGb1/i8YAPpL7qC\n",
+            "Hn9kRwIDAQABAkAn0mk8Jop/b0akMFqQHQ9EjUbrM3xG3PhiK80W4Sn7ycMB97va\n",
+            "A5Zy3Wp7/oHUhjQyLSIZeaF0WxzxFjvWAUgBAiEA2+CE1oPbKa3odKaytPUt/g2P\n",
+            "oQur+mbPLwTJY0mZ6AcCIQDLjFVRO4GXqjID5jh4JPA4WbMbVh0aFcz86HyPZLkR\n",
+            "wQIgBpX8BJzgdKgj3VKc6bSqUwC++5jo5tArhoIDMjkjJgMCIA7oeFc6xIMXNBKV\n",
+            "Cg3CptV5vGSEKh1++0SKwpS+C9ABAiEAr2o/apYhoK2GB/rzMFmVN2sogoiuLZQd\n",
+            "mSLXou7a1tM=\n",
+            "-----END PRIVATE KEY-----\n"
+        ));
+        let err = client_assertion("c", "https://idp.example/token", &pem, None, 0).unwrap_err();
+        assert!(err.contains("2048"), "{err}");
+    }
 
     #[test]
     fn a_key_that_is_not_one_is_an_error_that_does_not_quote_it() {

@@ -155,14 +155,18 @@ fn authorize_client(cfg: &ClientConfig) -> Result<ConfiguredClient<oauth2::Endpo
     let auth_url = AuthUrl::new(cfg.auth_url.clone()).map_err(|e| OAuthError::Config(format!("auth_url: {e}")))?;
     let redirect =
         RedirectUrl::new(cfg.redirect_uri.clone()).map_err(|e| OAuthError::Config(format!("redirect_uri: {e}")))?;
-    Ok(Client::new(ClientId::new(cfg.client_id.clone()))
-        .set_client_secret(ClientSecret::new(cfg.client_secret.expose().to_owned()))
+    let client = Client::new(ClientId::new(cfg.client_id.clone()))
         .set_auth_uri(auth_url)
         .set_redirect_uri(redirect)
         .set_auth_type(match cfg.auth {
             ClientAuth::Basic => AuthType::BasicAuth,
             ClientAuth::Post | ClientAuth::PrivateKeyJwt => AuthType::RequestBody,
-        }))
+        });
+    // A `private_key_jwt` client's secret is its private key: never sent.
+    Ok(match cfg.auth {
+        ClientAuth::PrivateKeyJwt => client,
+        _ => client.set_client_secret(ClientSecret::new(cfg.client_secret.expose().to_owned())),
+    })
 }
 
 /// The client for a token request to `endpoint` (`field` names it in errors).

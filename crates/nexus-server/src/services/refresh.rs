@@ -250,8 +250,11 @@ async fn refresh_now(state: &AppState, caller: Option<&Caller>, id: &str, reason
             written_credentials = Some(credentials);
             let outcome = RefreshOutcome::Refreshed {
                 credentials_enc,
+                // Only an oauth2 connection keeps a refresh token; the
+                // grants keep their client or key in that place instead.
                 refresh_token_enc: tokens
                     .refresh_token
+                    .filter(|_| row.auth_type == AuthType::Oauth2)
                     .map(|r| keyring.seal(&context(&row.id, "refresh_token"), r.expose().as_bytes())),
                 expires_at,
                 next_refresh_at: expires_at.map(|e| renew_at(e, state.config.refresh_window_secs)),
@@ -264,7 +267,11 @@ async fn refresh_now(state: &AppState, caller: Option<&Caller>, id: &str, reason
             );
             (outcome, Refresh::Refreshed, vec![a])
         }
-        Err(OAuthError::Provider { code, .. }) => {
+        // SPEC 11: a grant Nexus runs by itself needs a person only when the
+        // client or the key is refused; any other refusal is retried.
+        Err(OAuthError::Provider { code, .. })
+            if row.auth_type == AuthType::Oauth2 || code == "invalid_client" || code == "invalid_grant" =>
+        {
             let failed =
                 audit(caller, AuditEvent::TokenRefreshFailed, &row, json!({ "reason": reason.label(), "error": code }));
             let attention = audit(caller, AuditEvent::ConnectionAttentionRequired, &row, json!({ "error": code }));

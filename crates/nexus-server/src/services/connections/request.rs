@@ -78,6 +78,12 @@ pub async fn request(state: &AppState, caller: &Caller, body: Value) -> Result<R
             if row.workspace_id != workspace_id {
                 return Err(ApiError::conflict("connection_id: that connection belongs to another workspace"));
             }
+            if row.auth_type != auth_type {
+                return Err(ApiError::conflict(format!(
+                    "connection_id: that connection was made as {}, and the provider is now {auth_type}: request a new connection",
+                    row.auth_type
+                )));
+            }
             Some(row)
         }
     };

@@ -18,7 +18,11 @@ pub async fn revoke(state: &AppState, caller: &Caller, id: &str) -> Result<Conne
     let provider = state.store.provider_by_id(&row.provider_id).await?;
     // Tell the provider first, while we still hold the token.
     let mut provider_revocation = "not_supported";
-    if let (Some(provider), true) = (&provider, row.refresh_token_enc.is_some() || row.credentials_enc.is_some()) {
+    // A jwt_bearer connection has no client to authenticate a revocation with.
+    let revocable = row.auth_type != nexus_core::AuthType::JwtBearer;
+    if let (Some(provider), true) =
+        (&provider, revocable && (row.refresh_token_enc.is_some() || row.credentials_enc.is_some()))
+    {
         if let Ok(Endpoints { revocation: Some(revocation_url), .. }) =
             endpoints(state, provider, &row.connection_config).await
         {
