@@ -19,6 +19,32 @@ pub enum ProvidersCommand {
     Apply(ApplyArgs),
     /// Write the server's providers as a manifest (secrets as ${…} placeholders).
     Export(ExportArgs),
+    /// The provider catalog built into this binary (SPEC 12).
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CatalogCommand {
+    /// List the templates: name, auth type, category, display name.
+    List {
+        /// Only this auth type (oauth2, api_key, …).
+        #[arg(long)]
+        auth_type: Option<String>,
+        /// Only this category (crm, support, developer-tools, …).
+        #[arg(long)]
+        category: Option<String>,
+        /// Text in the name, display name, description or tags.
+        #[arg(long, short = 'q')]
+        query: Option<String>,
+        /// Print JSON, as `GET /v1/catalog` answers.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one template as JSON, as `GET /v1/catalog/{name}` answers.
+    Show { name: String },
 }
 
 #[derive(Args)]
@@ -83,6 +109,42 @@ pub async fn run(command: ProvidersCommand) -> Result<ExitCode, String> {
         ProvidersCommand::Plan(args) => plan(args).await,
         ProvidersCommand::Apply(args) => apply(args).await,
         ProvidersCommand::Export(args) => export(args).await,
+        ProvidersCommand::Catalog { command } => catalog(command),
+    }
+}
+
+fn catalog(command: CatalogCommand) -> Result<ExitCode, String> {
+    match command {
+        CatalogCommand::List { auth_type, category, query, json } => {
+            let auth_type = match auth_type.as_deref() {
+                None => None,
+                Some(raw) => Some(
+                    nexus_core::AuthType::parse(raw)
+                        .ok_or_else(|| format!("--auth-type: '{raw}' is not an auth type"))?,
+                ),
+            };
+            let filter = nexus_catalog::Filter { auth_type, category: category.as_deref(), q: query.as_deref() };
+            let found = nexus_catalog::search(&filter);
+            if json {
+                let list: Vec<_> = found.iter().map(|e| e.summary()).collect();
+                println!("{}", serde_json::to_string_pretty(&list).map_err(|e| e.to_string())?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let width = found.iter().map(|e| e.name.len()).max().unwrap_or(4).max(4);
+            println!("{:width$}  {:25}  {:16}  DISPLAY NAME", "NAME", "AUTH TYPE", "CATEGORY");
+            for e in &found {
+                let auth = e.auth_type().map(|t| t.as_str()).unwrap_or("?");
+                println!("{:width$}  {auth:25}  {:16}  {}", e.name, e.category, e.display_name);
+            }
+            println!("\n{} of {} templates", found.len(), nexus_catalog::entries().len());
+            Ok(ExitCode::SUCCESS)
+        }
+        CatalogCommand::Show { name } => {
+            let entry = nexus_catalog::get(&name)
+                .ok_or_else(|| format!("no catalog template named '{name}' (`nexus providers catalog list`)"))?;
+            println!("{}", serde_json::to_string_pretty(entry).map_err(|e| e.to_string())?);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

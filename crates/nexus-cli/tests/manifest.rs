@@ -575,3 +575,82 @@ async fn templated_providers_apply_export_and_diff() {
     })
     .await;
 }
+
+/// Catalog templates (SPEC 12) as an operator writes them: `template:` and
+/// the fields that differ, applied, exported back the same way, planned
+/// clean; and `nexus providers catalog list | show`.
+const FROM_CATALOG: &str = "\
+providers:
+  - template: zendesk
+    client_id: zd-client
+    client_secret: ${ZENDESK_CLIENT_SECRET}
+  - name: github-readonly
+    template: github
+    client_id: gh-client
+    client_secret: ${GITHUB_READONLY_CLIENT_SECRET}
+    scopes: [read:user]
+    user_info_endpoint: ~
+  - template: stripe
+";
+
+const CATALOG_SECRETS: [(&str, &str); 2] = [
+    ("ZENDESK_CLIENT_SECRET", "zendesk-catalog-secret-1"),
+    ("GITHUB_READONLY_CLIENT_SECRET", "github-catalog-secret-1"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_templates_apply_export_and_plan_clean() {
+    nexus_testkit::run_bounded(async {
+        let nexus = Nexus::start().await;
+        let list = nexus.cli(&["providers", "catalog", "list", "--category", "support"], &[]).await;
+        assert_eq!(list.code, 0, "{list:?}");
+        assert!(list.stdout.lines().any(|l| l.starts_with("zendesk ") && l.contains("oauth2")), "{}", list.stdout);
+        let json_list = nexus.cli(&["providers", "catalog", "list", "--json"], &[]).await;
+        let all: Value = serde_json::from_str(&json_list.stdout).unwrap();
+        let (_, served) = nexus.get("/v1/catalog").await;
+        assert_eq!(all, served, "the CLI lists what the server serves");
+        let show = nexus.cli(&["providers", "catalog", "show", "zendesk"], &[]).await;
+        let shown: Value = serde_json::from_str(&show.stdout).unwrap();
+        assert_eq!(shown, nexus.get("/v1/catalog/zendesk").await.1);
+        let missing = nexus.cli(&["providers", "catalog", "show", "no-such-template"], &[]).await;
+        assert_eq!(missing.code, 1);
+        assert!(missing.stderr.contains("no catalog template named 'no-such-template'"), "{missing:?}");
+
+        nexus.write("nexus-providers.yaml", FROM_CATALOG);
+        let out = nexus.cli(&["providers", "apply", "--auto-approve"], &CATALOG_SECRETS).await;
+        assert_eq!(out.code, 0, "{out:?}");
+        let zendesk = nexus.provider("zendesk").await;
+        assert_eq!((zendesk["template"].as_str(), zendesk["template_version"].as_u64()), (Some("zendesk"), Some(1)));
+        assert_eq!(zendesk["auth_url"], shown["provider"]["auth_url"]);
+        let github = nexus.provider("github-readonly").await;
+        assert_eq!(github["scopes"], json!(["read:user"]));
+        assert!(github.get("user_info_endpoint").is_none(), "{github}");
+        assert_eq!(nexus.provider("stripe").await["template"], "stripe");
+
+        let plan = ["providers", "plan", "--detailed-exitcode"];
+        assert_eq!(nexus.cli(&plan, &CATALOG_SECRETS).await.code, 0);
+        let out = nexus.cli(&["providers", "export", "--output", "exported.yaml"], &[]).await;
+        assert_eq!(out.code, 0, "{out:?}");
+        let exported = std::fs::read_to_string(nexus.work.path().join("exported.yaml")).unwrap();
+        assert!(exported.contains("  - name: github-readonly\n    template: github\n"), "{exported}");
+        assert!(exported.contains("    user_info_endpoint: null\n"), "{exported}");
+        assert!(!exported.contains("auth_url"), "only what differs from the template: {exported}");
+        let out =
+            nexus.cli(&["providers", "plan", "--file", "exported.yaml", "--detailed-exitcode"], &CATALOG_SECRETS).await;
+        assert_eq!(out.code, 0, "export then plan is clean: {out:?}");
+
+        // An edit over the template is one update of that field.
+        nexus.write("nexus-providers.yaml", &FROM_CATALOG.replace("scopes: [read:user]", "scopes: [read:user, repo]"));
+        let out = nexus.cli(&plan, &CATALOG_SECRETS).await;
+        assert_eq!(out.code, 2, "{out:?}");
+        assert_eq!(out.lines_starting("~ UPDATE "), ["~ UPDATE github-readonly (fields: scopes)"], "{}", out.stdout);
+        // An unknown template: exit 1, naming the line; nothing applied.
+        nexus.write("bad.yaml", "providers:\n  - template: no-such-template\n");
+        let out = nexus.cli(&["providers", "apply", "--file", "bad.yaml", "--auto-approve"], &[]).await;
+        assert_eq!(out.code, 1, "{out:?}");
+        assert!(out.stderr.contains("bad.yaml line 2: ") && out.stderr.contains("not in the catalog"), "{out:?}");
+        assert_no_secret(&out, &["zendesk-catalog-secret-1", "github-catalog-secret-1"]);
+        nexus.stop().await;
+    })
+    .await;
+}

@@ -22,6 +22,32 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
+/// The merge patch that turns `from` into `to`: members of `to` that differ
+/// (objects diffed recursively), and `null` for members only `from` has.
+/// `merge_patch(from, &merge_diff(from, to))` gives `to` whenever `to`
+/// holds no `null` (RFC 7396 cannot set one).
+pub fn merge_diff(from: &Value, to: &Value) -> Value {
+    let (Value::Object(a), Value::Object(b)) = (from, to) else {
+        return to.clone();
+    };
+    let mut patch = serde_json::Map::new();
+    for (key, value) in b {
+        match a.get(key) {
+            Some(old) if old == value => {}
+            Some(old @ Value::Object(_)) if value.is_object() => {
+                patch.insert(key.clone(), merge_diff(old, value));
+            }
+            _ => {
+                patch.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    for key in a.keys().filter(|k| !b.contains_key(*k)) {
+        patch.insert(key.clone(), Value::Null);
+    }
+    Value::Object(patch)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,5 +77,24 @@ mod tests {
             merge_patch(&mut target, &patch);
             assert_eq!(target, expected, "patch {patch}");
         }
+    }
+
+    #[test]
+    fn a_diff_patches_one_into_the_other() {
+        let cases = [
+            (json!({}), json!({})),
+            (json!({"a": 1}), json!({"a": 1})),
+            (json!({"a": 1, "b": {"c": 1, "d": [1]}}), json!({"b": {"c": 2, "e": "x"}, "f": true})),
+            (json!({"a": {"b": {"c": 1}}}), json!({"a": {"b": "flat"}})),
+            (json!({"a": "x"}), json!({"a": {"nested": 1}})),
+            (json!({"p": {"keep": 1, "drop": 2}}), json!({"p": {"keep": 1}})),
+        ];
+        for (from, to) in cases {
+            let patch = merge_diff(&from, &to);
+            let mut merged = from.clone();
+            merge_patch(&mut merged, &patch);
+            assert_eq!(merged, to, "diff {patch} of {from}");
+        }
+        assert_eq!(merge_diff(&json!({"a": 1, "b": 2}), &json!({"a": 1})), json!({"b": null}));
     }
 }

@@ -207,6 +207,15 @@ pub struct ProviderInput {
         )
     )]
     pub api_base_url: Option<String>,
+    /// The OpenID provider's key set, for verifying `id_token`s without
+    /// discovery (with `issuer`); default: discovery's `jwks_uri`.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            pattern = "^(https://[a-z][a-z0-9]{0,20}(\\.[a-z][a-z0-9]{0,20}){0,3}|http://(localhost|127\\.0\\.0\\.1))(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~-]{0,20}){0,4}$"
+        )
+    )]
+    pub jwks_uri: Option<String>,
     /// A path under `api_base_url` or an https URL.
     pub user_info_endpoint: Option<String>,
     pub enable_discovery: Option<bool>,
@@ -222,6 +231,14 @@ pub struct ProviderInput {
     pub description: Option<String>,
     #[cfg_attr(feature = "openapi", schema(max_length = 1024))]
     pub category: Option<String>,
+    /// The catalog template to copy (SPEC 12): its fields, with the body's
+    /// overriding them (`params` merged as JSON Merge Patch). Only on
+    /// `POST` and `PUT`; the provider keeps the name as provenance.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$", max_length = 63))]
+    pub template: Option<String>,
+    /// Set by Nexus from the catalog; a body may not set it.
+    #[cfg_attr(feature = "openapi", schema(read_only, minimum = 1))]
+    pub template_version: Option<u32>,
 }
 
 /// The validated, non-secret configuration of a provider, as stored and served.
@@ -247,6 +264,8 @@ pub struct ProviderConfig {
     pub revocation_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_base_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_info_endpoint: Option<String>,
     pub enable_discovery: bool,
@@ -259,6 +278,11 @@ pub struct ProviderConfig {
     pub description: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
+    /// The catalog template this provider was copied from, and its version then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_version: Option<u32>,
 }
 
 /// Endpoints learned from `{issuer}/.well-known/openid-configuration`.
@@ -333,6 +357,7 @@ impl ProviderInput {
         let refresh_url = check_url(&mut errs, "refresh_url", self.refresh_url);
         let revocation_url = check_url(&mut errs, "revocation_url", self.revocation_url);
         let api_base_url = check_url(&mut errs, "api_base_url", self.api_base_url);
+        let jwks_uri = check_url(&mut errs, "jwks_uri", self.jwks_uri);
         let user_info_endpoint = non_empty(self.user_info_endpoint);
         if let Some(u) = &user_info_endpoint {
             if u.len() > MAX_URL_LEN {
@@ -357,6 +382,21 @@ impl ProviderInput {
         let description = non_empty(self.description);
         let category = non_empty(self.category);
         let display_name = non_empty(self.display_name);
+        if jwks_uri.is_some() && issuer.is_none() {
+            errs.push("jwks_uri", "applies only with issuer (the id_token's iss it verifies)");
+        }
+        let template = non_empty(self.template);
+        if let Some(t) = &template {
+            if let Err(m) = ProviderName::parse(t) {
+                errs.push("template", m);
+            }
+        }
+        let template_version = self.template_version;
+        match (template.is_some(), template_version) {
+            (_, Some(0)) => errs.push("template_version", "must be at least 1"),
+            (false, Some(_)) => errs.push("template_version", "applies only with template"),
+            _ => {}
+        }
         if let Some(d) = &display_name {
             if d.chars().count() > MAX_DISPLAY_NAME || d.chars().any(char::is_control) {
                 errs.push(
@@ -510,6 +550,7 @@ impl ProviderInput {
             refresh_url,
             revocation_url,
             api_base_url,
+            jwks_uri,
             user_info_endpoint,
             enable_discovery,
             scopes,
@@ -517,6 +558,8 @@ impl ProviderInput {
             params,
             description,
             category,
+            template,
+            template_version,
         };
         check_template_names(&mut errs, &config);
         errs.into_result(ValidatedProvider { config, secret })
@@ -533,6 +576,7 @@ impl ProviderConfig {
             ("token_url", self.token_url.as_deref()),
             ("refresh_url", self.refresh_url.as_deref()),
             ("revocation_url", self.revocation_url.as_deref()),
+            ("jwks_uri", self.jwks_uri.as_deref()),
             ("api_base_url", self.api_base_url.as_deref()),
             ("user_info_endpoint", self.user_info_endpoint.as_deref()),
             ("params.region", self.params.get("region").and_then(Value::as_str)),

@@ -181,37 +181,34 @@ impl Context for ConfigContext<'_> {
 pub fn host_matches(glob: &str, host: &str) -> bool {
     let host = host.to_ascii_lowercase();
     let glob = glob.to_ascii_lowercase();
-    match glob.strip_prefix("*.") {
-        None => host == glob,
-        Some(suffix) => match host.strip_suffix(suffix).and_then(|h| h.strip_suffix('.')) {
-            Some(label) => {
-                !label.is_empty()
-                    && label.len() <= 63
-                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                    && !label.starts_with('-')
-                    && !label.ends_with('-')
-            }
-            None => false,
-        },
-    }
+    let (globs, labels): (Vec<&str>, Vec<&str>) = (glob.split('.').collect(), host.split('.').collect());
+    globs.len() == labels.len() && globs.iter().zip(&labels).all(|(g, l)| if *g == "*" { is_label(l) } else { g == l })
 }
 
-/// Checks one `allowed_hosts` entry: a host name, or `*.` and a host name with
-/// at least two labels (so `*.com` is refused).
+/// One DNS label of letters, digits and inner hyphens.
+fn is_label(l: &str) -> bool {
+    !l.is_empty()
+        && l.len() <= 63
+        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !l.starts_with('-')
+        && !l.ends_with('-')
+}
+
+/// Checks one `allowed_hosts` entry: a host name in which any label but the
+/// last two may be `*` (one label, any value): `*.zendesk.com`,
+/// `s3.*.amazonaws.com`. `*.com` and `zendesk.*` are refused.
 pub fn check_host_glob(glob: &str) -> Result<(), String> {
-    let name = glob.strip_prefix("*.").unwrap_or(glob);
-    let labels: Vec<&str> = name.split('.').collect();
-    let label_ok = |l: &&str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if glob.len() > 253 || !labels.iter().all(label_ok) {
-        return Err(format!("'{}' is not a host name or '*.' and a host name", bounded(glob)));
+    let labels: Vec<&str> = glob.split('.').collect();
+    let n = labels.len();
+    let ok =
+        glob.len() <= 253 && n >= 2 && labels.iter().enumerate().all(|(i, l)| is_label(l) || (*l == "*" && i + 2 < n));
+    if !ok {
+        return Err(format!(
+            "'{}' is not a host name whose labels (but the last two) may be '*', such as *.zendesk.com",
+            bounded(glob)
+        ));
     }
-    if glob.starts_with("*.") && labels.len() < 2 {
+    if labels.contains(&"*") && n < 3 {
         return Err(format!("'{}' is too broad: '*.' needs a suffix of at least two labels", bounded(glob)));
     }
     Ok(())
@@ -307,6 +304,15 @@ mod tests {
         assert!(!host_matches("*.zendesk.com", "a.b.zendesk.com"));
         assert!(!host_matches("*.zendesk.com", "evilzendesk.com"));
         assert!(host_matches("api.example.com", "api.example.com"));
+        // A `*` label inside a glob stands for one label there, no more.
+        assert!(host_matches("s3.*.amazonaws.com", "s3.us-east-1.amazonaws.com"));
+        assert!(!host_matches("s3.*.amazonaws.com", "s3.evil.com.amazonaws.com"));
+        assert!(!host_matches("s3.*.amazonaws.com", "sqs.us-east-1.amazonaws.com"));
+        assert!(!host_matches("s3.*.amazonaws.com", "s3..amazonaws.com"));
+        assert!(check_host_glob("s3.*.amazonaws.com").is_ok());
+        for bad in ["zendesk.*", "*.*.com", "s3.*", "*", "a.**.example.com"] {
+            assert!(check_host_glob(bad).is_err(), "{bad}");
+        }
         assert!(check_host_glob("*.okta.com").is_ok());
         assert!(check_host_glob("login.example.com").is_ok());
         for bad in ["*.com", "*", "*.*.com", "a..b", "evil.example/x", "-a.com", ""] {

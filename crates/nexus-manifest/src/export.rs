@@ -53,6 +53,37 @@ pub fn export(providers: &[RemoteProvider], source: &str) -> Exported {
                 fields.remove(key);
             }
         }
+        fields.remove("template_version");
+        if let Some(template) = fields.remove("template") {
+            match template.as_str().and_then(nexus_catalog::get) {
+                // `template:` and what differs from it (`null` removes a
+                // template's field), read back by the manifest the same way.
+                Some(entry) => {
+                    let base = nexus_catalog::provider_body(entry, Map::new());
+                    let mut base = match base {
+                        Value::Object(map) => map,
+                        _ => Map::new(),
+                    };
+                    base.remove("template");
+                    base.remove("template_version");
+                    base.insert("name".into(), Value::from(p.config.name.to_string()));
+                    let diff = nexus_core::merge::merge_diff(&Value::Object(base), &Value::Object(fields));
+                    fields = match diff {
+                        Value::Object(map) => map,
+                        _ => Map::new(),
+                    };
+                    fields.insert("name".into(), Value::from(p.config.name.to_string()));
+                    fields.insert("template".into(), template);
+                }
+                None => {
+                    let _ = writeln!(
+                        body,
+                        "  # {}: copied from template {template}, which this build's catalog does not hold",
+                        p.config.name
+                    );
+                }
+            }
+        }
         let mut placeholder = None;
         if p.client_secret_set {
             // `a-b` and `a.b` would share a variable: number the later one.
@@ -294,6 +325,37 @@ mod tests {
         let other = |name: &str| Some(format!("{name}-rotated"));
         let manifest = Manifest::parse(&exported.text, &other).unwrap();
         assert_eq!(Plan::compute(&manifest, &server, true).count(crate::plan::Action::Update), 2);
+    }
+
+    /// A copy of a catalog template as the server stores one.
+    fn copy(id: &str, template: &str, overrides: Value, secret: Option<&str>) -> RemoteProvider {
+        let entry = nexus_catalog::get(template).unwrap();
+        remote(id, nexus_catalog::provider_body(entry, overrides.as_object().cloned().unwrap()), secret)
+    }
+
+    #[test]
+    fn a_template_copy_exports_as_its_template_and_what_differs() {
+        let server = vec![
+            copy(
+                "1",
+                "zendesk",
+                json!({"name": "zendesk-eu", "client_id": "zd", "scopes": ["read"], "user_info_endpoint": null,
+                       "params": {"allowed_hosts": ["*.zendesk.com", "*.zendesk.eu"]}}),
+                Some("zd-secret"),
+            ),
+            copy("2", "stripe", json!({}), None),
+        ];
+        let exported = export(&server, "x");
+        let text = &exported.text;
+        assert!(text.contains("  - name: zendesk-eu\n    template: zendesk\n"), "{text}");
+        assert!(text.contains("  - name: stripe\n    template: stripe\n"), "{text}");
+        assert!(text.contains("    user_info_endpoint: null\n"), "a removed template field: {text}");
+        assert!(!text.contains("auth_url") && !text.contains("credential_schema"), "only what differs: {text}");
+        assert!(!text.contains("template_version"), "{text}");
+        let env = |name: &str| (name == "ZENDESK_EU_CLIENT_SECRET").then(|| "zd-secret".to_owned());
+        let manifest = Manifest::parse(text, &env).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let plan = Plan::compute(&manifest, &server, true);
+        assert!(plan.changes.is_empty(), "{:?}\n{text}", plan.changes);
     }
 
     #[test]

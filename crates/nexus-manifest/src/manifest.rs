@@ -98,9 +98,11 @@ enum Kind {
 }
 
 /// The fields of SPEC section 3, in the order the exporter writes them.
-pub const FIELDS: [&str; 17] = [
+pub const FIELDS: [&str; 20] = [
     "name",
+    "template",
     "auth_type",
+    "display_name",
     "description",
     "category",
     "client_id",
@@ -113,6 +115,7 @@ pub const FIELDS: [&str; 17] = [
     "revocation_url",
     "api_base_url",
     "user_info_endpoint",
+    "jwks_uri",
     "auth_header",
     "scopes",
     "params",
@@ -231,6 +234,7 @@ fn provider(
     let mut problems = Vec::new();
     let mut positions = Positions::default();
     let mut body = Map::new();
+    let templated = entries.iter().any(|e| e.key == "template" && e.value.value != Value::Null);
     for Entry { key, key_line, value } in entries {
         positions.0.insert(key.clone(), key_line);
         let Some(kind) = kind_of(&key) else {
@@ -238,9 +242,14 @@ fn provider(
             continue;
         };
         if value.value == Value::Null {
-            continue; // `description:` with nothing after it: not set
+            // `description:` with nothing after it: not set, or, over a
+            // template, removed from it.
+            if templated {
+                body.insert(key, Json::Null);
+            }
+            continue;
         }
-        match typed(&key, kind, value, &mut positions, lookup) {
+        match typed(&key, kind, value, templated, &mut positions, lookup) {
             Ok(json) => {
                 body.insert(key, json);
             }
@@ -249,6 +258,22 @@ fn provider(
     }
     if !problems.is_empty() {
         return Err(problems);
+    }
+    if let Some(template) = body.remove("template") {
+        // A copy of a catalog template with this entry's fields over it,
+        // exactly as the server makes one (SPEC 12).
+        let name = template.as_str().unwrap_or_default();
+        let Some(entry) = nexus_catalog::get(name) else {
+            let at = positions.find("template").unwrap_or(line);
+            return Err(vec![Problem::at(
+                at,
+                format!("{label}: template: '{name}' is not in the catalog (`nexus providers catalog list`)"),
+            )]);
+        };
+        body = match nexus_catalog::provider_body(entry, body) {
+            Json::Object(map) => map,
+            _ => Map::new(),
+        };
     }
     for required in ["name", "auth_type"] {
         if !body.contains_key(required) {
@@ -278,6 +303,7 @@ fn typed(
     field: &str,
     kind: Kind,
     node: Node,
+    templated: bool,
     positions: &mut Positions,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Json, Problem> {
@@ -310,7 +336,7 @@ fn typed(
             }
             Ok(Json::Array(out))
         }
-        (Kind::Object, value @ Value::Map(_)) => to_json(field, Node { line, value }, positions, lookup),
+        (Kind::Object, value @ Value::Map(_)) => to_json(field, Node { line, value }, templated, positions, lookup),
         (Kind::Text, other) => Err(wrong("a string", &other)),
         (Kind::Bool, other) => Err(wrong("true or false", &other)),
         (Kind::TextList, other) => Err(wrong("a list of strings", &other)),
@@ -322,10 +348,13 @@ fn typed(
 fn to_json(
     path: &str,
     node: Node,
+    templated: bool,
     positions: &mut Positions,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Json, Problem> {
     Ok(match node.value {
+        // Over a template, null removes the template's key (RFC 7396).
+        Value::Null if templated => Json::Null,
         Value::Null => {
             return Err(Problem::at(
                 node.line,
@@ -340,7 +369,7 @@ fn to_json(
             items
                 .into_iter()
                 .enumerate()
-                .map(|(i, item)| to_json(&format!("{path}[{i}]"), item, positions, lookup))
+                .map(|(i, item)| to_json(&format!("{path}[{i}]"), item, false, positions, lookup))
                 .collect::<Result<_, _>>()?,
         ),
         Value::Map(entries) => {
@@ -348,7 +377,7 @@ fn to_json(
             for Entry { key, key_line, value } in entries {
                 let child = format!("{path}.{key}");
                 positions.0.insert(child.clone(), key_line);
-                map.insert(key, to_json(&child, value, positions, lookup)?);
+                map.insert(key, to_json(&child, value, templated, positions, lookup)?);
             }
             Json::Object(map)
         }

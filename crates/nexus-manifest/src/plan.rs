@@ -95,6 +95,43 @@ pub(crate) struct Expected {
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
     pub changes: Vec<Change>,
+    /// Providers copied from a catalog template the catalog now holds a
+    /// newer version of (SPEC 12), by the server's order.
+    pub newer_templates: Vec<NewerTemplate>,
+}
+
+/// A provider made from an older version of a catalog template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NewerTemplate {
+    pub name: String,
+    pub template: String,
+    /// The version the provider was copied from.
+    pub from_version: u32,
+    /// The catalog's version now.
+    pub catalog_version: u32,
+}
+
+/// What the catalog (embedded in this build) holds newer than `remote`'s templates.
+pub fn newer_templates(remote: &[RemoteProvider]) -> Vec<NewerTemplate> {
+    newer_than(remote, |name| nexus_catalog::get(name).map(|e| e.version))
+}
+
+/// [`newer_templates`] against any catalog: `version` of a template name.
+fn newer_than(remote: &[RemoteProvider], version: impl Fn(&str) -> Option<u32>) -> Vec<NewerTemplate> {
+    remote
+        .iter()
+        .filter_map(|r| {
+            let template = r.config.template.as_deref()?;
+            let from_version = r.config.template_version?;
+            let catalog_version = version(template)?;
+            (catalog_version > from_version).then(|| NewerTemplate {
+                name: r.config.name.to_string(),
+                template: template.to_owned(),
+                from_version,
+                catalog_version,
+            })
+        })
+        .collect()
 }
 
 impl Plan {
@@ -126,7 +163,7 @@ impl Plan {
                 expected: None,
             });
         }
-        Plan { changes }
+        Plan { changes, newer_templates: newer_templates(remote) }
     }
 
     /// How many changes of this kind.
@@ -442,5 +479,69 @@ providers:
             assert_eq!(merged, new, "{old} -> {new}");
         }
         assert_eq!(merge_diff(&json!({"a": {"x": 1, "y": 2}}), &json!({"a": {"x": 1}})), json!({"a": {"y": null}}));
+    }
+
+    #[test]
+    fn a_template_entry_is_the_template_with_its_fields_over_it() {
+        let text = "\
+providers:
+  - template: zendesk
+    client_id: zd
+    client_secret: ${GH_SECRET}
+    scopes: [read]
+    user_info_endpoint: ~
+    params:
+      allowed_hosts: [\"*.zendesk.com\", \"*.zendesk.eu\"]
+  - name: my-stripe
+    template: stripe
+    params:
+      header_name: ~
+";
+        let m = manifest(text);
+        let zendesk = &m.providers[0].config;
+        let entry = nexus_catalog::get("zendesk").unwrap();
+        assert_eq!(zendesk.name.as_str(), "zendesk", "the template's name when the entry gives none");
+        assert_eq!((zendesk.template.as_deref(), zendesk.template_version), (Some("zendesk"), Some(entry.version)));
+        assert_eq!(zendesk.auth_url.as_deref(), entry.provider["auth_url"].as_str());
+        assert_eq!(zendesk.scopes, ["read"]);
+        assert_eq!(zendesk.user_info_endpoint, None, "~ removes a template's field");
+        assert_eq!(zendesk.params["allowed_hosts"], json!(["*.zendesk.com", "*.zendesk.eu"]));
+        assert!(zendesk.params.contains_key("connection_config_schema"), "params merge");
+        let stripe = &m.providers[1].config;
+        assert_eq!(stripe.name.as_str(), "my-stripe");
+        assert!(!stripe.params.contains_key("header_name"), "~ inside params removes the key");
+        // Registered as planned, the server shows no drift; a create sends the whole provider.
+        assert!(Plan::compute(&m, &live(&m), false).changes.is_empty());
+        let plan = Plan::compute(&m, &[], false);
+        let Some(Request::Create(body)) = &plan.changes[0].request else { panic!("a create") };
+        assert_eq!(body.0["template_version"], entry.version, "the server takes it as a whole provider");
+
+        let unknown = Manifest::parse("providers:\n  - name: a\n    template: no-such-thing\n", &env).unwrap_err();
+        assert_eq!(unknown.0[0].line, Some(3), "{unknown}");
+        assert!(unknown.to_string().contains("not in the catalog"), "{unknown}");
+        // Without a template, null is still refused (a PATCH would read it as remove).
+        let null = Manifest::parse("providers:\n  - name: a\n    auth_type: api_key\n    params:\n      x: ~\n", &env);
+        assert!(null.is_err());
+    }
+
+    #[test]
+    fn a_newer_catalog_version_is_reported() {
+        let m = manifest(MANIFEST);
+        let mut server = live(&m);
+        server[0].config.template = Some("github".into());
+        server[0].config.template_version = Some(1);
+        let found = newer_than(&server, |name| (name == "github").then_some(3));
+        assert_eq!(
+            found,
+            [NewerTemplate { name: "github".into(), template: "github".into(), from_version: 1, catalog_version: 3 }]
+        );
+        assert!(newer_than(&server, |_| Some(1)).is_empty(), "the same version is not newer");
+        let plan = Plan { changes: Vec::new(), newer_templates: found };
+        let text = crate::render::human(&plan);
+        assert!(
+            text.contains("* TEMPLATE github: copied from 'github' version 1; the catalog holds version 3"),
+            "{text}"
+        );
+        assert_eq!(crate::render::json(&plan)["newer_templates"][0]["catalog_version"], 3);
     }
 }

@@ -29,8 +29,15 @@ pub fn human(plan: &Plan) -> String {
             let _ = writeln!(out, "      {}", detail(d));
         }
     }
+    for n in &plan.newer_templates {
+        let _ = writeln!(
+            out,
+            "* TEMPLATE {}: copied from '{}' version {}; the catalog holds version {} (`nexus providers catalog show {}`)",
+            n.name, n.template, n.from_version, n.catalog_version, n.template
+        );
+    }
     if !plan.has_changes() {
-        if !plan.changes.is_empty() {
+        if !plan.changes.is_empty() || !plan.newer_templates.is_empty() {
             out.push('\n');
         }
         out.push_str("No changes. The server matches the manifest.\n");
@@ -100,6 +107,7 @@ pub fn json(plan: &Plan) -> Value {
             "orphan": plan.count(Action::Orphan),
         },
         "changes": changes,
+        "newer_templates": plan.newer_templates,
     })
 }
 

@@ -58,7 +58,11 @@ impl Endpoints {
             auth_url,
             token_url,
             refresh_url,
-            jwks_uri: discovery.and_then(|d| d.jwks_uri.clone()),
+            jwks_uri: match (discovery.and_then(|d| d.jwks_uri.clone()), config.jwks_uri.as_deref()) {
+                (Some(discovered), _) => Some(discovered),
+                (None, Some(raw)) if config.is_ready(raw, connection) => Some(expand("jwks_uri", raw)?),
+                (None, _) => None,
+            },
             revocation,
         })
     }

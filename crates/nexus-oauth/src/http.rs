@@ -295,6 +295,18 @@ fn fill_token_defaults(map: &mut Map<String, Value>) {
     if map.get("expires_in").and_then(Value::as_u64) == Some(0) {
         map.remove("expires_in");
     }
+    // A granted scope as a list of strings (Twitch) is the space-separated
+    // string RFC 6749 §5.1 says; any other shape is dropped rather than
+    // failing a token the provider did issue.
+    if let Some(Value::Array(items)) = map.get("scope") {
+        let joined = items.iter().map(Value::as_str).collect::<Option<Vec<&str>>>().map(|s| s.join(" "));
+        match joined {
+            Some(scope) => map.insert("scope".into(), Value::from(scope)),
+            None => map.remove("scope"),
+        };
+    } else if map.get("scope").is_some_and(|s| !s.is_string() && !s.is_null()) {
+        map.remove("scope");
+    }
 }
 
 /// A form-encoded request body as a JSON object of strings.
@@ -402,6 +414,19 @@ mod tests {
         assert_eq!(v.unwrap()["expires_in"], 60);
         let (_, v) = normalise(500, "text/html", b"<html>");
         assert!(v.is_none());
+    }
+
+    #[test]
+    fn a_scope_list_is_joined_and_a_hostile_scope_dropped() {
+        let (_, v) =
+            normalise(200, "application/json", br#"{"access_token":"a","scope":["chat:read","user:read:email"]}"#);
+        assert_eq!(v.unwrap()["scope"], "chat:read user:read:email");
+        for hostile in [r#"[1,2]"#, r#"{"a":1}"#, "42", "true"] {
+            let body = format!(r#"{{"access_token":"a","scope":{hostile}}}"#);
+            let (status, v) = normalise(200, "application/json", body.as_bytes());
+            assert_eq!(status, 200);
+            assert!(v.unwrap().get("scope").is_none(), "{hostile}");
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::error::{ApiError, ErrorBody};
 use crate::middleware::{api_key, body_limit, caller, error_json, request_log};
-use crate::routes::{audit, capture, connections, health, invalidations, providers, proxy, tokens};
+use crate::routes::{audit, capture, catalog, connections, health, invalidations, providers, proxy, tokens};
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method};
@@ -148,11 +148,13 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tokens::get_token))
         .routes(routes!(tokens::refresh_token))
         .routes(routes!(invalidations::invalidations))
+        .routes(routes!(catalog::list_catalog))
+        .routes(routes!(catalog::get_catalog_entry))
 }
 
 /// Routes without an API key.
 fn public_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(health::health)).routes(routes!(health::ready))
+    OpenApiRouter::new().routes(routes!(health::health)).routes(routes!(health::ready)).routes(routes!(catalog::logo))
 }
 
 /// Logs the audit chain's head every minute (SPEC 6b), until stopped.

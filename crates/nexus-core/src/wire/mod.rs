@@ -6,9 +6,11 @@
 //! `Strategy`, `ConnectionStatus`, `AuthType`) rather than in a crate
 //! of their own, which would have to depend on this one anyway.
 
+mod catalog;
 mod error;
 mod views;
 
+pub use catalog::{CatalogEntry, CatalogSource, CatalogSummary};
 pub use error::{ErrorBody, ErrorCode};
 pub use views::{
     CaptureRequest, ConnectionActivated, ConnectionRequested, ConnectionView, DeletedProvider, InvalidationData,

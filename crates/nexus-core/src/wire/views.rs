@@ -105,6 +105,10 @@ pub struct MetadataEntry {
     pub scopes: Vec<String>,
     pub description: Option<String>,
     pub category: Option<String>,
+    /// The catalog template's logo, for a provider made from one (absent:
+    /// show the display name's initials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logo_url: Option<String>,
 }
 
 /// The body of `POST /v1/request-connection`.

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod capture;
+pub mod catalog;
 pub mod connections;
 pub mod health;
 pub mod invalidations;

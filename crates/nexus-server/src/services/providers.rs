@@ -10,7 +10,7 @@ use nexus_core::provider::{Discovery, ProviderConfig, SecretChange};
 use nexus_core::secret::fingerprint;
 use nexus_core::wire::ErrorCode;
 pub use nexus_core::wire::{DeletedProvider as DeletedView, MetadataEntry, ProviderView};
-use nexus_core::{AuditEvent, AuthType, ProviderInput, SecretString};
+use nexus_core::{AuditEvent, AuthType, ProviderInput, SecretString, ValidationErrors};
 use nexus_store::providers::now;
 use nexus_store::{NewAudit, ProviderFilter, ProviderRow};
 use serde_json::{json, Map, Value};
@@ -83,6 +83,7 @@ async fn discovery_for(state: &AppState, config: &ProviderConfig) -> Result<Opti
 
 /// `POST /v1/providers`.
 pub async fn create(state: &AppState, caller: &Caller, body: Value) -> Result<ProviderView, ApiError> {
+    let body = from_template(body)?;
     let validated = ProviderInput::from_json(body)?.validate(false)?;
     let config = validated.config;
     if state.store.provider_by_name(config.name.as_str()).await?.is_some() {
@@ -112,6 +113,34 @@ pub async fn create(state: &AppState, caller: &Caller, body: Value) -> Result<Pr
     );
     state.store.insert_provider(&row, entry).await?;
     Ok(view(row))
+}
+
+/// A body naming a catalog `template` (SPEC 12) becomes the template's
+/// fields with the body's over them, and records the catalog's version. A
+/// body that already carries `template_version` is a whole provider that
+/// says where it came from (what `GET` shows, what manifests send): it is
+/// taken as it is, like any body without a template.
+fn from_template(body: Value) -> Result<Value, ApiError> {
+    let Value::Object(map) = &body else { return Ok(body) };
+    let map = match map.get("profile") {
+        Some(Value::Object(inner)) if map.len() == 1 => inner,
+        _ => map,
+    };
+    if map.get("template_version").is_some_and(|v| !v.is_null()) {
+        return Ok(body);
+    }
+    let name = match map.get("template") {
+        None | Some(Value::Null) => return Ok(body),
+        Some(Value::String(name)) => name,
+        Some(_) => return Err(ValidationErrors::single("template", "must be a catalog template's name").into()),
+    };
+    let entry = nexus_catalog::get(name).ok_or_else(|| {
+        ValidationErrors::single(
+            "template",
+            format!("'{}' is not in the catalog (GET /v1/catalog lists it)", clip(name)),
+        )
+    })?;
+    Ok(nexus_catalog::provider_body(entry, map.clone()))
 }
 
 fn name_taken(name: &str) -> ApiError {
@@ -149,6 +178,16 @@ pub async fn update(
     mode: UpdateMode,
 ) -> Result<ProviderView, ApiError> {
     let stored = find(state, id_or_name).await?;
+    let body = match (mode, body) {
+        // A PUT that copies a template keeps the provider's name unless it gives one.
+        (UpdateMode::Put, Value::Object(mut map)) => {
+            if map.contains_key("template") && !map.contains_key("name") {
+                map.insert("name".into(), Value::from(stored.config.name.to_string()));
+            }
+            from_template(Value::Object(map))?
+        }
+        (_, body) => body,
+    };
     let mut body = unwrap_profile(body)?;
     let secret_edit = match body.remove("client_secret") {
         None => SecretEdit::Keep,
@@ -302,6 +341,11 @@ pub async fn list(state: &AppState, filter: ProviderFilter) -> Result<Vec<Provid
     Ok(state.store.list_providers(&filter).await?.into_iter().map(view).collect())
 }
 
+/// Where a template's logo is served, when the catalog has one.
+pub fn catalog_logo(template: &str) -> Option<String> {
+    nexus_catalog::logo(template).map(|_| nexus_catalog::logo_path(template))
+}
+
 /// `GET /v1/providers/metadata`: every auth type as a key, its providers as a list.
 pub async fn metadata(state: &AppState) -> Result<Map<String, Value>, ApiError> {
     let rows = state.store.list_providers(&ProviderFilter::default()).await?;
@@ -317,6 +361,7 @@ pub async fn metadata(state: &AppState) -> Result<Map<String, Value>, ApiError> 
             scopes: row.config.scopes,
             description: row.config.description,
             category: row.config.category,
+            logo_url: row.config.template.as_deref().and_then(catalog_logo),
         };
         if let Some(Value::Array(list)) = groups.get_mut(row.config.auth_type.as_str()) {
             list.push(serde_json::to_value(entry).unwrap_or(Value::Null));

@@ -4,6 +4,7 @@
 mod audit;
 mod bad_input;
 mod capture;
+mod catalog;
 mod contract;
 mod grants;
 mod leaks;
