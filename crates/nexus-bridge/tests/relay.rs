@@ -19,6 +19,8 @@ use tokio::sync::watch;
 
 #[path = "relay/apart.rs"]
 mod apart;
+#[path = "relay/catalog.rs"]
+mod catalog;
 #[path = "relay/grants.rs"]
 mod grants;
 #[path = "relay/hardening.rs"]

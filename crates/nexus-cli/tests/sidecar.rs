@@ -228,7 +228,8 @@ async fn moto_verifies_sigv4_made_by_both_proxies_and_refuses_a_wrong_secret() {
     // Outside the test deadline: the first test to need it installs the pinned venv.
     let moto = Moto::start(3).await;
     nexus_testkit::run_bounded(async {
-        let (key, secret) = moto.create_user_with_key("nexus-proxy", &["sts:GetCallerIdentity"]).await;
+        let (key, secret) =
+            moto.create_user_with_key("nexus-proxy", &["sts:GetCallerIdentity", "s3:ListAllMyBuckets"]).await;
         // From here on moto verifies every signature with botocore.
         let app = TestApp::spawn(Backend::Sqlite).await;
         // A templated region (SPEC 10) with a default: each connection
@@ -291,6 +292,23 @@ async fn moto_verifies_sigv4_made_by_both_proxies_and_refuses_a_wrong_secret() {
             assert_eq!(status, 403, "moto refuses a wrong secret ({url}): {body}");
             assert!(body.contains("SignatureDoesNotMatch"), "{body}");
         }
+
+        // The catalog's S3 template (SPEC 12): its service, templated region
+        // and credential fields, with only its host moved to moto.
+        let created = app.post("/v1/providers", &json!({"template": "aws-s3", "api_base_url": moto.base_url})).await;
+        assert_eq!(created.status, 201, "{}", created.text);
+        let s3 = capture_connection(&app, "aws-s3", json!({"region": "eu-west-1"}), json!({"access_key": key, "secret_key": secret})).await;
+        for url in [format!("{proxy}/{s3}/"), app.url(&format!("/v1/proxy/{s3}/"))] {
+            let resp = reqwest::Client::new().get(&url).header("x-api-key", &app.api_key).send().await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap();
+            assert_eq!(status, 200, "{url}: {body}\n{}", moto.stderr_tail());
+            assert!(body.contains("ListAllMyBucketsResult"), "{body}");
+        }
+        let mut signed = http::Request::get(format!("{}/", moto.base_url)).body(Vec::new()).unwrap();
+        bridge.sign(&s3, &mut signed).await.unwrap();
+        let scope = signed.headers()["authorization"].to_str().unwrap().to_owned();
+        assert!(scope.contains("/eu-west-1/s3/aws4_request"), "{scope}");
     })
     .await;
 }

@@ -15,8 +15,8 @@
 //! | QuickBooks | `appcenter.intuit`, `oauth.platform.intuit`, `quickbooks.api.intuit` | the callback carries `realmId`; the API path must name it |
 //! | Zoho | `accounts.zoho.{dc}`, `www.zohoapis.{dc}` | a data centre per region; the token answer names `api_domain` |
 //! | Notion | `api.notion` | the token request must be JSON (HTTP Basic client authentication); the API wants `Notion-Version` |
-//! | Figma | `www.figma`, `api.figma` | refreshes at `/v1/oauth/refresh`, not the token URL; replies without `token_type` |
-//! | Slack | `slack` | the user token is nested (`authed_user.access_token`) beside a bot token |
+//! | Figma | `www.figma`, `api.figma` | refreshes at `/v1/oauth/refresh`, not the token URL; the client by HTTP Basic or in the body; replies without `token_type` |
+//! | Slack | `slack` | the user token is nested (`authed_user.access_token`) beside a bot token; the client by HTTP Basic or in the body |
 //! | Shopify | `{shop}.myshopify` | the API wants `X-Shopify-Access-Token` with no prefix |
 //! | Datadog | `api.datadoghq` | two secret headers, `DD-API-KEY` and `DD-APPLICATION-KEY` |
 //! | Trello | `api.trello` | two secret query parameters, `key` and `token` |
@@ -434,11 +434,14 @@ impl ProviderKit {
         };
         let get = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
         let basic = req.headers.iter().find(|(k, _)| k == "authorization").map(|(_, v)| v.as_str());
-        let authenticated = if flavor.wants_basic() {
-            let expected = base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"));
-            basic == Some(format!("Basic {expected}").as_str()) && get("client_secret").is_empty()
-        } else {
-            get("client_id") == CLIENT_ID && get("client_secret") == CLIENT_SECRET && basic.is_none()
+        let expected = base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"));
+        let by_basic = basic == Some(format!("Basic {expected}").as_str()) && get("client_secret").is_empty();
+        let in_body = get("client_id") == CLIENT_ID && get("client_secret") == CLIENT_SECRET && basic.is_none();
+        let authenticated = match flavor {
+            f if f.wants_basic() => by_basic,
+            // Figma's and Slack's token endpoints take the client either way.
+            Flavor::Figma | Flavor::Slack => by_basic || in_body,
+            _ => in_body,
         };
         if !authenticated {
             return error(401, "invalid_client");

@@ -31,13 +31,13 @@ async fn connect(app: &TestApp, kit: &ProviderKit, provider: &Value, config: &Va
 }
 
 /// Registers a static provider and captures `credentials` with `config`.
-async fn capture(app: &TestApp, provider: Value, config: Value, credentials: Value) -> String {
+pub(super) async fn capture(app: &TestApp, provider: Value, config: Value, credentials: Value) -> String {
     register(app, &provider).await;
     capture_connection(app, provider["name"].as_str().unwrap(), config, credentials).await
 }
 
 /// Every caller's answer is the kit's 200 for `host` and `received`.
-async fn signs_everywhere(
+pub(super) async fn signs_everywhere(
     app: &TestApp,
     proxy: &Proxy,
     bridge: &Bridge,

@@ -273,3 +273,150 @@ async fn a_copy_keeps_its_overrides_and_its_provenance(backend: Backend) {
 }
 
 both_backends!(a_copy_keeps_its_overrides_and_its_provenance);
+
+/// API keys as the templates say to send them (a header of its own, a
+/// prefix, a version header), seen by a recording upstream standing in for
+/// the API's host.
+async fn api_key_templates_sign_as_their_entries_say(backend: Backend) {
+    use nexus_testkit::upstream::{capture_connection, recording_upstream, seen_after};
+    let app = TestApp::spawn(backend).await;
+    let (addr, seen) = recording_upstream().await;
+    let cases = [
+        (
+            "anthropic",
+            "sk-ant-api03-catalogtest",
+            "x-api-key",
+            "sk-ant-api03-catalogtest",
+            Some(("anthropic-version", "2023-06-01")),
+        ),
+        ("stripe", "sk_test_catalogtest123", "authorization", "Bearer sk_test_catalogtest123", None),
+        (
+            "pagerduty",
+            "pd-catalog-key-1",
+            "authorization",
+            "Token token=pd-catalog-key-1",
+            Some(("accept", "application/vnd.pagerduty+json;version=2")),
+        ),
+    ];
+    for (template, key, header, value, extra) in cases {
+        app.remember_secret(key);
+        let created = app
+            .post("/v1/providers", &json!({"template": template, "api_base_url": format!("http://{addr}/{template}")}))
+            .await;
+        assert_eq!(created.status, 201, "{template}: {}", created.text);
+        let id = capture_connection(&app, template, json!({}), json!({"api_key": key})).await;
+        let before = seen.lock().unwrap().len();
+        let resp =
+            app.send(app.client.get(app.url(&format!("/v1/proxy/{id}/check"))).header("x-api-key", &app.api_key)).await;
+        assert_eq!(resp.status, 200, "{template}: {}", resp.text);
+        let got = seen_after(&seen).split_off(before);
+        assert_eq!(got.len(), 1, "{template}");
+        assert_eq!(got[0].uri, format!("/{template}/check"));
+        assert_eq!(got[0].header(header), Some(value), "{template}: {:?}", got[0].headers);
+        if let Some((name, v)) = extra {
+            assert_eq!(got[0].header(name), Some(v), "{template}: {:?}", got[0].headers);
+        }
+    }
+}
+
+both_backends!(api_key_templates_sign_as_their_entries_say);
+
+/// An OpenID template carries its issuer and key set (no discovery at
+/// registration): the id_token is verified against them. Tested with the
+/// Google template's endpoints moved to a real OpenID provider; with the
+/// template's own issuer left in place, the same provider's id_token is
+/// refused.
+async fn an_openid_template_verifies_id_tokens_with_its_own_keys(backend: Backend) {
+    use nexus_testkit::flows;
+    let (app, idp) = flows::setup(backend, "client_secret_post").await;
+    let moved = json!({"client_id": "nexus-client", "client_secret": "nexus-client-secret-1",
+        "auth_url": idp.url("/auth"), "token_url": idp.url("/token"), "revocation_url": idp.url("/token/revocation"),
+        "api_base_url": idp.issuer(), "user_info_endpoint": "/me", "jwks_uri": idp.url("/jwks")});
+    let mut body = moved.clone();
+    body["template"] = json!("google");
+    body["issuer"] = json!(idp.issuer());
+    let created = app.post("/v1/providers", &body).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    assert!(created.json.get("discovery").is_none_or(Value::is_null), "nothing discovered: {}", created.text);
+    let id = flows::connect(&app, "google", json!(["openid", "email", "profile"])).await;
+    app.state.flush_audit().await;
+    let audit = app.get("/v1/audit?event_type=connection.activated").await;
+    let entry = audit.json["entries"].as_array().unwrap().iter().find(|e| e["connection_id"] == id).unwrap().clone();
+    assert_eq!(entry["data"]["id_token_verified"], true, "{entry}");
+    // The template's revocation endpoint (moved with it) is told when the connection goes.
+    let revoked = app.delete(&format!("/v1/connections/{id}")).await;
+    assert_eq!(revoked.status, 200, "{}", revoked.text);
+    app.state.flush_audit().await;
+    let audit = app.get("/v1/audit?event_type=connection.revoked").await;
+    assert_eq!(audit.json["entries"][0]["data"]["provider_revocation"], "ok", "{}", audit.text);
+
+    let mut other = moved;
+    other["template"] = json!("google");
+    other["name"] = json!("google-own-issuer");
+    let created = app.post("/v1/providers", &other).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    assert_eq!(created.json["issuer"], "https://accounts.google.com");
+    let req = flows::request(&app, "google-own-issuer", json!(["openid", "email"])).await;
+    assert_eq!(req.status, 200, "{}", req.text);
+    let cb = nexus_testkit::oidc::authorize_via_browser(
+        req.json["auth_url"].as_str().unwrap(),
+        "alice",
+        true,
+        &app.url("/auth/callback"),
+    )
+    .await
+    .expect("consent");
+    let resp = flows::callback(&app, cb.as_str()).await;
+    let back = flows::query(&flows::location(&resp));
+    assert_eq!(
+        (back.get("status").map(String::as_str), back.get("error").map(String::as_str)),
+        (Some("error"), Some("invalid_id_token")),
+        "{back:?}"
+    );
+    idp.stop().await.unwrap();
+}
+
+both_backends!(an_openid_template_verifies_id_tokens_with_its_own_keys);
+
+/// An app-only template (PayPal's client credentials, HTTP Basic) against
+/// a real OpenID provider's token endpoint: connected at request-connection,
+/// its token signed onto a request.
+async fn a_client_credentials_template_connects_at_once(backend: Backend) {
+    use nexus_testkit::oidc::{OidcOptions, OidcProvider};
+    use nexus_testkit::upstream::{recording_upstream, seen_after};
+    let client = json!({"client_id": "paypal-app", "client_secret": "paypal-secret-7c1e", "token_endpoint_auth_method": "client_secret_basic",
+                        "grant_types": ["client_credentials"], "response_types": [], "redirect_uris": []});
+    let idp = OidcProvider::start(OidcOptions { clients: json!([client]), ..OidcOptions::default() })
+        .await
+        .expect("oidc-provider");
+    let app = TestApp::spawn(backend).await;
+    app.remember_secret("paypal-secret-7c1e");
+    let (addr, seen) = recording_upstream().await;
+    let created = app
+        .post(
+            "/v1/providers",
+            &json!({"template": "paypal", "client_id": "paypal-app", "client_secret": "paypal-secret-7c1e",
+                                       "token_url": idp.url("/token"), "api_base_url": format!("http://{addr}")}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    assert_eq!(created.json["auth_header"], "client_secret_basic", "the template's client authentication");
+    let req = app.post("/v1/request-connection", &json!({"workspace_id": "w", "provider_name": "paypal"})).await;
+    assert_eq!((req.status, req.json["status"].as_str()), (201, Some("active")), "{}", req.text);
+    let id = req.json["connection_id"].as_str().unwrap();
+    let token = app.get(&format!("/v1/token/{id}")).await;
+    let access = token.json["credentials"]["access_token"].as_str().unwrap().to_owned();
+    let resp = app
+        .send(
+            app.client
+                .get(app.url(&format!("/v1/proxy/{id}/v1/identity/oauth2/userinfo")))
+                .header("x-api-key", &app.api_key),
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text);
+    let got = seen_after(&seen);
+    assert_eq!(got.last().unwrap().header("authorization"), Some(format!("Bearer {access}").as_str()));
+    idp.stop().await.unwrap();
+}
+
+both_backends!(a_client_credentials_template_connects_at_once);
