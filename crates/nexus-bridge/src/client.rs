@@ -181,14 +181,18 @@ pub enum GatewayError {
     Unauthorized,
     #[error("invalid request: {0}")]
     Invalid(String),
-    /// The Gateway (or the provider behind it) could not be reached or failed; retryable.
+    /// The Gateway could not be reached or failed; retryable.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The Gateway answered, but could not reach the provider for a token
+    /// (`503 provider_unavailable`, SPEC 5b); retryable.
+    #[error("provider unavailable: {0}")]
+    ProviderUnavailable(String),
 }
 
 impl GatewayError {
     pub fn is_retryable(&self) -> bool {
-        matches!(self, GatewayError::Unavailable(_))
+        matches!(self, GatewayError::Unavailable(_) | GatewayError::ProviderUnavailable(_))
     }
 }
 
@@ -242,6 +246,7 @@ impl GatewayClient {
             ErrorCode::Unauthorized => GatewayError::Unauthorized,
             ErrorCode::NotFound => GatewayError::NotFound(message),
             ErrorCode::ProviderDeleted => GatewayError::Gone(message),
+            ErrorCode::ProviderUnavailable => GatewayError::ProviderUnavailable(message),
             _ if status >= 500 => GatewayError::Unavailable(message),
             _ if status == 409 => GatewayError::Conflict { code, message },
             _ if status == 401 => GatewayError::Unauthorized,

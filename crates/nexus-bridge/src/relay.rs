@@ -82,6 +82,8 @@ fn gateway_error(e: &GatewayError) -> Own {
         GatewayError::Unauthorized => own(ErrorCode::GatewayRefusedApiKey, e.to_string()),
         GatewayError::Invalid(m) => own(ErrorCode::InvalidInput, m.clone()),
         GatewayError::Unavailable(m) => own(ErrorCode::GatewayUnavailable, m.clone()),
+        // The same 503 the Gateway answers: its provider, not the Gateway, is away.
+        GatewayError::ProviderUnavailable(m) => own(ErrorCode::ProviderUnavailable, m.clone()),
     }
 }
 
@@ -614,6 +616,30 @@ async fn relay_body(agent: &mut TcpStream, up: &mut Upstream, resp: ResponseHead
                 return Ok(false);
             }
             _ => return Err(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the Gateway says reaches the agent with the same status and
+    /// code: a provider that is away is the Gateway's `503
+    /// provider_unavailable` (SPEC 5b), the Gateway itself away a `502`.
+    #[test]
+    fn gateway_answers_keep_their_status_and_code() {
+        let cases = [
+            (GatewayError::ProviderUnavailable("down".into()), 503, "provider_unavailable"),
+            (GatewayError::Unavailable("no route".into()), 502, "gateway_unavailable"),
+            (GatewayError::Gone("deleted".into()), 410, "provider_deleted"),
+            (GatewayError::AttentionRequired("c".into()), 409, "attention_required"),
+        ];
+        for (error, status, code) in cases {
+            let answer = gateway_error(&error);
+            assert_eq!(answer.status.as_u16(), status, "{error}");
+            let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+            assert_eq!(body["code"], code, "{error}");
         }
     }
 }

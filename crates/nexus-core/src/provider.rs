@@ -236,8 +236,10 @@ pub struct ProviderInput {
     /// `POST` and `PUT`; the provider keeps the name as provenance.
     #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$", max_length = 63))]
     pub template: Option<String>,
-    /// Set by Nexus from the catalog; a body may not set it.
-    #[cfg_attr(feature = "openapi", schema(read_only, minimum = 1))]
+    /// The catalog version the provider follows: set from the catalog when a
+    /// template is copied; a whole provider (a `GET` answer sent back, what
+    /// `nexus providers apply` sends) carries it, at most the catalog's.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 4294967295_u64))]
     pub template_version: Option<u32>,
 }
 
@@ -562,6 +564,7 @@ impl ProviderInput {
             template_version,
         };
         check_template_names(&mut errs, &config);
+        check_jwks_names(&mut errs, &config);
         errs.into_result(ValidatedProvider { config, secret })
     }
 }
@@ -713,6 +716,20 @@ pub fn config_names(params: &Map<String, Value>) -> std::collections::BTreeSet<S
         names.extend(list.iter().filter_map(Value::as_str).map(str::to_owned));
     }
     names
+}
+
+/// `jwks_uri` names only what `issuer` names: the keys that verify an
+/// id_token are the issuer's own, known before the token arrives (never a
+/// value learned from the token answer).
+fn check_jwks_names(errs: &mut ValidationErrors, config: &ProviderConfig) {
+    let (Some(jwks), Some(issuer)) = (config.jwks_uri.as_deref(), config.issuer.as_deref()) else { return };
+    let names = |raw: &str| UrlTemplate::parse(raw).map(|t| t.names().clone()).unwrap_or_default();
+    let issuer_names = names(issuer);
+    for name in names(jwks) {
+        if !issuer_names.contains(&name) {
+            errs.push("jwks_uri", format!("uses {{{name}}}, which issuer does not: the keys must be the issuer's own"));
+        }
+    }
 }
 
 /// Every template name is declared, and a template whose host is variable
@@ -1135,6 +1152,24 @@ mod tests {
     fn profile_wrapper_is_accepted() {
         let v = ProviderInput::from_json(json!({"profile":{"name":"x","auth_type":"basic_auth"}})).unwrap();
         assert_eq!(v.name, "x");
+    }
+
+    #[test]
+    fn a_key_set_belongs_to_its_issuer() {
+        let base = |jwks: &str| {
+            json!({"name": "t", "auth_type": "oauth2", "client_id": "c", "client_secret": "s",
+                   "auth_url": "https://{domain}/authorize", "token_url": "https://{domain}/token",
+                   "issuer": "https://{domain}", "jwks_uri": jwks,
+                   "params": {"allowed_hosts": ["*.okta.com"], "connection_config_from_token": {"kid_host": "k"},
+                              "connection_config_schema": {"type": "object", "properties": {"domain": {"type": "string"}}}}})
+        };
+        assert!(ProviderInput::from_json(base("https://{domain}/keys")).unwrap().validate(false).is_ok());
+        let err = ProviderInput::from_json(base("https://{kid_host}/keys")).unwrap().validate(false).unwrap_err();
+        assert!(err.0.iter().any(|e| e.field == "jwks_uri"), "{err:?}");
+        let mut no_issuer = base("https://x.okta.com/keys");
+        no_issuer.as_object_mut().unwrap().remove("issuer");
+        let err = ProviderInput::from_json(no_issuer).unwrap().validate(false).unwrap_err();
+        assert!(err.0.iter().any(|e| e.field == "jwks_uri"), "{err:?}");
     }
 
     #[test]

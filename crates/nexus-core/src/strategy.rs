@@ -43,7 +43,9 @@ impl StrategyType {
 }
 
 // Every default of every strategy is here, once: `strategy_for` starts from
-// these, and a strategy read from the wire without a field gets the same.
+// these (and picks the prefix by header name, `value_prefix` below). A
+// strategy read from the wire without a field gets its struct's default
+// here; the Gateway always sends every field.
 
 /// `oauth2`: the access token as a bearer token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -194,9 +194,9 @@ fn is_label(l: &str) -> bool {
         && !l.ends_with('-')
 }
 
-/// Checks one `allowed_hosts` entry: a host name in which any label but the
-/// last two may be `*` (one label, any value): `*.zendesk.com`,
-/// `s3.*.amazonaws.com`. `*.com` and `zendesk.*` are refused.
+/// Checks one `allowed_hosts` entry: a host name in which one label, not
+/// among the last two, may be `*` (one label, any value): `*.zendesk.com`,
+/// `s3.*.amazonaws.com`. `*.com`, `zendesk.*` and `*.*.example.com` are refused.
 pub fn check_host_glob(glob: &str) -> Result<(), String> {
     let labels: Vec<&str> = glob.split('.').collect();
     let n = labels.len();
@@ -207,6 +207,9 @@ pub fn check_host_glob(glob: &str) -> Result<(), String> {
             "'{}' is not a host name whose labels (but the last two) may be '*', such as *.zendesk.com",
             bounded(glob)
         ));
+    }
+    if labels.iter().filter(|l| **l == "*").count() > 1 {
+        return Err(format!("'{}' is too broad: at most one '*' label", bounded(glob)));
     }
     if labels.contains(&"*") && n < 3 {
         return Err(format!("'{}' is too broad: '*.' needs a suffix of at least two labels", bounded(glob)));
@@ -310,7 +313,7 @@ mod tests {
         assert!(!host_matches("s3.*.amazonaws.com", "sqs.us-east-1.amazonaws.com"));
         assert!(!host_matches("s3.*.amazonaws.com", "s3..amazonaws.com"));
         assert!(check_host_glob("s3.*.amazonaws.com").is_ok());
-        for bad in ["zendesk.*", "*.*.com", "s3.*", "*", "a.**.example.com"] {
+        for bad in ["zendesk.*", "*.*.com", "s3.*", "*", "a.**.example.com", "*.*.amazonaws.com"] {
             assert!(check_host_glob(bad).is_err(), "{bad}");
         }
         assert!(check_host_glob("*.okta.com").is_ok());

@@ -53,7 +53,7 @@ pub fn export(providers: &[RemoteProvider], source: &str) -> Exported {
                 fields.remove(key);
             }
         }
-        fields.remove("template_version");
+        let version = fields.remove("template_version");
         if let Some(template) = fields.remove("template") {
             match template.as_str().and_then(nexus_catalog::get) {
                 // `template:` and what differs from it (`null` removes a
@@ -74,6 +74,10 @@ pub fn export(providers: &[RemoteProvider], source: &str) -> Exported {
                     };
                     fields.insert("name".into(), Value::from(p.config.name.to_string()));
                     fields.insert("template".into(), template);
+                    // A copy of an older version says so (plan then names the newer one).
+                    if let Some(v) = version.filter(|v| v.as_u64() != Some(u64::from(entry.version))) {
+                        fields.insert("template_version".into(), v);
+                    }
                 }
                 None => {
                     let _ = writeln!(

@@ -92,15 +92,17 @@ impl DesiredProvider {
 #[derive(Clone, Copy)]
 enum Kind {
     Text,
+    Int,
     Bool,
     TextList,
     Object,
 }
 
 /// The fields of SPEC section 3, in the order the exporter writes them.
-pub const FIELDS: [&str; 20] = [
+pub const FIELDS: [&str; 21] = [
     "name",
     "template",
+    "template_version",
     "auth_type",
     "display_name",
     "description",
@@ -124,6 +126,7 @@ pub const FIELDS: [&str; 20] = [
 fn kind_of(field: &str) -> Option<Kind> {
     Some(match field {
         "enable_discovery" => Kind::Bool,
+        "template_version" => Kind::Int,
         "scopes" => Kind::TextList,
         "params" => Kind::Object,
         f if FIELDS.contains(&f) => Kind::Text,
@@ -270,10 +273,16 @@ fn provider(
                 format!("{label}: template: '{name}' is not in the catalog (`nexus providers catalog list`)"),
             )]);
         };
+        // A version the entry names (as `export` writes one older than this
+        // catalog's) is kept: the provider says which version it follows.
+        let version = body.remove("template_version").filter(|v| !v.is_null());
         body = match nexus_catalog::provider_body(entry, body) {
             Json::Object(map) => map,
             _ => Map::new(),
         };
+        if let Some(v) = version {
+            body.insert("template_version".into(), v);
+        }
     }
     for required in ["name", "auth_type"] {
         if !body.contains_key(required) {
@@ -319,6 +328,7 @@ fn typed(
     match (kind, node.value) {
         (Kind::Text, Value::Str(s)) => expand(field, &s, line, lookup).map(Json::String),
         (Kind::Bool, Value::Bool(b)) => Ok(Json::Bool(b)),
+        (Kind::Int, Value::Int(i)) => Ok(Json::from(i)),
         (Kind::TextList, Value::Seq(items)) => {
             let mut out = Vec::with_capacity(items.len());
             for (i, item) in items.into_iter().enumerate() {
@@ -339,6 +349,7 @@ fn typed(
         (Kind::Object, value @ Value::Map(_)) => to_json(field, Node { line, value }, templated, positions, lookup),
         (Kind::Text, other) => Err(wrong("a string", &other)),
         (Kind::Bool, other) => Err(wrong("true or false", &other)),
+        (Kind::Int, other) => Err(wrong("a whole number", &other)),
         (Kind::TextList, other) => Err(wrong("a list of strings", &other)),
         (Kind::Object, other) => Err(wrong("a mapping", &other)),
     }

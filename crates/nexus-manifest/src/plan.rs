@@ -519,6 +519,11 @@ providers:
         let unknown = Manifest::parse("providers:\n  - name: a\n    template: no-such-thing\n", &env).unwrap_err();
         assert_eq!(unknown.0[0].line, Some(3), "{unknown}");
         assert!(unknown.to_string().contains("not in the catalog"), "{unknown}");
+        // A version the entry names is kept (an export of an older copy says so).
+        let pinned = Manifest::parse("providers:\n  - template: stripe\n    template_version: 1\n", &env).unwrap();
+        assert_eq!(pinned.providers[0].config.template_version, Some(1));
+        let typo = Manifest::parse("providers:\n  - template: stripe\n    template_version: one\n", &env).unwrap_err();
+        assert!(typo.to_string().contains("template_version: expected a whole number"), "{typo}");
         // Without a template, null is still refused (a PATCH would read it as remove).
         let null = Manifest::parse("providers:\n  - name: a\n    auth_type: api_key\n    params:\n      x: ~\n", &env);
         assert!(null.is_err());

@@ -58,10 +58,11 @@ impl Endpoints {
             auth_url,
             token_url,
             refresh_url,
-            jwks_uri: match (discovery.and_then(|d| d.jwks_uri.clone()), config.jwks_uri.as_deref()) {
-                (Some(discovered), _) => Some(discovered),
-                (None, Some(raw)) if config.is_ready(raw, connection) => Some(expand("jwks_uri", raw)?),
-                (None, _) => None,
+            // A configured key set wins over a discovered one.
+            jwks_uri: match config.jwks_uri.as_deref() {
+                Some(raw) if config.is_ready(raw, connection) => Some(expand("jwks_uri", raw)?),
+                Some(_) => None,
+                None => discovery.and_then(|d| d.jwks_uri.clone()),
             },
             revocation,
         })

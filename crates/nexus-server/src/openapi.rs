@@ -127,12 +127,48 @@ pub fn complete(doc: &mut Value) {
             *body = json!({"$ref": "#/components/schemas/ProviderPatch"});
         }
     }
+    from_template(doc);
     if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
         for (path, item) in extra_paths() {
             paths.insert(path, item);
         }
     }
     add_links(doc);
+}
+
+/// `POST` and `PUT` take a whole provider, or a catalog template's name
+/// with any fields over it (`name` and `auth_type` then come from the
+/// template): two schemas, one of them required.
+fn from_template(doc: &mut Value) {
+    let Some(input) = doc.pointer("/components/schemas/ProviderInput").cloned() else { return };
+    let mut copy = input;
+    if let Some(o) = copy.as_object_mut() {
+        o.insert("required".into(), json!(["template"]));
+        o.insert(
+            "description".into(),
+            json!("A copy of a catalog template (GET /v1/catalog): the template's fields with these over them; params merge as JSON Merge Patch."),
+        );
+        let names: Vec<&str> = nexus_catalog::entries().iter().map(|e| e.name.as_str()).collect();
+        if let Some(Value::Object(t)) = o.get_mut("properties").and_then(|p| p.get_mut("template")) {
+            t.insert("enum".into(), json!(names));
+            t.remove("pattern");
+        }
+    }
+    if let Some(schemas) = doc.pointer_mut("/components/schemas").and_then(Value::as_object_mut) {
+        schemas.insert("ProviderFromTemplate".into(), copy);
+    }
+    let either = json!({"anyOf": [
+        {"$ref": "#/components/schemas/ProviderInput"},
+        {"$ref": "#/components/schemas/ProviderFromTemplate"}
+    ]});
+    for pointer in [
+        "/paths/~1v1~1providers/post/requestBody/content/application~1json/schema",
+        "/paths/~1v1~1providers~1{id}/put/requestBody/content/application~1json/schema",
+    ] {
+        if let Some(body) = doc.pointer_mut(pointer) {
+            *body = either.clone();
+        }
+    }
 }
 
 /// Links from what creates a resource to what reads it, so a client (and

@@ -86,6 +86,7 @@ pub async fn create(state: &AppState, caller: &Caller, body: Value) -> Result<Pr
     let body = from_template(body)?;
     let validated = ProviderInput::from_json(body)?.validate(false)?;
     let config = validated.config;
+    check_provenance(&config, None)?;
     if state.store.provider_by_name(config.name.as_str()).await?.is_some() {
         return Err(name_taken(config.name.as_str()));
     }
@@ -121,26 +122,52 @@ pub async fn create(state: &AppState, caller: &Caller, body: Value) -> Result<Pr
 /// says where it came from (what `GET` shows, what manifests send): it is
 /// taken as it is, like any body without a template.
 fn from_template(body: Value) -> Result<Value, ApiError> {
-    let Value::Object(map) = &body else { return Ok(body) };
-    let map = match map.get("profile") {
-        Some(Value::Object(inner)) if map.len() == 1 => inner,
-        _ => map,
-    };
+    let Value::Object(mut map) = body else { return Ok(body) };
+    if map.len() == 1 {
+        if let Some(Value::Object(inner)) = map.get("profile") {
+            map = inner.clone();
+        }
+    }
     if map.get("template_version").is_some_and(|v| !v.is_null()) {
-        return Ok(body);
+        return Ok(Value::Object(map));
     }
     let name = match map.get("template") {
-        None | Some(Value::Null) => return Ok(body),
-        Some(Value::String(name)) => name,
+        None | Some(Value::Null) => return Ok(Value::Object(map)),
+        Some(Value::String(name)) => name.clone(),
         Some(_) => return Err(ValidationErrors::single("template", "must be a catalog template's name").into()),
     };
-    let entry = nexus_catalog::get(name).ok_or_else(|| {
-        ValidationErrors::single(
-            "template",
-            format!("'{}' is not in the catalog (GET /v1/catalog lists it)", clip(name)),
+    let entry = nexus_catalog::get(&name).ok_or_else(|| unknown_template(&name))?;
+    // A null secret means "remove it" here as in any PUT, not "no such
+    // member" as the merge patch would read it.
+    let secret = map.remove("client_secret");
+    let mut body = nexus_catalog::provider_body(entry, map);
+    if let (Some(secret), Value::Object(o)) = (secret, &mut body) {
+        o.insert("client_secret".into(), secret);
+    }
+    Ok(body)
+}
+
+fn unknown_template(name: &str) -> ApiError {
+    ValidationErrors::single("template", format!("'{}' is not in the catalog (GET /v1/catalog lists it)", clip(name)))
+        .into()
+}
+
+/// A provider's provenance, when it changes: a template the catalog holds,
+/// at a version it has had. A name no longer in the catalog is kept as it
+/// was (the provider is edited like any other).
+fn check_provenance(config: &ProviderConfig, stored: Option<&ProviderConfig>) -> Result<(), ApiError> {
+    let unchanged =
+        stored.is_some_and(|s| s.template == config.template && s.template_version == config.template_version);
+    let (Some(template), false) = (config.template.as_deref(), unchanged) else { return Ok(()) };
+    let entry = nexus_catalog::get(template).ok_or_else(|| unknown_template(template))?;
+    match config.template_version {
+        Some(v) if v > entry.version => Err(ValidationErrors::single(
+            "template_version",
+            format!("the catalog's '{template}' is at version {}; a copy cannot be newer", entry.version),
         )
-    })?;
-    Ok(nexus_catalog::provider_body(entry, map.clone()))
+        .into()),
+        _ => Ok(()),
+    }
 }
 
 fn name_taken(name: &str) -> ApiError {
@@ -178,17 +205,29 @@ pub async fn update(
     mode: UpdateMode,
 ) -> Result<ProviderView, ApiError> {
     let stored = find(state, id_or_name).await?;
-    let body = match (mode, body) {
-        // A PUT that copies a template keeps the provider's name unless it gives one.
-        (UpdateMode::Put, Value::Object(mut map)) => {
-            if map.contains_key("template") && !map.contains_key("name") {
-                map.insert("name".into(), Value::from(stored.config.name.to_string()));
-            }
-            from_template(Value::Object(map))?
-        }
-        (_, body) => body,
-    };
     let mut body = unwrap_profile(body)?;
+    match mode {
+        // A PUT that copies a template keeps the provider's name unless it gives one.
+        UpdateMode::Put => {
+            if body.contains_key("template") && !body.contains_key("name") {
+                body.insert("name".into(), Value::from(stored.config.name.to_string()));
+            }
+            body = match from_template(Value::Object(body))? {
+                Value::Object(map) => map,
+                _ => Map::new(),
+            };
+        }
+        // PATCH edits the provider's own fields: copying another template is a PUT.
+        UpdateMode::Patch => {
+            if body.get("template").is_some_and(|t| t.as_str() != stored.config.template.as_deref()) {
+                return Err(ValidationErrors::single(
+                    "template",
+                    "changes only by PUT with the new template (a fresh copy of it)",
+                )
+                .into());
+            }
+        }
+    }
     let secret_edit = match body.remove("client_secret") {
         None => SecretEdit::Keep,
         Some(Value::Null) => SecretEdit::Clear,
@@ -211,6 +250,7 @@ pub async fn update(
     }
     let validated = input.validate(keeps_secret)?;
     let config = validated.config;
+    check_provenance(&config, Some(&stored.config))?;
 
     if config.name != stored.config.name {
         if let Some(other) = state.store.provider_by_name(config.name.as_str()).await? {

@@ -237,6 +237,39 @@ async fn a_copy_keeps_its_overrides_and_its_provenance(backend: Backend) {
     assert_eq!(put.json["params"], entry["provider"]["params"]);
     assert_eq!(put.json["client_secret_set"], true, "a stored secret is kept");
 
+    // Another template is a fresh copy (PUT), never a PATCH; a wrapped PUT keeps the name too.
+    let other = app.patch("/v1/providers/zendesk-eu", &json!({"template": "stripe"})).await;
+    assert_eq!(other.status, 400, "{}", other.text);
+    assert_eq!(other.json["details"]["fields"][0]["field"], "template");
+    let wrapped =
+        app.put("/v1/providers/zendesk-eu", &json!({"profile": {"template": "zendesk", "client_id": "zd-3"}})).await;
+    assert_eq!((wrapped.status, wrapped.json["name"].as_str()), (200, Some("zendesk-eu")), "{}", wrapped.text);
+    // A PUT copy with a null secret removes it, as any PUT does (then oauth2 needs one).
+    let cleared = app
+        .put("/v1/providers/zendesk-eu", &json!({"template": "zendesk", "client_id": "zd-3", "client_secret": null}))
+        .await;
+    assert_eq!(cleared.status, 400, "{}", cleared.text);
+    assert_eq!(cleared.json["details"]["fields"][0]["field"], "client_secret", "{}", cleared.text);
+    // Provenance cannot be made up: a template the catalog lacks, or a version it never had.
+    for (body, field) in [
+        (
+            json!({"name": "forged-1", "template": "stripe", "template_version": 99, "auth_type": "api_key",
+                "params": {"credential_schema": {"type": "object"}}}),
+            "template_version",
+        ),
+        (
+            json!({"name": "forged-2", "template": "no-such-template", "template_version": 1, "auth_type": "api_key",
+                "params": {"credential_schema": {"type": "object"}}}),
+            "template",
+        ),
+    ] {
+        let r = app.post("/v1/providers", &body).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.text);
+        assert_eq!(r.json["details"]["fields"][0]["field"], field, "{}", r.text);
+    }
+    let forged = app.patch("/v1/providers/zendesk-eu", &json!({"template_version": 99})).await;
+    assert_eq!(forged.status, 400, "{}", forged.text);
+
     // Hostile template values: refused, naming the field, nothing written.
     let before = app.audit_count().await;
     for (body, field) in [
@@ -324,8 +357,8 @@ both_backends!(api_key_templates_sign_as_their_entries_say);
 /// An OpenID template carries its issuer and key set (no discovery at
 /// registration): the id_token is verified against them. Tested with the
 /// Google template's endpoints moved to a real OpenID provider; with the
-/// template's own issuer left in place, the same provider's id_token is
-/// refused.
+/// template's own issuer left in place, the same provider's answer is
+/// refused (its callback names another issuer, RFC 9207).
 async fn an_openid_template_verifies_id_tokens_with_its_own_keys(backend: Backend) {
     use nexus_testkit::flows;
     let (app, idp) = flows::setup(backend, "client_secret_post").await;
@@ -370,8 +403,8 @@ async fn an_openid_template_verifies_id_tokens_with_its_own_keys(backend: Backen
     let back = flows::query(&flows::location(&resp));
     assert_eq!(
         (back.get("status").map(String::as_str), back.get("error").map(String::as_str)),
-        (Some("error"), Some("invalid_id_token")),
-        "{back:?}"
+        (Some("error"), Some("invalid_issuer")),
+        "RFC 9207: the callback's iss is not the template's issuer: {back:?}"
     );
     idp.stop().await.unwrap();
 }

@@ -48,6 +48,12 @@ async fn schemathesis_finds_no_undocumented_status_or_shape() {
     let tested = report.lines().find(|l| l.trim_start().starts_with("Tested:")).unwrap_or_default().to_owned();
     let n: usize = tested.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
     assert!(n >= 30, "too few operations tested: {tested}\n{report}");
+    // The stateful phase ran its scenarios and followed at least one link
+    // from a response into the next request.
+    assert!(report.lines().any(|l| l.trim() == "✅ Stateful"), "the stateful phase did not pass:\n{report}");
+    let links = out_line(&out.stdout, "API Links:");
+    let covered: usize = links.split_whitespace().nth(2).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(covered >= 1, "no link followed: {links}");
     app.stop().await;
 }
 
@@ -82,8 +88,8 @@ async fn a_generated_client_has_typed_request_bodies() {
     let read =
         |file: &str| std::fs::read_to_string(client.join(file)).unwrap_or_else(|e| panic!("{file}: {e}\n{said}"));
     for (file, body) in [
-        ("api/providers/create_provider.py", "body: ProviderInput,"),
-        ("api/providers/put_provider.py", "body: ProviderInput,"),
+        ("api/providers/create_provider.py", "body: ProviderFromTemplate | ProviderInput,"),
+        ("api/providers/put_provider.py", "body: ProviderFromTemplate | ProviderInput,"),
         ("api/providers/patch_provider.py", "body: ProviderPatch,"),
         ("api/connections/capture_credential.py", "body: CaptureRequest,"),
         (
@@ -101,4 +107,9 @@ async fn a_generated_client_has_typed_request_bodies() {
     assert!(read("models/error_body.py").contains("code: ErrorCode"));
     assert!(read("models/error_code.py").contains("PROVIDER_UNAVAILABLE = \"provider_unavailable\""));
     app.stop().await;
+}
+
+/// The first line of `stdout` that starts (after spaces) with `label`.
+fn out_line(stdout: &[u8], label: &str) -> String {
+    String::from_utf8_lossy(stdout).lines().find(|l| l.trim_start().starts_with(label)).unwrap_or_default().to_owned()
 }

@@ -116,7 +116,9 @@ async fn complete(state: &AppState, caller: &Caller, conn: &ConnectionRow, q: &C
     };
     let discovery = tenant_discovery::for_connection(state, &provider, &config).await.map_err(unusable)?;
     let issuer = tenant_discovery::issuer(&provider.config, &config).map_err(unusable)?;
-    let expected_issuer = issuer.as_deref().filter(|_| discovery.is_some());
+    // RFC 9207: an `iss` in the callback must be the issuer whose keys
+    // verify (a discovered one, or one configured with its jwks_uri).
+    let expected_issuer = issuer.as_deref().filter(|_| discovery.is_some() || provider.config.jwks_uri.is_some());
     if let (Some(iss), Some(expected)) = (q.iss.as_deref(), expected_issuer) {
         if iss.trim_end_matches('/') != expected.trim_end_matches('/') {
             return Err("invalid_issuer".into());
@@ -163,6 +165,12 @@ async fn complete(state: &AppState, caller: &Caller, conn: &ConnectionRow, q: &C
                 id_token_verified = true;
             }
             (_, _, None) => return Err("unexpected_id_token".into()),
+            // Keys configured but not expandable for this connection: never
+            // keep an id_token unverified that the provider said to verify.
+            _ if provider.config.jwks_uri.is_some() => {
+                tracing::warn!(connection = %conn.id, "id_token refused: the provider's jwks_uri does not expand for this connection");
+                return Err("invalid_id_token".into());
+            }
             _ => tracing::warn!(connection = %conn.id, "id_token kept unverified: the provider has no discovered JWKS"),
         }
     }
