@@ -3,6 +3,7 @@
 mod dev;
 mod providers;
 mod sidecar;
+mod vault;
 
 use clap::{Args, Parser, Subcommand};
 use nexus_server::{Application, RawConfig};
@@ -35,6 +36,11 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Encryption keys: which key seals what, and retiring one (rewrap).
+    Vault {
+        #[command(subcommand)]
+        command: vault::VaultCommand,
     },
 }
 
@@ -165,6 +171,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => run(runtime(None), serve(*args)),
         Command::Audit { command: AuditCommand::Verify(args) } => run(runtime(None), verify(args)),
         Command::Providers { command } => run(runtime(None), providers::run(command)),
+        Command::Vault { command } => run(runtime(None), vault::run(command)),
         Command::Proxy(args) => run(runtime(Some(args.threads)), async move {
             let api_key = args
                 .api_key

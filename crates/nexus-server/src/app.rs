@@ -180,6 +180,8 @@ pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3
 pub enum StartError {
     #[error("DATABASE_URL could not be opened: {0}")]
     Database(#[from] nexus_store::StoreError),
+    #[error("{0}")]
+    KeysMissing(String),
     #[error("BIND {addr} could not be bound: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
 }
@@ -200,6 +202,17 @@ impl Application {
         let pool = config.refresh_concurrency as u32 + 8;
         let store =
             Store::connect_with_pool(&config.database_url, pool).await?.with_audit_keys(config.audit_keys.clone());
+        // Every secret must open: a key dropped from ENCRYPTION_KEYS too
+        // early is named here, not found at a user's next token request.
+        let missing = crate::vault::status(&store).await?.missing(&config.keyring);
+        if !missing.is_empty() {
+            let keys: Vec<String> = missing.iter().map(|(k, n)| format!("{n} under key {k}")).collect();
+            return Err(StartError::KeysMissing(format!(
+                "ENCRYPTION_KEYS cannot open every stored secret ({}; it holds {}): put the key back (first the new key, then the old) and run `nexus vault rewrap` before removing it",
+                keys.join(", "),
+                config.keyring.key_ids().join(", ")
+            )));
+        }
         // After an upgrade the chain ends in unkeyed rows: sign after them.
         let signed = store
             .sign_unkeyed_tail(nexus_store::NewAudit {

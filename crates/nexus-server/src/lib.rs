@@ -15,6 +15,7 @@ pub mod routes;
 pub mod serve;
 pub mod services;
 pub mod state;
+pub mod vault;
 
 pub use app::{router, shutdown_signal, Application, StartError};
 pub use config::{Config, ConfigError, RawConfig};

@@ -14,6 +14,7 @@ pub mod connections;
 pub mod invalidation;
 pub mod providers;
 pub mod refresh;
+pub mod sealed;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor};
@@ -26,6 +27,7 @@ pub use connections::{Activation, ConnectionFilter, ConnectionRow, Handshake};
 pub use invalidation::Invalidation;
 pub use providers::{ProviderFilter, ProviderRow};
 pub use refresh::{RefreshLock, RefreshOutcome};
+pub use sealed::{SealedColumn, SEALED_COLUMNS};
 
 /// Storage failures. `Conflict` and `NotFound` are for callers to map to 409/404;
 /// everything else is an internal error whose message carries no secret.

@@ -85,6 +85,18 @@ impl TestApp {
         TestApp::start(self.db.clone(), self.raw.clone()).await
     }
 
+    /// The configuration this server started with.
+    pub fn raw_config(&self) -> &RawConfig {
+        &self.raw
+    }
+
+    /// A replica with its configuration adjusted (another key ring, say).
+    pub async fn spawn_replica_with(&self, adjust: impl FnOnce(&mut RawConfig)) -> TestApp {
+        let mut raw = self.raw.clone();
+        adjust(&mut raw);
+        TestApp::start(self.db.clone(), raw).await
+    }
+
     async fn start(db: Arc<TestDb>, raw: RawConfig) -> TestApp {
         crate::logs::capture();
         let api_key = raw.api_key.clone().unwrap_or_default();

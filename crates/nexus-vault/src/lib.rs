@@ -143,6 +143,16 @@ impl KeyRing {
         String::from_utf8(bytes.to_vec()).map(Zeroizing::new).map_err(|_| VaultError::Malformed)
     }
 
+    /// Whether the ring holds the key with this id.
+    pub fn holds(&self, key_id: &str) -> bool {
+        self.keys.iter().any(|k| k.id == key_id)
+    }
+
+    /// Every key id, the sealing one first.
+    pub fn key_ids(&self) -> Vec<&str> {
+        self.keys.iter().map(|k| k.id.as_str()).collect()
+    }
+
     /// True when the envelope was sealed with a key other than the current one.
     pub fn needs_reseal(&self, envelope: &str) -> bool {
         envelope.split(':').nth(1) != Some(self.current_key_id())

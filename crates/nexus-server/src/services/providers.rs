@@ -33,7 +33,7 @@ pub fn view(row: ProviderRow) -> ProviderView {
     }
 }
 
-fn secret_context(id: &str) -> String {
+pub(crate) fn secret_context(id: &str) -> String {
     format!("provider:{id}:client_secret")
 }
 

@@ -501,3 +501,51 @@ async fn a_hanging_provider_does_not_starve_the_others(backend: Backend) {
 }
 
 both_backends!(a_hanging_provider_does_not_starve_the_others);
+
+/// A key rewrap racing a refresh that rotates the refresh token (SPEC 14):
+/// the rewrap reads the old sealed values, the refresh (holding the row's
+/// lock while the provider answers slowly) writes the new ones under the
+/// new key, and the rewrap's compare-and-swap then leaves them alone, so the
+/// new refresh token is kept and the next refresh works. PostgreSQL, where
+/// replicas share rows under row locks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewrap_racing_a_rotating_refresh_keeps_the_new_token() {
+    let (app, idp) = lifecycle_setup(Backend::Postgres, 600, "60", "3600").await;
+    let id = connect(&app, "idp", json!(["openid", "offline_access"])).await;
+    let old = app.store().sealed_value(nexus_store::SEALED_COLUMNS[2], &id).await.unwrap().unwrap();
+    // The same database, now with a new sealing key before the old one.
+    let new_key = nexus_vault::generate_key();
+    let old_key = app.raw_config().encryption_key.clone().unwrap();
+    let ring = format!("{new_key},{old_key}");
+    let replica = app
+        .spawn_replica_with(|c| {
+            c.encryption_key = None;
+            c.encryption_keys = Some(ring.clone());
+        })
+        .await;
+    let keyring = nexus_vault::KeyRing::from_base64(&[new_key.as_str(), old_key.as_str()]).unwrap();
+
+    idp.delay_token_endpoint(1500, 1).await.unwrap();
+    let forced = {
+        let replica_url = replica.url(&format!("/v1/refresh/{id}"));
+        let (client, key) = (replica.client.clone(), replica.api_key.clone());
+        tokio::spawn(async move { client.post(replica_url).header("x-api-key", key).json(&json!({})).send().await })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let report = nexus_server::vault::rewrap(replica.store(), &keyring, 100, Duration::ZERO, |_, _| {}).await.unwrap();
+    let refreshed = forced.await.unwrap().unwrap();
+    assert_eq!(refreshed.status(), 200);
+    assert!(report.changed_meanwhile >= 1, "the refresh wrote first: {report:?}");
+    assert!(report.failed.is_empty(), "{report:?}");
+
+    let now = replica.store().sealed_value(nexus_store::SEALED_COLUMNS[2], &id).await.unwrap().unwrap();
+    assert_ne!(now, old, "the rotated refresh token is stored");
+    assert_eq!(nexus_server::vault::key_id(&now), keyring.current_key_id(), "under the new key");
+    // The kept token is the provider's live one: the next refresh works.
+    let again = replica.post(&format!("/v1/refresh/{id}"), &json!({})).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    let status = nexus_server::vault::status(replica.store()).await.unwrap();
+    assert!(status.by_key().keys().all(|k| k == keyring.current_key_id()), "{status:?}");
+    replica.stop().await;
+    app.stop().await;
+}
