@@ -1,8 +1,9 @@
 //! Retiring an encryption key (SPEC 14) as an operator does it, with real
 //! processes: a server sealing under key A holds providers and connections
 //! of each kind (an OAuth2 connection with its refresh token, one still
-//! pending with its PKCE verifier, client credentials kept per connection,
-//! and captured API key, basic, SigV4, query and HMAC credentials); it is
+//! pending with its PKCE verifier, client credentials kept per connection, a
+//! service account's key, and captured API key, basic, SigV4, query and
+//! HMAC credentials); it is
 //! restarted with key B first and A second; `nexus vault rewrap` is killed
 //! after its first batch and run again; `nexus vault status` then shows
 //! everything under B; a server with B alone opens every secret (the same
@@ -168,7 +169,23 @@ async fn rotation(backend: Backend) {
         ("query", json!({"auth_type": "query_param"}), json!({"api_key": "q-1"})),
         ("hmac", json!({"auth_type": "hmac_payload"}), json!({"api_secret": "h-1"})),
     ];
-    let mut connections = vec![oauth.clone(), machine];
+    // A service account's key (the JWT bearer grant, at the test kit's Google).
+    let kit = nexus_testkit::provider_kit::ProviderKit::start().await;
+    let (pem, public_pem, _) =
+        tokio::task::spawn_blocking(nexus_testkit::python::rsa_key).await.unwrap().expect("a key pair");
+    let (email, scope) = ("agent@acme.iam.gserviceaccount.com", "https://www.googleapis.com/auth/drive.readonly");
+    kit.trust_service_account(email, &public_pem, "ann@acme.example", scope);
+    let token_uri = kit.url("oauth2.googleapis", "/token");
+    api.provider(json!({"name": "sa", "auth_type": "jwt_bearer", "token_url": token_uri, "scopes": [scope],
+        "api_base_url": kit.url("www.googleapis", "/drive/v3")}))
+        .await;
+    let sa = api
+        .capture(
+            "sa",
+            json!({"client_email": email, "private_key": pem, "token_uri": token_uri, "subject": "ann@acme.example"}),
+        )
+        .await;
+    let mut connections = vec![oauth.clone(), machine, sa.clone()];
     for (name, mut provider, creds) in statics {
         provider["name"] = json!(name);
         provider["api_base_url"] = json!("https://api.example.org");
@@ -221,6 +238,9 @@ async fn rotation(backend: Backend) {
     }
     let refreshed = api.post(&format!("/v1/refresh/{oauth}"), json!({})).await;
     assert_eq!(refreshed.0, 200, "the refresh token opens: {}", refreshed.1);
+    let renewed = api.post(&format!("/v1/refresh/{sa}"), json!({})).await;
+    assert_eq!(renewed.0, 200, "the service account's key opens and signs: {}", renewed.1);
+    assert_eq!(kit.verified_assertions().len(), 2);
     let done = callback(&http, &consent(pending_auth).await, &api.base).await;
     assert_eq!(done.get("status").map(String::as_str), Some("success"), "the PKCE verifier opens: {done:?}");
     let (code, logs) = server.terminate().await;
