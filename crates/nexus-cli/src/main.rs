@@ -130,6 +130,9 @@ struct ServeArgs {
     /// Listen address, default 127.0.0.1:8080.
     #[arg(long, env = "BIND")]
     bind: Option<String>,
+    /// Where GET /metrics (Prometheus) is served; off when unset, and never on BIND.
+    #[arg(long, env = "METRICS_BIND")]
+    metrics_bind: Option<String>,
     #[arg(long, env = "ALLOWED_RETURN_DOMAINS")]
     allowed_return_domains: Option<String>,
     #[arg(long, env = "TRUSTED_PROXIES")]
@@ -247,6 +250,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         database_url: args.db.database_url,
         data_dir: Some(args.db.data_dir.clone()),
         bind: args.bind,
+        metrics_bind: args.metrics_bind,
         allowed_return_domains: args.allowed_return_domains,
         trusted_proxies: args.trusted_proxies,
         allowed_cidrs: args.allowed_cidrs,

@@ -107,7 +107,7 @@ pub fn router(state: AppState) -> Router {
         // Gateway proxy's instructions (`INSTRUCTIONS=1 bench/proxy.sh`).
         .layer(
             tower::ServiceBuilder::new()
-                .layer(mw::from_fn(request_log::log_request))
+                .layer(mw::from_fn_with_state(state.clone(), request_log::log_request))
                 .layer(mw::from_fn_with_state(state.clone(), caller::identify))
                 .layer(mw::map_response(error_json::json_errors))
                 .layer(mw::from_fn_with_state(state.clone(), body_limit::refuse_declared_excess))
@@ -189,6 +189,8 @@ pub enum StartError {
 /// A built, bound, not yet serving instance.
 pub struct Application {
     listener: TcpListener,
+    /// `GET /metrics`, when `METRICS_BIND` is set.
+    metrics: Option<TcpListener>,
     state: AppState,
 }
 
@@ -234,11 +236,20 @@ impl Application {
         if config.allowed_return_domains.is_none() {
             tracing::warn!("ALLOWED_RETURN_DOMAINS is not set: return_url may point at any host");
         }
-        Ok(Application { listener, state: AppState::new(config, store) })
+        let metrics = match config.metrics_bind {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?),
+            None => None,
+        };
+        Ok(Application { listener, metrics, state: AppState::new(config, store) })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or(self.state.config.bind)
+    }
+
+    /// Where `GET /metrics` is served, if anywhere.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn state(&self) -> &AppState {
@@ -251,6 +262,7 @@ impl Application {
         let state = self.state.clone();
         let refresher = tokio::spawn(crate::services::refresher::run(state.clone()));
         let head_log = tokio::spawn(log_audit_head(state.clone()));
+        let metrics = self.metrics.map(|listener| tokio::spawn(serve_metrics(listener, state.clone())));
         let head_timeout = state.config.head_timeout;
         let lane = crate::proxy_lane::ProxyLane::new(self.state.clone());
         let app = router(self.state);
@@ -276,10 +288,31 @@ impl Application {
         }
         state.close_audit().await;
         head_log.abort();
+        if let Some(m) = metrics {
+            m.abort();
+        }
         crate::services::audit::log_head(&state).await;
         state.store.close().await;
         Ok(())
     }
+}
+
+/// `GET /metrics` (Prometheus text format 0.0.4) on its own listener, so
+/// it is never reachable where the API is; anything else there is a 404.
+async fn serve_metrics(listener: TcpListener, state: AppState) {
+    let stopping = state.stopping();
+    let app = Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(|axum::extract::State(state): axum::extract::State<AppState>| async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                    state.render_metrics().await,
+                )
+            }),
+        )
+        .with_state(state);
+    let _ = axum::serve(listener, app).with_graceful_shutdown(stopping).await;
 }
 
 /// Resolves on SIGINT or SIGTERM. The handlers are installed when this is

@@ -27,6 +27,8 @@ pub struct RawConfig {
     pub database_url: Option<String>,
     pub data_dir: Option<String>,
     pub bind: Option<String>,
+    /// Where `GET /metrics` is served (off when unset; never the API's bind).
+    pub metrics_bind: Option<String>,
     pub allowed_return_domains: Option<String>,
     pub trusted_proxies: Option<String>,
     pub allowed_cidrs: Option<String>,
@@ -71,6 +73,7 @@ pub struct Config {
     pub redirect_path: String,
     pub database_url: String,
     pub bind: SocketAddr,
+    pub metrics_bind: Option<SocketAddr>,
     /// `None`: any host (with a warning at start-up).
     pub allowed_return_domains: Option<Vec<String>>,
     pub trusted_proxies: Vec<IpNet>,
@@ -102,6 +105,7 @@ impl std::fmt::Debug for Config {
             .field("redirect_path", &self.redirect_path)
             .field("database_url", &redact_url(&self.database_url))
             .field("bind", &self.bind)
+            .field("metrics_bind", &self.metrics_bind)
             .field("allowed_return_domains", &self.allowed_return_domains)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("allowed_cidrs", &self.allowed_cidrs)
@@ -177,6 +181,22 @@ impl RawConfig {
             .parse()
             .map_err(|_| err("BIND", format!("'{bind_raw}' is not an address like 127.0.0.1:8080")))?;
 
+        let metrics_bind = match self.metrics_bind.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
+            None => None,
+            Some(raw) => {
+                let addr: SocketAddr = raw
+                    .parse()
+                    .map_err(|_| err("METRICS_BIND", format!("'{raw}' is not an address like 127.0.0.1:9090")))?;
+                if addr.port() == bind.port() && addr.port() != 0 {
+                    return Err(err(
+                        "METRICS_BIND",
+                        "must not share BIND's port: metrics are never served on the public listener",
+                    ));
+                }
+                Some(addr)
+            }
+        };
+
         let base_raw = self.base_url.unwrap_or_else(|| format!("http://{bind}"));
         let base_url = Url::parse(base_raw.trim())
             .ok()
@@ -245,6 +265,7 @@ impl RawConfig {
             redirect_path,
             database_url,
             bind,
+            metrics_bind,
             allowed_return_domains,
             trusted_proxies,
             allowed_cidrs,

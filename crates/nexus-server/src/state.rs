@@ -44,6 +44,8 @@ pub struct Inner {
     pub tasks: tokio_util::task::TaskTracker,
     /// What expiries are judged by (tests move it instead of sleeping).
     pub clock: nexus_core::clock::Clock,
+    /// Counters and histograms for `GET /metrics` (on `METRICS_BIND`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Debug)]
@@ -85,7 +87,8 @@ impl AppState {
             .expect("ring supports rustls' default protocol versions");
         let (audit_tx, audit_rx) = mpsc::channel(16 * 1024);
         let audit_give_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        tokio::spawn(audit_writer(store.clone(), audit_rx, audit_give_up.clone()));
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        tokio::spawn(audit_writer(store.clone(), audit_rx, audit_give_up.clone(), metrics.clone()));
         let invalidations = store.subscribe_invalidations();
         let (changes, _) = broadcast::channel(1024);
         let state = AppState(Arc::new(Inner {
@@ -102,6 +105,7 @@ impl AppState {
             stopping: watch::Sender::new(false),
             tasks: tokio_util::task::TaskTracker::new(),
             clock: nexus_core::clock::Clock::default(),
+            metrics,
         }));
         if let Some(mut rx) = invalidations {
             let weak = Arc::downgrade(&state.0);
@@ -177,6 +181,21 @@ impl AppState {
         })
     }
 
+    /// The metrics as text, the gauges read now (the refresher's backlog
+    /// and lag from the store, the audit queue's depth).
+    pub async fn render_metrics(&self) -> String {
+        let now = self.clock.now_secs();
+        if let Ok(n) = self.store.count_due_refreshes(now).await {
+            self.metrics.refresher_backlog.set(n);
+        }
+        if let Ok(lag) = self.store.refresh_lag(now).await {
+            self.metrics.refresher_lag.set(lag as f64);
+        }
+        let queued = self.audit_tx.max_capacity() - self.audit_tx.capacity();
+        self.metrics.audit_queue_depth.set(queued as i64);
+        self.metrics.render()
+    }
+
     /// Waits until every row queued before this call is written.
     pub async fn flush_audit(&self) {
         let (tx, rx) = oneshot::channel();
@@ -203,7 +222,12 @@ pub const AUDIT_CLOSE_GRACE: Duration = Duration::from_secs(60);
 /// How long one attempt to write a batch may take.
 const AUDIT_ATTEMPT: Duration = Duration::from_secs(30);
 
-async fn audit_writer(store: Store, mut rx: mpsc::Receiver<AuditMsg>, give_up: Arc<std::sync::atomic::AtomicBool>) {
+async fn audit_writer(
+    store: Store,
+    mut rx: mpsc::Receiver<AuditMsg>,
+    give_up: Arc<std::sync::atomic::AtomicBool>,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
     while let Some(first) = rx.recv().await {
         let mut batch = Vec::new();
         let mut waiters = Vec::new();
@@ -241,6 +265,9 @@ async fn audit_writer(store: Store, mut rx: mpsc::Receiver<AuditMsg>, give_up: A
                     Err(_) => Err(format!("no answer from the database in {AUDIT_ATTEMPT:?}")),
                 }
             };
+            if attempt_result.is_err() {
+                metrics.audit_write_failures.inc();
+            }
             match attempt_result {
                 Ok(()) => break,
                 Err(e) if give_up.load(std::sync::atomic::Ordering::SeqCst) => {

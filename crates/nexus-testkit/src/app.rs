@@ -34,6 +34,8 @@ impl TestResponse {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Where `GET /metrics` is served, when the configuration asked for it.
+    pub metrics_addr: Option<SocketAddr>,
     pub base_url: String,
     pub api_key: String,
     pub client: reqwest::Client,
@@ -104,6 +106,7 @@ impl TestApp {
         let config = raw.clone().build().expect("test configuration is valid");
         let app = Application::build(config).await.expect("server starts");
         let addr = app.local_addr();
+        let metrics_addr = app.metrics_addr();
         let state = app.state().clone();
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async {
@@ -116,6 +119,7 @@ impl TestApp {
             .expect("client");
         TestApp {
             addr,
+            metrics_addr,
             base_url: format!("http://{addr}"),
             api_key,
             client,

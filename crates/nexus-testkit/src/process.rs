@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-pub const CONFIG_VARS: [&str; 27] = [
+pub const CONFIG_VARS: [&str; 28] = [
     "API_KEY",
     "ENCRYPTION_KEY",
     "ENCRYPTION_KEYS",
@@ -19,6 +19,7 @@ pub const CONFIG_VARS: [&str; 27] = [
     "DATABASE_URL",
     "NEXUS_DATA_DIR",
     "BIND",
+    "METRICS_BIND",
     "ALLOWED_RETURN_DOMAINS",
     "TRUSTED_PROXIES",
     "ALLOWED_CIDRS",

@@ -32,7 +32,11 @@ pub fn finish(id: &str, method: &Method, route: &str, started: Instant, response
     }
 }
 
-pub async fn log_request(mut req: Request, next: Next) -> Response {
+pub async fn log_request(
+    axum::extract::State(state): axum::extract::State<crate::state::AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let id = request_id(req.headers());
     req.extensions_mut().insert(RequestId(id.clone()));
@@ -43,6 +47,7 @@ pub async fn log_request(mut req: Request, next: Next) -> Response {
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "(unmatched)".to_owned());
     let mut response = next.run(req).await;
+    state.metrics.http(&route, method.as_str(), response.status().as_u16(), started.elapsed());
     finish(&id, &method, &route, started, &mut response);
     response
 }

@@ -47,12 +47,20 @@ pub async fn forward(
     let fwd = Forward::to(base, path, query, method, headers, body).map_err(ApiError::bad_request)?;
     // Provider connections are pooled per connection id (see `ProviderClient`).
     let pool = answer.connection_id().to_owned();
+    // The provider's share of the time (its answers' heads), for the
+    // latency the proxy adds (`nexus_proxy_added_seconds`).
+    let provider_micros = std::sync::atomic::AtomicU64::new(0);
     let resp = send_with_refresh(
         answer,
         |answer| {
             let signed = fwd.signed(&answer).map_err(|e| ApiError::new(ErrorCode::CannotSign, e.to_string()));
-            let pool = &pool;
-            async move { send(state, pool, signed?).await }
+            let (pool, spent) = (&pool, &provider_micros);
+            async move {
+                let started = std::time::Instant::now();
+                let answer = send(state, pool, signed?).await;
+                spent.fetch_add(started.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+                answer
+            }
         },
         |resp| resp.status().as_u16(),
         |stale| async move { parse(&Box::pin(tokens::refresh_rejected(state, caller, id, stale.expires_at())).await?) },
@@ -61,8 +69,13 @@ pub async fn forward(
     let mut out = nexus_bridge::forward::relay(resp).map(Body::new);
     // The upstream's own error bodies reach the caller as they are.
     out.extensions_mut().insert(crate::middleware::error_json::KeepBody);
+    out.extensions_mut().insert(ProviderTime(std::time::Duration::from_micros(provider_micros.into_inner())));
     Ok(out)
 }
+
+/// How long the provider took to answer a proxied request (to its head).
+#[derive(Debug, Clone, Copy)]
+pub struct ProviderTime(pub std::time::Duration);
 
 fn parse(bytes: &Bytes) -> Result<Arc<TokenAnswer>, ApiError> {
     serde_json::from_slice(bytes).map(Arc::new).map_err(|_| ApiError::internal())

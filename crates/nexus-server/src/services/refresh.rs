@@ -289,6 +289,12 @@ async fn refresh_now(state: &AppState, caller: Option<&Caller>, id: &str, reason
             (outcome, Refresh::ProviderDown(code), vec![a])
         }
     };
+    let label = match &answer {
+        Refresh::Refreshed => "refreshed",
+        Refresh::Refused(_) => "refused",
+        _ => "provider_down",
+    };
+    state.metrics.refresh(provider.config.name.as_str(), label);
     let written = state.store.finish_refresh(lock, &outcome, audits, state.clock.now_micros()).await?;
     state.invalidate(Invalidation::Connection(row.id.clone()));
     match written {

@@ -2,6 +2,7 @@
 //! credentials of an active connection — never a refresh token.
 
 use crate::error::ApiError;
+use crate::metrics::TokenOutcome;
 use crate::middleware::Caller;
 use crate::services::connections::{audit, context, expire_if_stale};
 use crate::services::refresh::{refresh, Reason, Refresh, Settled};
@@ -75,12 +76,24 @@ pub async fn answer(state: &AppState, caller: &Caller, id: &str) -> Result<Arc<C
                 ..NewAudit::new(AuditEvent::TokenRetrieved)
             })
             .await?;
+        state.metrics.token_answer(TokenOutcome::CacheHit);
         return Ok(hit);
     }
     let generation = state.token_cache.generation();
     // Boxed: the miss path (store reads, a possible refresh) is a future
     // of kilobytes that the cache hit, the hot path, should not carry.
-    let view = Box::pin(load(state, caller, id)).await?;
+    let (view, refreshed) = match Box::pin(load(state, caller, id)).await {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            state.metrics.token_answer(match e.code {
+                ErrorCode::AttentionRequired => TokenOutcome::AttentionRequired,
+                ErrorCode::ProviderUnavailable | ErrorCode::StorageUnavailable => TokenOutcome::Unavailable,
+                _ => TokenOutcome::Refused,
+            });
+            return Err(e);
+        }
+    };
+    state.metrics.token_answer(if refreshed { TokenOutcome::Refreshed } else { TokenOutcome::Stored });
     let body = Bytes::from(serde_json::to_vec(&view.0).map_err(|_| ApiError::internal())?);
     // Not served from cache inside the refresh window: a request there refreshes.
     let refresh_by = view.0.expires_at.map(|exp| exp - state.config.refresh_window_secs);
@@ -91,7 +104,7 @@ pub async fn answer(state: &AppState, caller: &Caller, id: &str) -> Result<Arc<C
 /// Reads the connection, refreshes it first when its token is inside the
 /// refresh window, and answers from the row as it then stands; returns the
 /// view with its provider and workspace ids.
-async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<(TokenView, String, String), ApiError> {
+async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<((TokenView, String, String), bool), ApiError> {
     let row = state.store.connection_by_id(id).await?.ok_or_else(|| ApiError::not_found("no such connection"))?;
     let window = state.config.refresh_window_secs;
     let now = state.clock.now_secs();
@@ -114,7 +127,8 @@ async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<(TokenView,
     } else {
         Settled { outcome: Refresh::NotNeeded, row, provider: None, credentials: None }
     };
-    view_of(state, caller, settled).await
+    let refreshed = matches!(settled.outcome, Refresh::Refreshed);
+    view_of(state, caller, settled).await.map(|view| (view, refreshed))
 }
 
 /// The token answer of a connection as `settled` leaves it: its provider

@@ -9,6 +9,7 @@ mod contract;
 mod grants;
 mod leaks;
 mod limits;
+mod metrics;
 mod network;
 mod oauth;
 mod openapi;
