@@ -182,6 +182,7 @@ const stats = {
   userinfo_requests: 0,
   revocation_requests: 0,
   client_credentials_requests: 0,
+  jwks_requests: 0,
 };
 
 // queued injections for the token endpoint
@@ -267,6 +268,14 @@ async function handleControl(req, res, pathname) {
         };
         return sendJson(res, 200, { ok: true });
       }
+      case '/__test/rotate-keys': {
+        // A new signing key (and only it) from now on; grants, sessions
+        // and tokens live in the shared stores and survive the swap.
+        keyGeneration += 1;
+        const kid = `fixture-rs256-${keyGeneration}`;
+        providerCallback = buildProvider(currentIssuer, kid).callback();
+        return sendJson(res, 200, { ok: true, kid });
+      }
       case '/__test/delay-token-endpoint':
         delays = {
           remaining: nonNegativeInt(body.count, 'count', 1),
@@ -323,9 +332,9 @@ function claimsFor(login) {
   };
 }
 
-function buildProvider(issuer) {
+function buildProvider(issuer, kid = 'fixture-rs256') {
   const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
-  const jwk = { ...privateKey.export({ format: 'jwk' }), kid: 'fixture-rs256', use: 'sig', alg: 'RS256' };
+  const jwk = { ...privateKey.export({ format: 'jwk' }), kid, use: 'sig', alg: 'RS256' };
 
   const provider = new Provider(issuer, {
     adapter: TestAdapter,
@@ -391,6 +400,8 @@ function buildProvider(issuer) {
 // server
 
 let providerCallback;
+let currentIssuer;
+let keyGeneration = 0;
 
 const server = http.createServer(async (req, res) => {
   const started = Date.now();
@@ -404,6 +415,7 @@ const server = http.createServer(async (req, res) => {
       return;
     }
     if (pathname === '/me') stats.userinfo_requests += 1;
+    if (pathname === '/jwks') stats.jwks_requests += 1;
     if (pathname === '/token/revocation') stats.revocation_requests += 1;
     if (req.method === 'POST' && pathname === '/token') {
       if (await interceptToken(req, res)) return;
@@ -442,6 +454,7 @@ server.listen(0, '127.0.0.1', () => {
   const { port } = server.address();
   const issuer = `http://127.0.0.1:${port}`;
   try {
+    currentIssuer = issuer;
     const provider = buildProvider(issuer);
     providerCallback = provider.callback();
   } catch (err) {

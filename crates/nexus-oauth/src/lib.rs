@@ -23,5 +23,5 @@ pub use flow::{
     ClientAuth, ClientConfig, OAuthError, TokenSet,
 };
 pub use http::{ProviderHttp, TokenQuirks};
-pub use id_token::{verify_id_token, IdTokenCheck};
+pub use id_token::{fetch_key_set, verify_id_token, verify_id_token_with, IdTokenCheck, IdTokenError, KeySet};
 pub use revoke::{revoke, RevocableToken};

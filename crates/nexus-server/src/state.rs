@@ -29,6 +29,10 @@ pub struct Inner {
     pub refresh_locks: crate::services::refresh::RefreshLocks,
     /// OIDC discovery documents of per-tenant issuers.
     pub issuers: crate::services::tenant_discovery::IssuerCache,
+    /// Providers' signing keys, fetched once a day or on an unknown key id.
+    pub key_sets: crate::services::key_sets::KeySets,
+    /// One rediscovery at a time per provider (stored documents older than a day).
+    pub rediscovery: crate::services::tenant_discovery::Rediscovery,
     audit_tx: mpsc::Sender<AuditMsg>,
     /// Set at the end of shutdown's grace: the audit writer logs what the
     /// database still refuses instead of retrying.
@@ -99,6 +103,8 @@ impl AppState {
             token_cache: TokenCache::new(Duration::from_secs(30)),
             refresh_locks: Default::default(),
             issuers: Default::default(),
+            key_sets: Default::default(),
+            rediscovery: Default::default(),
             audit_tx,
             audit_give_up,
             changes,

@@ -60,6 +60,18 @@ fn json(value: &impl serde::Serialize) -> String {
 }
 
 impl Store {
+    /// Replaces a provider's discovered endpoints (fetched again when old);
+    /// nothing else of the provider changes.
+    pub async fn set_provider_discovery(&self, id: &str, discovery: &Discovery) -> Result<(), StoreError> {
+        let mut w = self.begin_write().await?;
+        sqlx::query("UPDATE providers SET discovery = $1 WHERE id = $2")
+            .bind(json(discovery))
+            .bind(id)
+            .execute(&mut *w.tx)
+            .await?;
+        w.commit().await
+    }
+
     /// Inserts a provider and its audit row atomically. A taken name is `Conflict`.
     pub async fn insert_provider(&self, row: &ProviderRow, audit: NewAudit) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;

@@ -101,6 +101,9 @@ pub struct Stats {
     /// Requests to the revocation endpoint.
     #[serde(default)]
     pub revocation_requests: u64,
+    /// Requests for the key set (`/jwks`).
+    #[serde(default)]
+    pub jwks_requests: u64,
     /// Token endpoint POSTs with `grant_type=client_credentials`.
     #[serde(default)]
     pub client_credentials_requests: u64,
@@ -303,6 +306,12 @@ impl OidcProvider {
     /// they are processed.
     pub async fn delay_token_endpoint(&self, ms: u64, count: u32) -> anyhow::Result<()> {
         self.control("/__test/delay-token-endpoint", json!({ "ms": ms, "count": count })).await
+    }
+
+    /// Signs with a new key (a new `kid`) from now on; grants, sessions and
+    /// tokens already issued survive.
+    pub async fn rotate_keys(&self) -> anyhow::Result<()> {
+        self.control("/__test/rotate-keys", json!({})).await
     }
 
     /// Closes stdin (the provider exits by itself) and waits up to 5 s, then

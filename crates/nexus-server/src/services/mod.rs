@@ -5,6 +5,7 @@ pub mod audit;
 pub mod capture;
 pub mod connection_config;
 pub mod connections;
+pub mod key_sets;
 pub mod providers;
 pub mod proxy;
 pub mod refresh;

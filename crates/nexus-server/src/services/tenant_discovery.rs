@@ -42,6 +42,48 @@ impl IssuerCache {
     }
 }
 
+/// One rediscovery at a time per provider.
+#[derive(Debug, Default)]
+pub struct Rediscovery(Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>);
+
+/// The provider's stored document, fetched again (once, whoever asks) when
+/// it is older than a day; a failed fetch keeps the last good document
+/// (logged and counted in `nexus_discovery_refreshes_total`).
+async fn stored(state: &AppState, provider: &ProviderRow) -> Option<Discovery> {
+    let now = state.clock.now_secs();
+    let current = provider.discovery.clone()?;
+    if !provider.config.enable_discovery || now - current.fetched_at < crate::services::key_sets::TTL_SECS {
+        return Some(current);
+    }
+    let lock = {
+        let mut locks = state.rediscovery.0.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(provider.id.clone()).or_default().clone()
+    };
+    let _held = lock.lock().await;
+    // Another request (or replica) may have fetched it meanwhile.
+    if let Ok(Some(row)) = state.store.provider_by_id(&provider.id).await {
+        if let Some(d) = row.discovery.filter(|d| now - d.fetched_at < crate::services::key_sets::TTL_SECS) {
+            return Some(d);
+        }
+    }
+    let issuer = provider.config.issuer.as_deref().unwrap_or_default();
+    let http = nexus_oauth::ProviderHttp::new(state.http.clone());
+    match nexus_oauth::discover(&http, issuer, now).await {
+        Ok(fresh) => {
+            state.metrics.discovery("ttl", "ok");
+            if let Err(e) = state.store.set_provider_discovery(&provider.id, &fresh).await {
+                tracing::warn!(provider = %provider.id, error = %e, "the rediscovered document could not be stored");
+            }
+            Some(fresh)
+        }
+        Err(e) => {
+            state.metrics.discovery("ttl", "failed");
+            tracing::warn!(provider = %provider.id, error = %e, "rediscovery failed; keeping the last good document");
+            Some(current)
+        }
+    }
+}
+
 /// Whether the provider is discovered per connection.
 pub fn per_tenant(config: &ProviderConfig) -> bool {
     config.enable_discovery && config.issuer.as_deref().is_some_and(is_template)
@@ -64,7 +106,7 @@ pub async fn for_connection(
     connection: &Map<String, Value>,
 ) -> Result<Option<Discovery>, ApiError> {
     if !per_tenant(&provider.config) {
-        return Ok(provider.discovery.clone());
+        return Ok(stored(state, provider).await);
     }
     let Some(issuer) = issuer(&provider.config, connection)? else { return Ok(None) };
     let now = state.clock.now_secs();

@@ -7,6 +7,7 @@ mod capture;
 mod catalog;
 mod contract;
 mod grants;
+mod keys;
 mod leaks;
 mod limits;
 mod metrics;

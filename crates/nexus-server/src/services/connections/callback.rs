@@ -158,7 +158,7 @@ async fn complete(state: &AppState, caller: &Caller, conn: &ConnectionRow, q: &C
                     client_secret: &cfg.client_secret,
                     nonce,
                 };
-                nexus_oauth::verify_id_token(&http, id_token, &check).await.map_err(|why| {
+                crate::services::key_sets::verify(state, id_token, &check).await.map_err(|why| {
                     tracing::warn!(connection = %conn.id, reason = %why, "id_token rejected");
                     "invalid_id_token".to_owned()
                 })?;
