@@ -200,14 +200,30 @@ fn origin_refused() -> Own {
     )
 }
 
+/// Hears of each answer the relay gives: its status, and the time the relay
+/// added to the provider's (to the answer's head), when a provider answered.
+pub type Observer = Arc<dyn Fn(u16, Option<Duration>) + Send + Sync>;
+
 /// The relay of one proxy process; share it (`Arc`) between agent connections.
-#[derive(Debug)]
 pub struct Relay {
     bridge: Bridge,
     upstreams: Upstreams,
     head_timeout: Duration,
     provider_timeout: Duration,
     admission: Admission,
+    observer: Option<Observer>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("bridge", &self.bridge)
+            .field("upstreams", &self.upstreams)
+            .field("head_timeout", &self.head_timeout)
+            .field("provider_timeout", &self.provider_timeout)
+            .field("admission", &self.admission)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Relay {
@@ -226,7 +242,14 @@ impl Relay {
             head_timeout: Duration::from_secs(30),
             provider_timeout: Duration::from_secs(60),
             admission: Admission::default(),
+            observer: None,
         })
+    }
+
+    /// Calls `observer` after each answer (metrics).
+    pub fn observe(mut self, observer: Observer) -> Relay {
+        self.observer = Some(observer);
+        self
     }
 
     /// Which `Host`, `Origin` and `Sec-Fetch-Site` values it serves (by
@@ -321,6 +344,7 @@ impl Relay {
         link: &mut Option<Upstream>,
         head: RequestHead,
     ) -> Result<KeepAlive, ()> {
+        let started = Instant::now();
         let framing =
             Agent { head_request: head.method == Method::HEAD, http10: head.http10, keep_alive: head.keep_alive };
         let outcome = match self.admission.check(&head) {
@@ -332,8 +356,16 @@ impl Relay {
             },
         };
         let (mut up, resp) = match outcome {
-            Ok(answer) => answer,
+            Ok((up, resp, provider)) => {
+                if let Some(observe) = &self.observer {
+                    observe(resp.status, Some(started.elapsed().saturating_sub(provider)));
+                }
+                (up, resp)
+            }
             Err(own) => {
+                if let Some(observe) = &self.observer {
+                    observe(own.status.as_u16(), None);
+                }
                 let own = if framing.keep_alive { own } else { own.closing() };
                 agent.write_all(&own.bytes(Some(framing))).await.map_err(|_| ())?;
                 if own.close {
@@ -405,7 +437,7 @@ impl Relay {
         head: RequestHead,
         body: Bytes,
         framing: Agent,
-    ) -> Result<(Upstream, ResponseHead), Own> {
+    ) -> Result<(Upstream, ResponseHead, Duration), Own> {
         let (id, path) = crate::target::split_connection_path(head.target.path().trim_start_matches('/'));
         if id.is_empty() {
             return Err(own(ErrorCode::NotFound, "call /{connection_id}/{path} on this proxy"));
@@ -421,12 +453,15 @@ impl Relay {
         let fwd = Forward::to(base, path, head.target.query(), head.method, head.headers, body)
             .map_err(|m| own(ErrorCode::InvalidInput, m))?;
         let mut retried = false;
+        let mut provider = Duration::ZERO;
         loop {
+            let sent = Instant::now();
             let (mut up, resp) = self.send(link, id, &fwd, &answer, framing).await?;
+            provider += sent.elapsed();
             // The 401 rule of every caller (`pipeline`), with this
             // relay's provider connection kept between the two sends.
             if retried || !crate::pipeline::refreshes_after(resp.status, &answer) {
-                return Ok((up, resp));
+                return Ok((up, resp, provider));
             }
             // Keep the connection if the 401's body is already here whole.
             if let h1::ResponseBody::Length(n) = resp.body {

@@ -92,6 +92,9 @@ struct ProxyArgs {
     /// an Origin or a cross-site Sec-Fetch-Site are refused).
     #[arg(long = "allow-origin", env = "NEXUS_PROXY_ALLOWED_ORIGINS", value_delimiter = ',')]
     allow_origins: Vec<String>,
+    /// Where GET /metrics (Prometheus) is served; off when unset, never on --listen.
+    #[arg(long, env = "NEXUS_PROXY_METRICS_BIND")]
+    metrics_bind: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -187,7 +190,14 @@ fn main() -> ExitCode {
             for origin in args.allow_origins.iter().filter(|o| !o.trim().is_empty()) {
                 admission = admission.allow_origin(origin);
             }
-            let options = sidecar::Options { admission, max_connections: args.max_connections as usize };
+            if args.metrics_bind.is_some_and(|m| m.port() != 0 && m.port() == args.listen.port()) {
+                return Err("--metrics-bind must not share --listen's port".into());
+            }
+            let options = sidecar::Options {
+                admission,
+                max_connections: args.max_connections as usize,
+                metrics_bind: args.metrics_bind,
+            };
             sidecar::serve(args.listen, args.gateway, api_key, options).await?;
             Ok(ExitCode::SUCCESS)
         }),

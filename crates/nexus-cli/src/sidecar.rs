@@ -30,6 +30,8 @@ pub struct Options {
     pub admission: Admission,
     /// Agent connections served at once.
     pub max_connections: usize,
+    /// Where `GET /metrics` is served, if anywhere.
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 /// Answers a connection over the limit with a 503 and closes it, reading
@@ -79,7 +81,28 @@ pub async fn serve(listen: SocketAddr, gateway: String, api_key: String, options
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, gateway = %gateway, "nexus proxy is serving");
     println!("nexus proxy listening on http://{addr} (gateway {gateway})");
-    let relay = Arc::new(Relay::new(Bridge::new(gateway, api_key)).admission(options.admission));
+    let mut relay = Relay::new(Bridge::new(gateway, api_key)).admission(options.admission);
+    let (metrics_stop, metrics_stopped) = tokio::sync::watch::channel(false);
+    if let Some(bind) = options.metrics_bind {
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .map_err(|e| format!("--metrics-bind {bind} could not be bound: {e}"))?;
+        let at = listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(metrics = %format!("http://{at}/metrics"), "nexus proxy metrics are served");
+        let metrics = Arc::new(nexus_server::metrics::ProxyMetrics::new());
+        let recorder = metrics.clone();
+        relay = relay.observe(Arc::new(move |status, added| recorder.record(status, added)));
+        let render = move || {
+            let metrics = metrics.clone();
+            Box::pin(async move { metrics.render() })
+                as std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>
+        };
+        let mut stopped = metrics_stopped.clone();
+        tokio::spawn(nexus_server::metrics::serve(listener, render, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
+    }
+    let relay = Arc::new(relay);
     let serving = Arc::new(Semaphore::new(options.max_connections));
     let refusing = Arc::new(Semaphore::new(REFUSALS));
     let ticker = tokio::spawn(keep_timers_near());
@@ -114,5 +137,6 @@ pub async fn serve(listen: SocketAddr, gateway: String, api_key: String, options
         tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway");
     }
     ticker.abort();
+    let _ = metrics_stop.send(true);
     Ok(())
 }

@@ -491,3 +491,42 @@ nexus_testkit::both_backends!(
     changes_reach_running_proxies_through_the_stream,
     changes_reach_running_proxies_within_max_age_when_the_stream_is_blocked
 );
+
+/// `nexus proxy --metrics-bind`: its requests by status and the latency it
+/// adds, exactly as many as were sent, in a text `promtool` accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_metrics_count_its_answers() {
+    nexus_testkit::run_bounded(async {
+        let app = TestApp::spawn(Backend::Sqlite).await;
+        let (addr, _seen) = recording_upstream().await;
+        let provider = json!({"auth_type": "api_key", "api_base_url": format!("http://{addr}/api"), "params": {"credential_schema": schema(&["api_key"])}});
+        let id = static_connection(&app, "metered", provider, json!({"api_key": "k-metered"})).await;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let bind = format!("127.0.0.1:{port}");
+        let (_child, proxy) = sidecar_with(&app, &["--metrics-bind", &bind]).await;
+        for _ in 0..3 {
+            let resp = client().get(format!("{proxy}/{id}/x")).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+        let missing = client().get(format!("{proxy}/")).send().await.unwrap();
+        assert_eq!(missing.status(), 404);
+        let text = reqwest::get(format!("http://{bind}/metrics")).await.unwrap().text().await.unwrap();
+        assert!(text.contains("nexus_proxy_requests_total{proxy=\"sidecar\",status=\"200\"} 3\n"), "{text}");
+        assert!(text.contains("nexus_proxy_requests_total{proxy=\"sidecar\",status=\"404\"} 1\n"), "{text}");
+        assert!(text.contains("nexus_proxy_added_seconds_count{proxy=\"sidecar\"} 3\n"), "{text}");
+        assert!(!text.contains(&id), "no connection id in a label");
+        use std::io::Write;
+        let mut promtool = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool (Debian package prometheus; scripts/test installs it)");
+        promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        let out = promtool.wait_with_output().unwrap();
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && said.trim().is_empty(), "promtool: {said}");
+    })
+    .await;
+}

@@ -297,22 +297,16 @@ impl Application {
     }
 }
 
-/// `GET /metrics` (Prometheus text format 0.0.4) on its own listener, so
-/// it is never reachable where the API is; anything else there is a 404.
+/// `GET /metrics` on its own listener, so it is never reachable where the
+/// API is; anything else there is a 404.
 async fn serve_metrics(listener: TcpListener, state: AppState) {
     let stopping = state.stopping();
-    let app = Router::new()
-        .route(
-            "/metrics",
-            axum::routing::get(|axum::extract::State(state): axum::extract::State<AppState>| async move {
-                (
-                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-                    state.render_metrics().await,
-                )
-            }),
-        )
-        .with_state(state);
-    let _ = axum::serve(listener, app).with_graceful_shutdown(stopping).await;
+    let render = move || {
+        let state = state.clone();
+        Box::pin(async move { state.render_metrics().await })
+            as std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>
+    };
+    crate::metrics::serve(listener, render, stopping).await;
 }
 
 /// Resolves on SIGINT or SIGTERM. The handlers are installed when this is

@@ -191,6 +191,81 @@ impl Metrics {
     }
 }
 
+/// The metrics of `nexus proxy` (the sidecar): its requests by status, the
+/// latency it adds over the provider's, and the build; the same names as
+/// the Gateway's, with `proxy="sidecar"`.
+pub struct ProxyMetrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    added: HistogramVec,
+}
+
+impl Default for ProxyMetrics {
+    fn default() -> Self {
+        ProxyMetrics::new()
+    }
+}
+
+impl ProxyMetrics {
+    pub fn new() -> ProxyMetrics {
+        let registry = Registry::new();
+        let requests = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("nexus_proxy_requests_total", "Requests through nexus proxy, by status."),
+                &["proxy", "status"],
+            )
+            .expect("valid counter"),
+        );
+        let opts = HistogramOpts::new(
+            "nexus_proxy_added_seconds",
+            "Latency nexus proxy adds: its time to the answer's head less the provider's.",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec());
+        let added = register(&registry, HistogramVec::new(opts, &["proxy"]).expect("valid histogram"));
+        let build =
+            IntGaugeVec::new(Opts::new("nexus_build_info", "The running build."), &["version"]).expect("valid gauge");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        register(&registry, build);
+        ProxyMetrics { registry, requests, added }
+    }
+
+    /// One answer of the relay.
+    pub fn record(&self, status: u16, added: Option<Duration>) {
+        self.requests.with_label_values(&["sidecar", status_label(status)]).inc();
+        if let Some(added) = added {
+            self.added.with_label_values(&["sidecar"]).observe(added.as_secs_f64());
+        }
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Serves `render()` as `GET /metrics` (Prometheus text format 0.0.4) on
+/// `listener` until `stop` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    render: impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>> + Clone + Send + Sync + 'static,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let app =
+        axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let render = render.clone();
+                async move {
+                    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render().await)
+                }
+            }),
+        );
+    let _ = axum::serve(listener, app).with_graceful_shutdown(stop).await;
+}
+
 /// Statuses as labels: one of a bounded set of strings.
 fn status_label(status: u16) -> &'static str {
     const KNOWN: [(u16, &str); 24] = [
