@@ -156,6 +156,9 @@ struct ServeArgs {
     /// Seconds a proxy or the Bridge may reuse a token answer (default 30).
     #[arg(long, env = "TOKEN_MAX_AGE")]
     token_max_age: Option<String>,
+    /// Seconds a discovery document or key set is used before it is fetched again (default 86400).
+    #[arg(long, env = "DISCOVERY_TTL")]
+    discovery_ttl: Option<String>,
     /// Background refreshes in flight at once (default 8).
     #[arg(long, env = "REFRESH_CONCURRENCY")]
     refresh_concurrency: Option<String>,
@@ -269,6 +272,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         refresh_interval: args.refresh_interval,
         head_timeout: args.head_timeout,
         token_max_age: args.token_max_age,
+        discovery_ttl: args.discovery_ttl,
         refresh_concurrency: args.refresh_concurrency,
         refresh_per_host: args.refresh_per_host,
     };

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-pub const CONFIG_VARS: [&str; 28] = [
+pub const CONFIG_VARS: [&str; 29] = [
     "API_KEY",
     "ENCRYPTION_KEY",
     "ENCRYPTION_KEYS",
@@ -20,6 +20,7 @@ pub const CONFIG_VARS: [&str; 28] = [
     "NEXUS_DATA_DIR",
     "BIND",
     "METRICS_BIND",
+    "DISCOVERY_TTL",
     "ALLOWED_RETURN_DOMAINS",
     "TRUSTED_PROXIES",
     "ALLOWED_CIDRS",

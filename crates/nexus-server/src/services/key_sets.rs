@@ -1,5 +1,5 @@
 //! Providers' signing keys, kept current (SPEC 14): each key set is fetched
-//! once and reused for a day; an id_token signed with a key the set lacks
+//! once and reused for `DISCOVERY_TTL` (a day by default); an id_token signed with a key the set lacks
 //! (the provider rotated its keys) fetches the set again at once. Either
 //! fetch is single-flight per key-set URL, and a failed one keeps the last
 //! good set (logged and counted in `nexus_discovery_refreshes_total`).
@@ -8,9 +8,6 @@ use crate::state::AppState;
 use nexus_oauth::{IdTokenCheck, IdTokenError, KeySet};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-
-/// How long a fetched key set (and a discovery document) is used before it is fetched again.
-pub const TTL_SECS: i64 = 24 * 60 * 60;
 
 type Slot = Arc<tokio::sync::Mutex<Option<Fetched>>>;
 
@@ -64,7 +61,7 @@ pub async fn verify(state: &AppState, raw: &str, check: &IdTokenCheck<'_>) -> Re
     let keys = {
         let mut held = slot.lock().await;
         match held.clone() {
-            Some(f) if state.clock.now_secs() - f.at < TTL_SECS => f.keys,
+            Some(f) if state.clock.now_secs() - f.at < state.config.discovery_ttl_secs => f.keys,
             _ => fetch(state, check.jwks_uri, &mut held, "ttl").await?,
         }
     };

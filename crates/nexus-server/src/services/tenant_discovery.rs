@@ -47,12 +47,12 @@ impl IssuerCache {
 pub struct Rediscovery(Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>);
 
 /// The provider's stored document, fetched again (once, whoever asks) when
-/// it is older than a day; a failed fetch keeps the last good document
+/// it is older than `DISCOVERY_TTL` (a day by default); a failed fetch keeps the last good document
 /// (logged and counted in `nexus_discovery_refreshes_total`).
 async fn stored(state: &AppState, provider: &ProviderRow) -> Option<Discovery> {
     let now = state.clock.now_secs();
     let current = provider.discovery.clone()?;
-    if !provider.config.enable_discovery || now - current.fetched_at < crate::services::key_sets::TTL_SECS {
+    if !provider.config.enable_discovery || now - current.fetched_at < state.config.discovery_ttl_secs {
         return Some(current);
     }
     let lock = {
@@ -62,7 +62,7 @@ async fn stored(state: &AppState, provider: &ProviderRow) -> Option<Discovery> {
     let _held = lock.lock().await;
     // Another request (or replica) may have fetched it meanwhile.
     if let Ok(Some(row)) = state.store.provider_by_id(&provider.id).await {
-        if let Some(d) = row.discovery.filter(|d| now - d.fetched_at < crate::services::key_sets::TTL_SECS) {
+        if let Some(d) = row.discovery.filter(|d| now - d.fetched_at < state.config.discovery_ttl_secs) {
             return Some(d);
         }
     }
