@@ -344,14 +344,18 @@ impl Relay {
         link: &mut Option<Upstream>,
         head: RequestHead,
     ) -> Result<KeepAlive, ()> {
-        let started = Instant::now();
+        let mut started = Instant::now();
         let framing =
             Agent { head_request: head.method == Method::HEAD, http10: head.http10, keep_alive: head.keep_alive };
         let outcome = match self.admission.check(&head) {
             // Refused before its body is read: the connection closes after it.
             Err(refused) => Err(refused.closing()),
             Ok(()) => match self.read_body(agent, buf, &head).await? {
-                Ok(body) => self.forward(link, head, body, framing).await,
+                Ok(body) => {
+                    // What the relay adds is timed from here: the agent's upload is not its.
+                    started = Instant::now();
+                    self.forward(link, head, body, framing).await
+                }
                 Err(refused) => Err(refused),
             },
         };

@@ -238,6 +238,9 @@ async fn rotation(backend: Backend) {
     }
     let refreshed = api.post(&format!("/v1/refresh/{oauth}"), json!({})).await;
     assert_eq!(refreshed.0, 200, "the refresh token opens: {}", refreshed.1);
+    let machine_id = &connections[1];
+    let regranted = api.post(&format!("/v1/refresh/{machine_id}"), json!({})).await;
+    assert_eq!(regranted.0, 200, "the kept client opens: {}", regranted.1);
     let renewed = api.post(&format!("/v1/refresh/{sa}"), json!({})).await;
     assert_eq!(renewed.0, 200, "the service account's key opens and signs: {}", renewed.1);
     assert_eq!(kit.verified_assertions().len(), 2);

@@ -121,7 +121,7 @@ impl Metrics {
             ),
             proxy_requests: counter(
                 "nexus_proxy_requests_total",
-                "Requests through the Gateway proxy, by status.",
+                "Authenticated requests the Gateway proxy forwarded (or refused to), by status.",
                 &["proxy", "status"],
             ),
             proxy_added: histogram(
@@ -157,6 +157,7 @@ impl Metrics {
     }
 
     pub fn http(&self, route: &str, method: &str, status: u16, took: Duration) {
+        let method = method_label(method);
         self.http_requests.with_label_values(&[route, method, status_label(status)]).inc();
         self.http_duration.with_label_values(&[route, method]).observe(took.as_secs_f64());
     }
@@ -264,6 +265,13 @@ pub async fn serve(
             }),
         );
     let _ = axum::serve(listener, app).with_graceful_shutdown(stop).await;
+}
+
+/// Methods as labels: the standard ones, anything else `other` (a client
+/// may send any token as a method; it must not grow the registry).
+fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"];
+    KNOWN.into_iter().find(|m| *m == method).unwrap_or("other")
 }
 
 /// Statuses as labels: one of a bounded set of strings.

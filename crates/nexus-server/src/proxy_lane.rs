@@ -81,11 +81,7 @@ impl ProxyLane {
             }
         };
         response = error_json::as_json(response);
-        let took = started.elapsed();
-        let status = response.status().as_u16();
-        let provider = response.extensions().get::<crate::services::proxy::ProviderTime>().map(|t| t.0);
-        state.metrics.http(route, method.as_str(), status, took);
-        state.metrics.proxied(status, provider.map(|p| took.saturating_sub(p)));
+        state.metrics.http(route, method.as_str(), response.status().as_u16(), started.elapsed());
         request_log::finish(&id, &method, route, started, &mut response);
         response
     }

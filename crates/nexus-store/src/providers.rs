@@ -60,16 +60,26 @@ fn json(value: &impl serde::Serialize) -> String {
 }
 
 impl Store {
-    /// Replaces a provider's discovered endpoints (fetched again when old);
-    /// nothing else of the provider changes.
-    pub async fn set_provider_discovery(&self, id: &str, discovery: &Discovery) -> Result<(), StoreError> {
+    /// Replaces a provider's discovered endpoints (fetched again when old)
+    /// if the provider is still as it was at `updated_at` (not edited
+    /// meanwhile): true when it did. Nothing else of the provider changes.
+    pub async fn set_provider_discovery(
+        &self,
+        id: &str,
+        updated_at: i64,
+        discovery: &Discovery,
+    ) -> Result<bool, StoreError> {
         let mut w = self.begin_write().await?;
-        sqlx::query("UPDATE providers SET discovery = $1 WHERE id = $2")
+        let done = sqlx::query("UPDATE providers SET discovery = $1 WHERE id = $2 AND updated_at = $3")
             .bind(json(discovery))
             .bind(id)
+            .bind(updated_at)
             .execute(&mut *w.tx)
-            .await?;
-        w.commit().await
+            .await?
+            .rows_affected()
+            == 1;
+        w.commit().await?;
+        Ok(done)
     }
 
     /// Inserts a provider and its audit row atomically. A taken name is `Conflict`.

@@ -67,7 +67,16 @@ pub async fn forward(
     // possible refresh) is kilobytes, and every layer above would otherwise
     // move it by value (`INSTRUCTIONS=1 bench/proxy.sh` counted its copies
     // as a seventh of the Gateway's instructions).
-    Box::pin(proxy::forward(state, caller, id, incoming)).await
+    // Timed from here (the body is read): what the proxy adds over the
+    // provider's time, for both ways in (the lane and the router).
+    let started = std::time::Instant::now();
+    let answered = Box::pin(proxy::forward(state, caller, id, incoming)).await;
+    let (status, provider) = match &answered {
+        Ok(r) => (r.status().as_u16(), r.extensions().get::<proxy::ProviderTime>().map(|t| t.0)),
+        Err(e) => (e.status().as_u16(), None),
+    };
+    state.metrics.proxied(status, provider.map(|p| started.elapsed().saturating_sub(p)));
+    answered
 }
 
 #[cfg(test)]

@@ -9,7 +9,17 @@ use nexus_oauth::{IdTokenCheck, IdTokenError, KeySet};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-type Slot = Arc<tokio::sync::Mutex<Option<Fetched>>>;
+type Slot = Arc<tokio::sync::Mutex<Held>>;
+
+/// A URL's key set, and when fetching it last failed.
+#[derive(Default)]
+struct Held {
+    fetched: Option<Fetched>,
+    failed_at: Option<i64>,
+}
+
+/// After a failed fetch, how long the last good set is used without trying again.
+const RETRY_AFTER_SECS: i64 = 60;
 
 #[derive(Clone)]
 struct Fetched {
@@ -36,21 +46,29 @@ impl KeySets {
     }
 }
 
-/// Fetches into `slot` (held locked): the new set, or on failure the last
-/// good one (an error only when there is none).
-async fn fetch(state: &AppState, uri: &str, slot: &mut Option<Fetched>, reason: &str) -> Result<Arc<KeySet>, String> {
+/// Fetches into `held` (locked): the new set, or on failure the last good
+/// one (an error only when there is none). Within a minute of a failure it
+/// does not try again, so a provider that is away is not asked by every
+/// request in turn.
+async fn fetch(state: &AppState, uri: &str, held: &mut Held, reason: &str) -> Result<Arc<KeySet>, String> {
+    let now = state.clock.now_secs();
+    let last_good = held.fetched.as_ref().map(|f| f.keys.clone());
+    if held.failed_at.is_some_and(|t| now - t < RETRY_AFTER_SECS) {
+        return last_good.ok_or_else(|| "the provider's key set could not be fetched a moment ago".to_owned());
+    }
     let http = nexus_oauth::ProviderHttp::new(state.http.clone());
     match nexus_oauth::fetch_key_set(&http, uri).await {
         Ok(keys) => {
             state.metrics.discovery(reason, "ok");
             let keys = Arc::new(keys);
-            *slot = Some(Fetched { keys: keys.clone(), at: state.clock.now_secs() });
+            *held = Held { fetched: Some(Fetched { keys: keys.clone(), at: now }), failed_at: None };
             Ok(keys)
         }
         Err(e) => {
             state.metrics.discovery(reason, "failed");
+            held.failed_at = Some(now);
             tracing::warn!(jwks_uri = %uri, error = %e, reason, "the key set could not be fetched again; keeping the last good one");
-            slot.as_ref().map(|f| f.keys.clone()).ok_or(e)
+            last_good.ok_or(e)
         }
     }
 }
@@ -60,7 +78,7 @@ pub async fn verify(state: &AppState, raw: &str, check: &IdTokenCheck<'_>) -> Re
     let slot = state.key_sets.slot(check.jwks_uri);
     let keys = {
         let mut held = slot.lock().await;
-        match held.clone() {
+        match held.fetched.clone() {
             Some(f) if state.clock.now_secs() - f.at < state.config.discovery_ttl_secs => f.keys,
             _ => fetch(state, check.jwks_uri, &mut held, "ttl").await?,
         }
@@ -70,7 +88,7 @@ pub async fn verify(state: &AppState, raw: &str, check: &IdTokenCheck<'_>) -> Re
             // Another task may have fetched the new set while this one waited.
             let keys = {
                 let mut held = slot.lock().await;
-                match held.clone() {
+                match held.fetched.clone() {
                     Some(f) if !Arc::ptr_eq(&f.keys, &keys) => f.keys,
                     _ => fetch(state, check.jwks_uri, &mut held, "unknown_kid").await?,
                 }

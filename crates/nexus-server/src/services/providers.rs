@@ -292,6 +292,17 @@ pub async fn update(
                 })?;
                 (Some(enc.clone()), Some(fingerprint(config.name.as_str(), &plain)))
             }
+            // Kept as it is, but sealed under the current key if an older
+            // one sealed it (a rewrap racing this update cannot leave the
+            // old key's envelope behind).
+            Some(enc) if state.config.keyring.needs_reseal(enc) => {
+                let ctx = secret_context(&stored.id);
+                let plain = state.config.keyring.open(&ctx, enc).map_err(|e| {
+                    tracing::error!(provider = %stored.id, error = %e, "stored client secret does not open");
+                    ApiError::internal()
+                })?;
+                (Some(state.config.keyring.seal(&ctx, &plain)), stored.client_secret_fp.clone())
+            }
             other => (other.clone(), stored.client_secret_fp.clone()),
         },
     };

@@ -42,44 +42,64 @@ impl IssuerCache {
     }
 }
 
-/// One rediscovery at a time per provider.
+/// One rediscovery at a time per provider, and when it last failed.
 #[derive(Debug, Default)]
-pub struct Rediscovery(Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>);
+pub struct Rediscovery(Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<Option<i64>>>>>);
+
+/// After a failed rediscovery, how long the last good document is used without trying again.
+const RETRY_AFTER_SECS: i64 = 60;
 
 /// The provider's stored document, fetched again (once, whoever asks) when
-/// it is older than `DISCOVERY_TTL` (a day by default); a failed fetch keeps the last good document
-/// (logged and counted in `nexus_discovery_refreshes_total`).
+/// it is older than `DISCOVERY_TTL` (a day by default); a failed fetch keeps
+/// the last good document (logged and counted in
+/// `nexus_discovery_refreshes_total`) and is not tried again for a minute.
 async fn stored(state: &AppState, provider: &ProviderRow) -> Option<Discovery> {
     let now = state.clock.now_secs();
+    let ttl = state.config.discovery_ttl_secs;
     let current = provider.discovery.clone()?;
-    if !provider.config.enable_discovery || now - current.fetched_at < state.config.discovery_ttl_secs {
+    if !provider.config.enable_discovery || now - current.fetched_at < ttl {
         return Some(current);
     }
-    let lock = {
-        let mut locks = state.rediscovery.0.lock().unwrap_or_else(|e| e.into_inner());
-        locks.entry(provider.id.clone()).or_default().clone()
+    let slot = {
+        let mut slots = state.rediscovery.0.lock().unwrap_or_else(|e| e.into_inner());
+        slots.entry(provider.id.clone()).or_default().clone()
     };
-    let _held = lock.lock().await;
-    // Another request (or replica) may have fetched it meanwhile.
-    if let Ok(Some(row)) = state.store.provider_by_id(&provider.id).await {
-        if let Some(d) = row.discovery.filter(|d| now - d.fetched_at < state.config.discovery_ttl_secs) {
-            return Some(d);
-        }
+    let mut failed_at = slot.lock().await;
+    if failed_at.is_some_and(|t| now - t < RETRY_AFTER_SECS) {
+        return Some(current);
     }
-    let issuer = provider.config.issuer.as_deref().unwrap_or_default();
+    // The provider as it is now: fetched meanwhile (by another request or
+    // replica), or edited (another issuer, discovery turned off), it is
+    // left as it is.
+    let row = match state.store.provider_by_id(&provider.id).await {
+        Ok(Some(row)) => row,
+        _ => return Some(current),
+    };
+    let Some(stale) = row.discovery.clone() else { return None };
+    if now - stale.fetched_at < ttl || !row.config.enable_discovery || row.config.issuer != provider.config.issuer {
+        return Some(stale);
+    }
+    let issuer = row.config.issuer.as_deref().unwrap_or_default();
     let http = nexus_oauth::ProviderHttp::new(state.http.clone());
     match nexus_oauth::discover(&http, issuer, now).await {
         Ok(fresh) => {
             state.metrics.discovery("ttl", "ok");
-            if let Err(e) = state.store.set_provider_discovery(&provider.id, &fresh).await {
-                tracing::warn!(provider = %provider.id, error = %e, "the rediscovered document could not be stored");
+            *failed_at = None;
+            match state.store.set_provider_discovery(&row.id, row.updated_at, &fresh).await {
+                Ok(true) => Some(fresh),
+                // Edited while the document was fetched: the edit stands.
+                Ok(false) => Some(stale),
+                Err(e) => {
+                    tracing::warn!(provider = %row.id, error = %e, "the rediscovered document could not be stored");
+                    Some(fresh)
+                }
             }
-            Some(fresh)
         }
         Err(e) => {
             state.metrics.discovery("ttl", "failed");
-            tracing::warn!(provider = %provider.id, error = %e, "rediscovery failed; keeping the last good document");
-            Some(current)
+            *failed_at = Some(now);
+            tracing::warn!(provider = %row.id, error = %e, "rediscovery failed; keeping the last good document");
+            Some(stale)
         }
     }
 }

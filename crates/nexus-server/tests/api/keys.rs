@@ -43,8 +43,13 @@ async fn rotated_keys_are_fetched_once_and_old_documents_again() {
     assert_eq!(counter(&app, "ttl", "ok").await, 1.0, "the key set is fetched once, then reused");
 
     // The provider signs with a new key: one more fetch, and the token verifies.
+    // Three consents at once: the new set is fetched once for all of them.
     idp.rotate_keys().await.unwrap();
-    let third = connect(&app, "idp", scopes.clone()).await;
+    let at_once = futures::future::join_all((0..3).map(|_| connect(&app, "idp", scopes.clone()))).await;
+    for id in &at_once {
+        assert!(verified(&app, id).await);
+    }
+    let third = at_once[0].clone();
     assert!(verified(&app, &third).await);
     assert_eq!(counter(&app, "unknown_kid", "ok").await, 1.0);
     assert_eq!(idp.stats().await.unwrap().jwks_requests, fetched + 1);

@@ -72,8 +72,11 @@ async fn metrics_count_what_happens_and_promtool_accepts_them() {
     // A token from the store, then the cache.
     assert_eq!(app.get(&format!("/v1/token/{id}")).await.status, 200);
     assert_eq!(app.get(&format!("/v1/token/{id}")).await.status, 200);
-    // A forced refresh the provider grants, then one it refuses.
+    // A forced refresh the provider grants; inside the refresh window, a
+    // token answer that refreshes on demand; then a refresh the provider refuses.
     assert_eq!(app.post(&format!("/v1/refresh/{id}"), &json!({})).await.status, 200);
+    app.state.clock.advance(std::time::Duration::from_secs(400));
+    assert_eq!(app.get(&format!("/v1/token/{id}")).await.status, 200);
     // (Past the forced-refresh coalescing window, so the provider is asked again.)
     app.state.clock.advance(std::time::Duration::from_secs(30));
     idp.fail_token_endpoint(400, Some("invalid_grant"), 1).await.unwrap();
@@ -86,6 +89,10 @@ async fn metrics_count_what_happens_and_promtool_accepts_them() {
             .await;
         assert_eq!(resp.status, 200, "{}", resp.text);
     }
+    // A made-up method is one more request, not one more series.
+    let odd = reqwest::Method::from_bytes(b"FOOBAR").unwrap();
+    let resp = app.send(app.client.request(odd, app.url("/v1/providers")).header("x-api-key", &app.api_key)).await;
+    assert!(resp.status >= 400);
     let text = scrape(&app).await;
     let after = samples(&text);
     let d = |key: &str| delta(&before, &after, key);
@@ -97,13 +104,14 @@ async fn metrics_count_what_happens_and_promtool_accepts_them() {
     );
     assert_eq!(d(r#"nexus_token_answers_total{outcome="cache_hit"}"#), 2.0, "{text}");
     assert_eq!(d(r#"nexus_token_answers_total{outcome="attention_required"}"#), 1.0, "{text}");
-    assert_eq!(d(r#"nexus_refreshes_total{outcome="refreshed",provider="idp"}"#), 1.0, "{text}");
+    assert_eq!(d(r#"nexus_token_answers_total{outcome="refreshed"}"#), 1.0, "{text}");
+    assert_eq!(d(r#"nexus_refreshes_total{outcome="refreshed",provider="idp"}"#), 2.0, "forced and on demand:\n{text}");
     assert_eq!(d(r#"nexus_refreshes_total{outcome="refused",provider="idp"}"#), 1.0, "{text}");
     assert_eq!(d(r#"nexus_proxy_requests_total{proxy="gateway",status="200"}"#), 2.0, "{text}");
     assert_eq!(d(r#"nexus_proxy_added_seconds_count{proxy="gateway"}"#), 2.0, "{text}");
     assert_eq!(
         d(r#"nexus_http_requests_total{method="GET",route="/v1/token/{connection_id}",status="200"}"#),
-        2.0,
+        3.0,
         "{text}"
     );
     assert_eq!(
@@ -111,7 +119,7 @@ async fn metrics_count_what_happens_and_promtool_accepts_them() {
         1.0,
         "{text}"
     );
-    assert_eq!(after.get(r#"nexus_build_info{version=""#.trim_end_matches('"').to_owned().as_str()), None);
+    assert!(!text.contains("FOOBAR") && text.contains(r#"method="other""#), "{text}");
     assert!(text.contains(&format!("nexus_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))), "{text}");
     assert!(after.contains_key("nexus_refresher_backlog") && after.contains_key("nexus_audit_queue_depth"), "{text}");
     assert!(!text.contains(&id) && !text.contains(&proxied), "no connection id in a label");

@@ -503,11 +503,12 @@ async fn a_hanging_provider_does_not_starve_the_others(backend: Backend) {
 both_backends!(a_hanging_provider_does_not_starve_the_others);
 
 /// A key rewrap racing a refresh that rotates the refresh token (SPEC 14):
-/// the rewrap reads the old sealed values, the refresh (holding the row's
-/// lock while the provider answers slowly) writes the new ones under the
-/// new key, and the rewrap's compare-and-swap then leaves them alone, so the
-/// new refresh token is kept and the next refresh works. PostgreSQL, where
-/// replicas share rows under row locks.
+/// the refresh holds the connection's row lock while the provider answers
+/// slowly; the rewrap reads the old credentials, its swap waits on the lock
+/// and then finds them rewritten (under the new key) and leaves them; the
+/// refresh token the provider rotated is stored under the new key, kept,
+/// and the next refresh works. PostgreSQL, where replicas share rows under
+/// row locks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rewrap_racing_a_rotating_refresh_keeps_the_new_token() {
     let (app, idp) = lifecycle_setup(Backend::Postgres, 600, "60", "3600").await;
