@@ -75,7 +75,7 @@ async fn stored(state: &AppState, provider: &ProviderRow) -> Option<Discovery> {
         Ok(Some(row)) => row,
         _ => return Some(current),
     };
-    let Some(stale) = row.discovery.clone() else { return None };
+    let stale = row.discovery.clone()?;
     if now - stale.fetched_at < ttl || !row.config.enable_discovery || row.config.issuer != provider.config.issuer {
         return Some(stale);
     }
