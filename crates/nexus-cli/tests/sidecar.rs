@@ -515,18 +515,7 @@ async fn sidecar_metrics_count_its_answers() {
         assert!(text.contains("nexus_proxy_requests_total{proxy=\"sidecar\",status=\"404\"} 1\n"), "{text}");
         assert!(text.contains("nexus_proxy_added_seconds_count{proxy=\"sidecar\"} 3\n"), "{text}");
         assert!(!text.contains(&id), "no connection id in a label");
-        use std::io::Write;
-        let mut promtool = std::process::Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("promtool (Debian package prometheus; scripts/test installs it)");
-        promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-        let out = promtool.wait_with_output().unwrap();
-        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success() && said.trim().is_empty(), "promtool: {said}");
+        nexus_testkit::promtool::check(&text);
     })
     .await;
 }

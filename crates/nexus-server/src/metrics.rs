@@ -24,12 +24,12 @@ pub struct Metrics {
     registry: Registry,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
-    token_answers: IntCounterVec,
+    /// One counter per outcome, resolved once (token answers are the hot path).
+    token_answers: [IntCounter; 6],
     refreshes: IntCounterVec,
     pub refresher_backlog: IntGauge,
     pub refresher_lag: Gauge,
-    proxy_requests: IntCounterVec,
-    proxy_added: HistogramVec,
+    proxy: Proxied,
     pub audit_queue_depth: IntGauge,
     pub audit_write_failures: IntCounter,
     discovery_refreshes: IntCounterVec,
@@ -55,6 +55,15 @@ pub enum TokenOutcome {
 }
 
 impl TokenOutcome {
+    const ALL: [TokenOutcome; 6] = [
+        TokenOutcome::CacheHit,
+        TokenOutcome::Stored,
+        TokenOutcome::Refreshed,
+        TokenOutcome::AttentionRequired,
+        TokenOutcome::Unavailable,
+        TokenOutcome::Refused,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             TokenOutcome::CacheHit => "cache_hit",
@@ -99,11 +108,14 @@ impl Metrics {
                 "Time to answer an HTTP request, by route template and method.",
                 &["route", "method"],
             ),
-            token_answers: counter(
-                "nexus_token_answers_total",
-                "Token answers (GET /v1/token and the Gateway proxy), by outcome.",
-                &["outcome"],
-            ),
+            token_answers: {
+                let by_outcome = counter(
+                    "nexus_token_answers_total",
+                    "Token answers (GET /v1/token and the Gateway proxy), by outcome.",
+                    &["outcome"],
+                );
+                TokenOutcome::ALL.map(|o| by_outcome.with_label_values(&[o.label()]))
+            },
             refreshes: counter(
                 "nexus_refreshes_total",
                 "Refreshes and grant renewals asked of providers, by provider and outcome.",
@@ -119,16 +131,7 @@ impl Metrics {
                 Gauge::new("nexus_refresher_lag_seconds", "How long the most overdue renewal has been due.")
                     .expect("valid gauge"),
             ),
-            proxy_requests: counter(
-                "nexus_proxy_requests_total",
-                "Authenticated requests the Gateway proxy forwarded (or refused to), by status.",
-                &["proxy", "status"],
-            ),
-            proxy_added: histogram(
-                "nexus_proxy_added_seconds",
-                "Latency the Gateway proxy adds: its time to the answer's head less the provider's.",
-                &["proxy"],
-            ),
+            proxy: Proxied::register(&r, "gateway"),
             audit_queue_depth: register(
                 &r,
                 IntGauge::new("nexus_audit_queue_depth", "Audit rows queued for the batch writer.")
@@ -149,10 +152,7 @@ impl Metrics {
             ),
             registry: r,
         };
-        let build =
-            IntGaugeVec::new(Opts::new("nexus_build_info", "The running build."), &["version"]).expect("valid gauge");
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        register(&metrics.registry, build);
+        register_build_info(&metrics.registry);
         metrics
     }
 
@@ -163,7 +163,7 @@ impl Metrics {
     }
 
     pub fn token_answer(&self, outcome: TokenOutcome) {
-        self.token_answers.with_label_values(&[outcome.label()]).inc();
+        self.token_answers[outcome as usize].inc();
     }
 
     /// `outcome`: `refreshed`, `refused` or `provider_down`.
@@ -173,10 +173,7 @@ impl Metrics {
 
     /// A Gateway proxy answer, and what it added to the provider's time when it reached one.
     pub fn proxied(&self, status: u16, added: Option<Duration>) {
-        self.proxy_requests.with_label_values(&["gateway", status_label(status)]).inc();
-        if let Some(added) = added {
-            self.proxy_added.with_label_values(&["gateway"]).observe(added.as_secs_f64());
-        }
+        self.proxy.record(status, added);
     }
 
     /// `reason`: `ttl` or `unknown_kid`; `outcome`: `ok` or `failed`.
@@ -186,19 +183,64 @@ impl Metrics {
 
     /// The text exposition.
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8(out).unwrap_or_default()
+        encode(&self.registry)
     }
 }
 
-/// The metrics of `nexus proxy` (the sidecar): its requests by status, the
-/// latency it adds over the provider's, and the build; the same names as
-/// the Gateway's, with `proxy="sidecar"`.
-pub struct ProxyMetrics {
-    registry: Registry,
+/// A proxy's requests by status and the latency it adds over the provider's
+/// (`nexus_proxy_requests_total`, `nexus_proxy_added_seconds`), labelled
+/// with which proxy it is.
+struct Proxied {
+    proxy: &'static str,
     requests: IntCounterVec,
     added: HistogramVec,
+}
+
+impl Proxied {
+    fn register(registry: &Registry, proxy: &'static str) -> Proxied {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "nexus_proxy_requests_total",
+                "Authenticated requests a proxy forwarded (or refused to), by status.",
+            ),
+            &["proxy", "status"],
+        )
+        .expect("valid counter");
+        let opts = HistogramOpts::new(
+            "nexus_proxy_added_seconds",
+            "Latency a proxy adds: its time to the answer's head (after the request body) less the provider's.",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec());
+        let added = HistogramVec::new(opts, &["proxy"]).expect("valid histogram");
+        Proxied { proxy, requests: register(registry, requests), added: register(registry, added) }
+    }
+
+    fn record(&self, status: u16, added: Option<Duration>) {
+        self.requests.with_label_values(&[self.proxy, status_label(status)]).inc();
+        if let Some(added) = added {
+            self.added.with_label_values(&[self.proxy]).observe(added.as_secs_f64());
+        }
+    }
+}
+
+fn register_build_info(registry: &Registry) {
+    let build =
+        IntGaugeVec::new(Opts::new("nexus_build_info", "The running build."), &["version"]).expect("valid gauge");
+    build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    register(registry, build);
+}
+
+fn encode(registry: &Registry) -> String {
+    let mut out = Vec::new();
+    let _ = TextEncoder::new().encode(&registry.gather(), &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// The metrics of `nexus proxy` (the sidecar): its requests and the latency
+/// it adds (`proxy="sidecar"`), and the build.
+pub struct ProxyMetrics {
+    registry: Registry,
+    proxy: Proxied,
 }
 
 impl Default for ProxyMetrics {
@@ -210,40 +252,19 @@ impl Default for ProxyMetrics {
 impl ProxyMetrics {
     pub fn new() -> ProxyMetrics {
         let registry = Registry::new();
-        let requests = register(
-            &registry,
-            IntCounterVec::new(
-                Opts::new("nexus_proxy_requests_total", "Requests through nexus proxy, by status."),
-                &["proxy", "status"],
-            )
-            .expect("valid counter"),
-        );
-        let opts = HistogramOpts::new(
-            "nexus_proxy_added_seconds",
-            "Latency nexus proxy adds: its time to the answer's head less the provider's.",
-        )
-        .buckets(LATENCY_BUCKETS.to_vec());
-        let added = register(&registry, HistogramVec::new(opts, &["proxy"]).expect("valid histogram"));
-        let build =
-            IntGaugeVec::new(Opts::new("nexus_build_info", "The running build."), &["version"]).expect("valid gauge");
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        register(&registry, build);
-        ProxyMetrics { registry, requests, added }
+        let proxy = Proxied::register(&registry, "sidecar");
+        register_build_info(&registry);
+        ProxyMetrics { registry, proxy }
     }
 
     /// One answer of the relay.
     pub fn record(&self, status: u16, added: Option<Duration>) {
-        self.requests.with_label_values(&["sidecar", status_label(status)]).inc();
-        if let Some(added) = added {
-            self.added.with_label_values(&["sidecar"]).observe(added.as_secs_f64());
-        }
+        self.proxy.record(status, added);
     }
 
     /// The text exposition.
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8(out).unwrap_or_default()
+        encode(&self.registry)
     }
 }
 
@@ -280,6 +301,7 @@ fn status_label(status: u16) -> &'static str {
         (200, "200"),
         (201, "201"),
         (204, "204"),
+        (206, "206"),
         (301, "301"),
         (302, "302"),
         (303, "303"),
@@ -294,13 +316,12 @@ fn status_label(status: u16) -> &'static str {
         (410, "410"),
         (413, "413"),
         (415, "415"),
+        (422, "422"),
         (429, "429"),
         (500, "500"),
         (502, "502"),
         (503, "503"),
         (504, "504"),
-        (206, "206"),
-        (422, "422"),
     ];
     match KNOWN.iter().find(|(s, _)| *s == status) {
         Some((_, label)) => label,

@@ -10,6 +10,7 @@ pub mod logs;
 pub mod moto;
 pub mod oidc;
 pub mod process;
+pub mod promtool;
 pub mod provider_kit;
 pub mod python;
 pub mod upstream;

@@ -140,12 +140,9 @@ async fn the_catalog_is_listed_filtered_and_shown(backend: Backend) {
     assert!(by("q=nothing-is-called-this").await.is_empty());
     assert_eq!(by("q=").await.len(), all.len(), "an empty filter is no filter");
 
-    for bad in ["auth_type=oauth3", "category=".to_owned().as_str(), "nope=1"] {
+    assert_eq!(by("category=").await.len(), all.len(), "an empty category is no filter");
+    for bad in ["auth_type=oauth3", "nope=1"] {
         let r = app.get(&format!("/v1/catalog?{bad}")).await;
-        if bad == "category=" {
-            assert_eq!(r.status, 200);
-            continue;
-        }
         assert_eq!(r.status, 400, "{bad}: {}", r.text);
         assert_eq!(r.json["code"], "invalid_input", "{bad}");
     }
@@ -288,6 +285,17 @@ async fn a_copy_keeps_its_overrides_and_its_provenance(backend: Backend) {
             "params.header_name",
         ),
         (json!({"template": "zendesk", "client_id": "c"}), "client_secret"),
+        // A key set elsewhere than the issuer's, or off the URL policy.
+        (
+            json!({"template": "okta", "client_id": "c", "client_secret": "s", "jwks_uri": "https://{evil}/keys",
+                "params": {"connection_config_schema": {"type": "object", "properties": {"domain": {"type": "string"}, "evil": {"type": "string"}}}}}),
+            "jwks_uri",
+        ),
+        (
+            json!({"template": "google", "client_id": "c", "client_secret": "s", "jwks_uri": "http://keys.example.org/certs"}),
+            "jwks_uri",
+        ),
+        (json!({"template": "google", "client_id": "c", "client_secret": "s", "issuer": null}), "jwks_uri"),
     ] {
         let r = app.post("/v1/providers", &body).await;
         assert_eq!(r.status, 400, "{body}: {}", r.text);

@@ -8,7 +8,7 @@
 
 use nexus_testkit::flows::{connect, register, setup_with};
 use nexus_testkit::oidc::OidcOptions;
-use nexus_testkit::{Backend, TestApp};
+use nexus_testkit::{both_backends, Backend, TestApp};
 use serde_json::json;
 
 async fn counter(app: &TestApp, reason: &str, outcome: &str) -> f64 {
@@ -25,10 +25,9 @@ async fn verified(app: &TestApp, id: &str) -> bool {
     entries.iter().find(|e| e["connection_id"] == id).map(|e| e["data"]["id_token_verified"] == true).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotated_keys_are_fetched_once_and_old_documents_again() {
+async fn rotated_keys_are_fetched_once_and_old_documents_again(backend: Backend) {
     let (app, idp) = setup_with(
-        Backend::Sqlite,
+        backend,
         "client_secret_post",
         |c| c.metrics_bind = Some("127.0.0.1:0".into()),
         OidcOptions::default(),
@@ -77,3 +76,5 @@ async fn rotated_keys_are_fetched_once_and_old_documents_again() {
     let kept = app.store().provider_by_name("idp").await.unwrap().unwrap().discovery.unwrap().fetched_at;
     assert_eq!(kept, after, "the last good document stays");
 }
+
+both_backends!(rotated_keys_are_fetched_once_and_old_documents_again);

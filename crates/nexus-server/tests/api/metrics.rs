@@ -7,7 +7,7 @@
 use nexus_testkit::flows::{connect, register, setup_with};
 use nexus_testkit::oidc::OidcOptions;
 use nexus_testkit::upstream::{recording_upstream, static_connection};
-use nexus_testkit::{Backend, TestApp};
+use nexus_testkit::{both_backends, Backend, TestApp};
 use serde_json::json;
 use std::collections::HashMap;
 
@@ -31,25 +31,9 @@ fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, key: &str)
     after.get(key).copied().unwrap_or(0.0) - before.get(key).copied().unwrap_or(0.0)
 }
 
-fn promtool(text: &str) {
-    use std::io::Write;
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus; scripts/test installs it)");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}\n{text}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_count_what_happens_and_promtool_accepts_them() {
+async fn metrics_count_what_happens_and_promtool_accepts_them(backend: Backend) {
     let (app, idp) = setup_with(
-        Backend::Sqlite,
+        backend,
         "client_secret_post",
         |c| {
             c.metrics_bind = Some("127.0.0.1:0".into());
@@ -123,6 +107,8 @@ async fn metrics_count_what_happens_and_promtool_accepts_them() {
     assert!(text.contains(&format!("nexus_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))), "{text}");
     assert!(after.contains_key("nexus_refresher_backlog") && after.contains_key("nexus_audit_queue_depth"), "{text}");
     assert!(!text.contains(&id) && !text.contains(&proxied), "no connection id in a label");
-    promtool(&text);
+    nexus_testkit::promtool::check(&text);
     idp.stop().await.unwrap();
 }
+
+both_backends!(metrics_count_what_happens_and_promtool_accepts_them);
