@@ -159,6 +159,9 @@ struct ServeArgs {
     /// Seconds a discovery document or key set is used before it is fetched again (default 86400).
     #[arg(long, env = "DISCOVERY_TTL")]
     discovery_ttl: Option<String>,
+    /// Seconds a webhook receiver has to answer one delivery attempt (default 10).
+    #[arg(long, env = "WEBHOOK_TIMEOUT")]
+    webhook_timeout: Option<String>,
     /// Background refreshes in flight at once (default 8).
     #[arg(long, env = "REFRESH_CONCURRENCY")]
     refresh_concurrency: Option<String>,
@@ -273,6 +276,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         head_timeout: args.head_timeout,
         token_max_age: args.token_max_age,
         discovery_ttl: args.discovery_ttl,
+        webhook_timeout: args.webhook_timeout,
         refresh_concurrency: args.refresh_concurrency,
         refresh_per_host: args.refresh_per_host,
     };

@@ -36,10 +36,17 @@ pub enum AuditEvent {
     /// the end of the chain is always keyed (SPEC 6b).
     #[serde(rename = "audit.signing_started")]
     AuditSigningStarted,
+    #[serde(rename = "webhook.created")]
+    WebhookCreated,
+    #[serde(rename = "webhook.deleted")]
+    WebhookDeleted,
+    /// A delivery was sent again on demand.
+    #[serde(rename = "webhook.redelivered")]
+    WebhookRedelivered,
 }
 
 impl AuditEvent {
-    pub const ALL: [AuditEvent; 14] = [
+    pub const ALL: [AuditEvent; 17] = [
         AuditEvent::ProviderCreated,
         AuditEvent::ProviderUpdated,
         AuditEvent::ProviderDeleted,
@@ -54,6 +61,9 @@ impl AuditEvent {
         AuditEvent::TokenRefreshFailed,
         AuditEvent::AuthRejected,
         AuditEvent::AuditSigningStarted,
+        AuditEvent::WebhookCreated,
+        AuditEvent::WebhookDeleted,
+        AuditEvent::WebhookRedelivered,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +82,9 @@ impl AuditEvent {
             AuditEvent::TokenRefreshFailed => "token.refresh_failed",
             AuditEvent::AuthRejected => "auth.rejected",
             AuditEvent::AuditSigningStarted => "audit.signing_started",
+            AuditEvent::WebhookCreated => "webhook.created",
+            AuditEvent::WebhookDeleted => "webhook.deleted",
+            AuditEvent::WebhookRedelivered => "webhook.redelivered",
         }
     }
 

@@ -15,6 +15,7 @@ pub mod secret;
 pub mod strategy;
 pub mod template;
 pub mod url_policy;
+pub mod webhook;
 pub mod wire;
 
 pub use audit::AuditEvent;
@@ -22,3 +23,4 @@ pub use connection::ConnectionStatus;
 pub use error::{FieldError, ValidationErrors};
 pub use provider::{AuthType, ProviderConfig, ProviderInput, ProviderName};
 pub use secret::SecretString;
+pub use webhook::WebhookEvent;

@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::error::{ApiError, ErrorBody};
 use crate::middleware::{api_key, body_limit, caller, error_json, request_log};
-use crate::routes::{audit, capture, catalog, connections, health, invalidations, providers, proxy, tokens};
+use crate::routes::{audit, capture, catalog, connections, health, invalidations, providers, proxy, tokens, webhooks};
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method};
@@ -150,6 +150,11 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(invalidations::invalidations))
         .routes(routes!(catalog::list_catalog))
         .routes(routes!(catalog::get_catalog_entry))
+        .routes(routes!(webhooks::create_webhook, webhooks::list_webhooks))
+        .routes(routes!(webhooks::get_webhook, webhooks::delete_webhook))
+        .routes(routes!(webhooks::list_deliveries))
+        .routes(routes!(webhooks::get_delivery))
+        .routes(routes!(webhooks::redeliver))
 }
 
 /// Routes without an API key.
@@ -261,6 +266,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let state = self.state.clone();
         let refresher = tokio::spawn(crate::services::refresher::run(state.clone()));
+        let webhook_sender = tokio::spawn(crate::services::webhook_sender::run(state.clone()));
         let head_log = tokio::spawn(log_audit_head(state.clone()));
         let metrics = self.metrics.map(|listener| tokio::spawn(serve_metrics(listener, state.clone())));
         let head_timeout = state.config.head_timeout;
@@ -277,6 +283,7 @@ impl Application {
         state.tasks.close();
         let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
             let _ = refresher.await;
+            let _ = webhook_sender.await;
             state.tasks.wait().await;
         })
         .await;

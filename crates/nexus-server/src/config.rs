@@ -44,6 +44,8 @@ pub struct RawConfig {
     pub token_max_age: Option<String>,
     /// Seconds a discovery document or key set is used before it is fetched again (default 86400).
     pub discovery_ttl: Option<String>,
+    /// Seconds a webhook receiver has to answer one delivery attempt (default 10).
+    pub webhook_timeout: Option<String>,
     /// Background refreshes in flight at once per process (default 8).
     pub refresh_concurrency: Option<String>,
     /// Background refreshes in flight at once per token-endpoint host (default 4).
@@ -93,6 +95,9 @@ pub struct Config {
     /// SPEC 5b; never beyond the answer's `expires_at`).
     pub token_max_age_secs: i64,
     pub discovery_ttl_secs: i64,
+    /// How long a webhook receiver has to answer one attempt (a slow one
+    /// cannot hold a delivery slot longer).
+    pub webhook_timeout: std::time::Duration,
     /// Background refreshes in flight at once, per process and per token-endpoint host.
     pub refresh_concurrency: usize,
     pub refresh_per_host: usize,
@@ -118,6 +123,7 @@ impl std::fmt::Debug for Config {
             .field("head_timeout", &self.head_timeout)
             .field("token_max_age_secs", &self.token_max_age_secs)
             .field("discovery_ttl_secs", &self.discovery_ttl_secs)
+            .field("webhook_timeout", &self.webhook_timeout)
             .field("refresh_concurrency", &self.refresh_concurrency)
             .field("refresh_per_host", &self.refresh_per_host)
             .finish()
@@ -253,6 +259,10 @@ impl RawConfig {
             parse_secs("REFRESH_INTERVAL", self.refresh_interval.as_deref(), 15, 1, 3_600)? as u64;
         let token_max_age_secs = parse_secs("TOKEN_MAX_AGE", self.token_max_age.as_deref(), 30, 0, 3_600)?;
         let discovery_ttl_secs = parse_secs("DISCOVERY_TTL", self.discovery_ttl.as_deref(), 86_400, 60, 30 * 86_400)?;
+        let webhook_timeout =
+            std::time::Duration::from_secs(
+                parse_secs("WEBHOOK_TIMEOUT", self.webhook_timeout.as_deref(), 10, 1, 60)? as u64
+            );
         let refresh_concurrency = parse_count("REFRESH_CONCURRENCY", self.refresh_concurrency.as_deref(), 8, 4_096)?;
         let refresh_per_host = parse_count("REFRESH_PER_HOST", self.refresh_per_host.as_deref(), 4, 1_024)?;
         let head_timeout =
@@ -281,6 +291,7 @@ impl RawConfig {
             head_timeout,
             token_max_age_secs,
             discovery_ttl_secs,
+            webhook_timeout,
             refresh_concurrency,
             refresh_per_host,
         })
@@ -409,6 +420,8 @@ mod tests {
             (RawConfig { metrics_bind: Some("nope".into()), ..full() }, "METRICS_BIND"),
             (RawConfig { metrics_bind: Some("127.0.0.1:8080".into()), ..full() }, "METRICS_BIND"),
             (RawConfig { discovery_ttl: Some("5".into()), ..full() }, "DISCOVERY_TTL"),
+            (RawConfig { webhook_timeout: Some("0".into()), ..full() }, "WEBHOOK_TIMEOUT"),
+            (RawConfig { webhook_timeout: Some("61".into()), ..full() }, "WEBHOOK_TIMEOUT"),
             (RawConfig { base_url: Some("ftp://x".into()), ..full() }, "BASE_URL"),
             (RawConfig { allowed_cidrs: Some("10.0.0.0/99".into()), ..full() }, "ALLOWED_CIDRS"),
             (RawConfig { trusted_proxies: Some("proxy".into()), ..full() }, "TRUSTED_PROXIES"),

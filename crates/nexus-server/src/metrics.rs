@@ -33,6 +33,8 @@ pub struct Metrics {
     pub audit_queue_depth: IntGauge,
     pub audit_write_failures: IntCounter,
     discovery_refreshes: IntCounterVec,
+    webhook_attempts: IntCounterVec,
+    pub webhook_backlog: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -150,6 +152,16 @@ impl Metrics {
                 "OIDC discovery documents and key sets fetched again, by reason and outcome.",
                 &["reason", "outcome"],
             ),
+            webhook_attempts: counter(
+                "nexus_webhook_attempts_total",
+                "Webhook delivery attempts, by outcome (delivered, http_status, redirect_refused, timeout, unreachable).",
+                &["outcome"],
+            ),
+            webhook_backlog: register(
+                &r,
+                IntGauge::new("nexus_webhook_backlog", "Webhook deliveries due now and not yet sent.")
+                    .expect("valid gauge"),
+            ),
             registry: r,
         };
         register_build_info(&metrics.registry);
@@ -179,6 +191,10 @@ impl Metrics {
     /// `reason`: `ttl` or `unknown_kid`; `outcome`: `ok` or `failed`.
     pub fn discovery(&self, reason: &str, outcome: &str) {
         self.discovery_refreshes.with_label_values(&[reason, outcome]).inc();
+    }
+
+    pub fn webhook_attempt(&self, outcome: &str) {
+        self.webhook_attempts.with_label_values(&[outcome]).inc();
     }
 
     /// The text exposition.

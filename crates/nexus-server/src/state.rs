@@ -197,6 +197,9 @@ impl AppState {
         if let Ok(lag) = self.store.refresh_lag(now).await {
             self.metrics.refresher_lag.set(lag as f64);
         }
+        if let Ok((due, _)) = self.store.outbox_backlog(self.clock.now_micros()).await {
+            self.metrics.webhook_backlog.set(due);
+        }
         let queued = self.audit_tx.max_capacity() - self.audit_tx.capacity();
         self.metrics.audit_queue_depth.set(queued as i64);
         self.metrics.render()

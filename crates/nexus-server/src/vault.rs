@@ -28,6 +28,7 @@ fn contexts(col: SealedColumn, id: &str) -> Vec<String> {
         "client_secret_enc" => vec![secret_context(id)],
         "credentials_enc" => vec![context(id, "credentials")],
         "pkce_verifier_enc" => vec![context(id, "pkce_verifier")],
+        "secret_enc" => vec![crate::services::webhooks::secret_context(id)],
         // A refresh token, or what a grant keeps there: its client, or a
         // service account's key.
         _ => ["refresh_token", "client_credentials", "service_account"].iter().map(|f| context(id, f)).collect(),

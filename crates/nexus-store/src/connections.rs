@@ -6,8 +6,9 @@
 
 use crate::audit::{append_in_tx, NewAudit};
 use crate::invalidation::{notify_in_tx, Invalidation};
-use crate::{get, now_micros, Store, StoreError};
-use nexus_core::{AuthType, ConnectionStatus};
+use crate::webhooks::{enqueue_in_tx, ConnectionEvent};
+use crate::{get, now_micros, Backend, Store, StoreError, WriteTx};
+use nexus_core::{AuthType, ConnectionStatus, WebhookEvent};
 use serde_json::{Map, Value};
 use sqlx::any::AnyRow;
 
@@ -15,8 +16,58 @@ use sqlx::any::AnyRow;
 /// and OIDC nonce (a finished, failed or expired handshake keeps none).
 macro_rules! clear_handshake {
     () => {
-        "state_nonce = NULL, handshake_expires_at = NULL, pkce_verifier_enc = NULL, oidc_nonce = NULL, handshake_config = NULL"
+        "state_nonce = NULL, handshake_expires_at = NULL, pkce_verifier_enc = NULL, oidc_nonce = NULL, handshake_config = NULL, \
+         prior_status = NULL"
     };
+}
+
+/// A connection as a transition finds it (read in the transition's
+/// transaction; on PostgreSQL locked until it commits).
+struct Before {
+    status: ConnectionStatus,
+    /// What it was before a re-authorization under way made it `pending`.
+    prior_status: Option<String>,
+    provider_name: String,
+    workspace_id: String,
+}
+
+async fn before_change(w: &mut WriteTx, id: &str) -> Result<Option<Before>, StoreError> {
+    let lock = if w.backend == Backend::Postgres { " FOR UPDATE" } else { "" };
+    let row = sqlx::query(&format!(
+        "SELECT status, prior_status, provider_name, workspace_id FROM connections WHERE id = $1{lock}"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *w.tx)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let status: String = get(&row, "status")?;
+    Ok(Some(Before {
+        status: ConnectionStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("connection status '{status}'")))?,
+        prior_status: get(&row, "prior_status")?,
+        provider_name: get(&row, "provider_name")?,
+        workspace_id: get(&row, "workspace_id")?,
+    }))
+}
+
+/// Writes the webhook deliveries of a transition of connection `id`.
+async fn report(
+    w: &mut WriteTx,
+    event: WebhookEvent,
+    id: &str,
+    before: &Before,
+    status: ConnectionStatus,
+    error: Option<&str>,
+) -> Result<(), StoreError> {
+    let ev = ConnectionEvent {
+        event,
+        connection_id: id,
+        provider: &before.provider_name,
+        workspace_id: &before.workspace_id,
+        status,
+        error,
+    };
+    enqueue_in_tx(w, &ev).await
 }
 
 /// One stored connection. `*_enc` fields are vault envelopes.
@@ -210,6 +261,16 @@ impl Store {
         .bind(row.handshake_config.as_ref().map(json))
         .execute(&mut *w.tx)
         .await?;
+        if row.status == ConnectionStatus::Active {
+            // A grant that needs no user (client credentials) is active at once.
+            let before = Before {
+                status: ConnectionStatus::Pending,
+                prior_status: None,
+                provider_name: row.provider_name.clone(),
+                workspace_id: row.workspace_id.clone(),
+            };
+            report(&mut w, WebhookEvent::ConnectionActivated, &row.id, &before, ConnectionStatus::Active, None).await?;
+        }
         append_in_tx(&mut w, audit).await?;
         w.commit().await
     }
@@ -224,6 +285,7 @@ impl Store {
                     scopes = $5, return_url = $6, metadata = $7, last_error = NULL, updated_at = $8,
                     handshake_config = $10,
                     connection_config = CASE WHEN status = 'active' THEN connection_config ELSE $10 END,
+                    prior_status = CASE WHEN status IN ('active', 'pending') THEN prior_status ELSE status END,
                     status = CASE WHEN status = 'active' THEN 'active' ELSE 'pending' END
              WHERE id = $9",
         )
@@ -293,6 +355,7 @@ impl Store {
         audit: NewAudit,
     ) -> Result<bool, StoreError> {
         let mut w = self.begin_write().await?;
+        let Some(before) = before_change(&mut w, id).await? else { return Ok(false) };
         let now = now_micros();
         let mut sql = String::from(concat!(
             "UPDATE connections SET status = 'active', credentials_enc = $1, refresh_token_enc = $2,
@@ -320,6 +383,15 @@ impl Store {
         if done.rows_affected() != 1 {
             return Ok(false);
         }
+        let attention = ConnectionStatus::AttentionRequired.as_str();
+        let event = if before.status == ConnectionStatus::AttentionRequired
+            || before.prior_status.as_deref() == Some(attention)
+        {
+            WebhookEvent::ConnectionRecovered
+        } else {
+            WebhookEvent::ConnectionActivated
+        };
+        report(&mut w, event, id, &before, ConnectionStatus::Active, None).await?;
         notify_in_tx(&mut w, Invalidation::Connection(id.to_owned())).await?;
         append_in_tx(&mut w, audit).await?;
         w.commit().await?;
@@ -330,7 +402,8 @@ impl Store {
     /// keeps its status and credentials; anything else becomes `failed`.
     pub async fn fail_connection(&self, id: &str, error: &str, audit: NewAudit) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
-        sqlx::query(concat!(
+        let before = before_change(&mut w, id).await?;
+        let done = sqlx::query(concat!(
             "UPDATE connections SET status = CASE WHEN status = 'active' THEN 'active' ELSE 'failed' END,
                     last_error = $1, updated_at = $2, ",
             clear_handshake!(),
@@ -341,6 +414,9 @@ impl Store {
         .bind(id)
         .execute(&mut *w.tx)
         .await?;
+        if let Some(before) = before.filter(|b| b.status != ConnectionStatus::Active && done.rows_affected() == 1) {
+            report(&mut w, WebhookEvent::ConnectionFailed, id, &before, ConnectionStatus::Failed, Some(error)).await?;
+        }
         notify_in_tx(&mut w, Invalidation::Connection(id.to_owned())).await?;
         append_in_tx(&mut w, audit).await?;
         w.commit().await
@@ -349,6 +425,7 @@ impl Store {
     /// Marks a pending connection whose handshake expired as failed (`expired`).
     pub async fn expire_pending(&self, id: &str, audit: NewAudit) -> Result<bool, StoreError> {
         let mut w = self.begin_write().await?;
+        let Some(before) = before_change(&mut w, id).await? else { return Ok(false) };
         let now = now_micros();
         let done = sqlx::query(concat!(
             "UPDATE connections SET status = 'failed', last_error = 'expired', updated_at = $1, ",
@@ -362,6 +439,7 @@ impl Store {
         if done.rows_affected() != 1 {
             return Ok(false);
         }
+        report(&mut w, WebhookEvent::ConnectionFailed, id, &before, ConnectionStatus::Failed, Some("expired")).await?;
         notify_in_tx(&mut w, Invalidation::Connection(id.to_owned())).await?;
         append_in_tx(&mut w, audit).await?;
         w.commit().await?;
@@ -372,7 +450,8 @@ impl Store {
     /// (for calling the provider's revocation endpoint), `None` if already revoked.
     pub async fn revoke_connection(&self, id: &str, audit: NewAudit) -> Result<Option<ConnectionRow>, StoreError> {
         let mut w = self.begin_write().await?;
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM connections WHERE id = $1"))
+        let lock = if w.backend == Backend::Postgres { " FOR UPDATE" } else { "" };
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM connections WHERE id = $1{lock}"))
             .bind(id)
             .fetch_optional(&mut *w.tx)
             .await?;
@@ -392,6 +471,13 @@ impl Store {
         .bind(id)
         .execute(&mut *w.tx)
         .await?;
+        let before = Before {
+            status: row.status,
+            prior_status: None,
+            provider_name: row.provider_name.clone(),
+            workspace_id: row.workspace_id.clone(),
+        };
+        report(&mut w, WebhookEvent::ConnectionRevoked, id, &before, ConnectionStatus::Revoked, None).await?;
         notify_in_tx(&mut w, Invalidation::Connection(id.to_owned())).await?;
         append_in_tx(&mut w, audit).await?;
         w.commit().await?;

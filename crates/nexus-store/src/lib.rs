@@ -15,6 +15,7 @@ pub mod invalidation;
 pub mod providers;
 pub mod refresh;
 pub mod sealed;
+pub mod webhooks;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor};
@@ -28,6 +29,9 @@ pub use invalidation::Invalidation;
 pub use providers::{ProviderFilter, ProviderRow};
 pub use refresh::{RefreshLock, RefreshOutcome};
 pub use sealed::{SealedColumn, SEALED_COLUMNS};
+pub use webhooks::{
+    AttemptResult, AttemptRow, ClaimedDelivery, DeliveryFilter, DeliveryRow, DeliveryStatus, NextStep, WebhookRow,
+};
 
 /// Storage failures. `Conflict` and `NotFound` are for callers to map to 409/404;
 /// everything else is an internal error whose message carries no secret.

@@ -14,7 +14,9 @@ use crate::audit::{append_in_tx, NewAudit};
 use crate::connections::ConnectionRow;
 use crate::invalidation::{notify_in_tx, Invalidation};
 use crate::providers::{provider_by_id_on, ProviderRow};
+use crate::webhooks::{enqueue_in_tx, ConnectionEvent};
 use crate::{get, Backend, Store, StoreError, WriteTx};
+use nexus_core::WebhookEvent;
 
 /// What a refresh attempt came to.
 #[derive(Debug, Clone)]
@@ -147,6 +149,24 @@ impl Store {
             }
         };
         let written = written.as_ref().map(crate::connections::from_row).transpose()?;
+        if let Some(row) = &written {
+            let reported = match outcome {
+                RefreshOutcome::Refreshed { .. } => None,
+                RefreshOutcome::Refused { error } => Some((WebhookEvent::ConnectionAttentionRequired, error)),
+                RefreshOutcome::Failed { error, .. } => Some((WebhookEvent::TokenRefreshFailed, error)),
+            };
+            if let Some((event, error)) = reported {
+                let ev = ConnectionEvent {
+                    event,
+                    connection_id: &row.id,
+                    provider: &row.provider_name,
+                    workspace_id: &row.workspace_id,
+                    status: row.status,
+                    error: Some(error),
+                };
+                enqueue_in_tx(&mut w, &ev).await?;
+            }
+        }
         notify_in_tx(&mut w, Invalidation::Connection(id)).await?;
         for a in audits {
             append_in_tx(&mut w, a).await?;

@@ -13,11 +13,12 @@ pub struct SealedColumn {
 }
 
 /// Every column that holds vault envelopes.
-pub const SEALED_COLUMNS: [SealedColumn; 4] = [
+pub const SEALED_COLUMNS: [SealedColumn; 5] = [
     SealedColumn { table: "providers", column: "client_secret_enc" },
     SealedColumn { table: "connections", column: "credentials_enc" },
     SealedColumn { table: "connections", column: "refresh_token_enc" },
     SealedColumn { table: "connections", column: "pkce_verifier_enc" },
+    SealedColumn { table: "webhooks", column: "secret_enc" },
 ];
 
 impl SealedColumn {

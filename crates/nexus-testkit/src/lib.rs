@@ -14,6 +14,7 @@ pub mod promtool;
 pub mod provider_kit;
 pub mod python;
 pub mod upstream;
+pub mod webhook_receiver;
 
 pub use app::{TestApp, TestResponse, TEST_API_KEY};
 pub use db::{Backend, TestDb};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-pub const CONFIG_VARS: [&str; 29] = [
+pub const CONFIG_VARS: [&str; 30] = [
     "API_KEY",
     "ENCRYPTION_KEY",
     "ENCRYPTION_KEYS",
@@ -21,6 +21,7 @@ pub const CONFIG_VARS: [&str; 29] = [
     "BIND",
     "METRICS_BIND",
     "DISCOVERY_TTL",
+    "WEBHOOK_TIMEOUT",
     "ALLOWED_RETURN_DOMAINS",
     "TRUSTED_PROXIES",
     "ALLOWED_CIDRS",

@@ -11,3 +11,4 @@ pub mod invalidations;
 pub mod providers;
 pub mod proxy;
 pub mod tokens;
+pub mod webhooks;

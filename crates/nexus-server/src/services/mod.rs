@@ -15,3 +15,5 @@ pub mod strategy;
 pub mod tenant_discovery;
 pub mod token_cache;
 pub mod tokens;
+pub mod webhook_sender;
+pub mod webhooks;

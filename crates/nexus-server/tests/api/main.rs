@@ -19,3 +19,4 @@ mod proxy;
 mod refresh;
 mod replicas;
 mod seeds;
+mod webhooks;
