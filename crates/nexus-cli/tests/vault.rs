@@ -185,6 +185,17 @@ async fn rotation(backend: Backend) {
             json!({"client_email": email, "private_key": pem, "token_uri": token_uri, "subject": "ann@acme.example"}),
         )
         .await;
+    // A webhook's signing secret.
+    let receiver = nexus_testkit::webhook_receiver::Receiver::start().await;
+    let webhook_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let (status, hook) = api
+        .post(
+            "/v1/webhooks",
+            json!({"url": receiver.url("vault"), "events": ["connection.revoked"], "secret": webhook_secret}),
+        )
+        .await;
+    assert_eq!(status, 201, "{hook}");
+    receiver.configure("vault", webhook_secret, "ok", json!({})).await;
     let mut connections = vec![oauth.clone(), machine, sa.clone()];
     for (name, mut provider, creds) in statics {
         provider["name"] = json!(name);
@@ -246,6 +257,11 @@ async fn rotation(backend: Backend) {
     assert_eq!(kit.verified_assertions().len(), 2);
     let done = callback(&http, &consent(pending_auth).await, &api.base).await;
     assert_eq!(done.get("status").map(String::as_str), Some("success"), "the PKCE verifier opens: {done:?}");
+    let revoked = &connections[3];
+    let (status, _) = api.send(reqwest::Method::DELETE, &format!("/v1/connections/{revoked}"), None).await;
+    assert_eq!(status, 200);
+    let log = receiver.wait_for("vault", Duration::from_secs(20), |l| !l.is_empty()).await;
+    assert!(log[0].verified && log[0].connection_id() == revoked, "the webhook secret opens and signs: {log:?}");
     let (code, logs) = server.terminate().await;
     assert_eq!(code, 0, "{logs}");
 

@@ -20,7 +20,7 @@ const DEFAULT_LIMIT: i64 = 50;
 
 /// The seal context of a webhook's secret.
 pub fn secret_context(webhook_id: &str) -> String {
-    format!("webhooks/{webhook_id}/secret")
+    format!("webhook:{webhook_id}:secret")
 }
 
 /// `POST /v1/webhooks`.
