@@ -125,10 +125,19 @@ pub async fn follow(
                         }
                     }
                 }
+                // Ended: the Gateway stopped, or our key was revoked. What was
+                // cached under it is dropped, so a revoked key stops working
+                // now rather than when answers expire.
                 tracing::debug!("the Gateway's invalidation stream ended; reopening it");
+                if !apply(Invalidation::All) {
+                    return;
+                }
             }
             Ok(Ok(resp)) => {
                 tracing::warn!(status = resp.status().as_u16(), "the Gateway refused its invalidation stream");
+                if !apply(Invalidation::All) {
+                    return;
+                }
                 backoff = refused;
             }
             _ => tracing::debug!("the Gateway's invalidation stream could not be opened"),

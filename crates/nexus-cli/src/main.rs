@@ -1,6 +1,7 @@
 //! The `nexus` binary: thin clap commands that wire the crates together.
 
 mod dev;
+mod keys;
 mod providers;
 mod sidecar;
 mod vault;
@@ -36,6 +37,11 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// API keys with roles and workspaces: create, list, revoke (through the server).
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
     },
     /// Encryption keys: which key seals what, and retiring one (rewrap).
     Vault {
@@ -184,6 +190,7 @@ fn main() -> ExitCode {
         Command::Audit { command: AuditCommand::Verify(args) } => run(runtime(None), verify(args)),
         Command::Providers { command } => run(runtime(None), providers::run(command)),
         Command::Vault { command } => run(runtime(None), vault::run(command)),
+        Command::Keys { command } => run(runtime(None), keys::run(command)),
         Command::Proxy(args) => run(runtime(Some(args.threads)), async move {
             let api_key = args
                 .api_key

@@ -148,14 +148,21 @@ fn catalog(command: CatalogCommand) -> Result<ExitCode, String> {
     }
 }
 
+impl Target {
+    /// A client for this Gateway, its user agent naming `command`.
+    pub fn client(&self, command: &str) -> Result<Client, String> {
+        let api_key = self
+            .api_key
+            .as_deref()
+            .filter(|k| !k.is_empty())
+            .ok_or("API_KEY is not set: pass --api-key or set API_KEY to the Gateway's API key")?;
+        let user_agent = format!("nexus-cli/{} ({command})", env!("CARGO_PKG_VERSION"));
+        Client::new(&self.url, api_key, &user_agent).map_err(|e| e.to_string())
+    }
+}
+
 fn client(target: &Target, command: &str) -> Result<Client, String> {
-    let api_key = target
-        .api_key
-        .as_deref()
-        .filter(|k| !k.is_empty())
-        .ok_or("API_KEY is not set: pass --api-key or set API_KEY to the Gateway's API key")?;
-    let user_agent = format!("nexus-cli/{} (providers {command})", env!("CARGO_PKG_VERSION"));
-    Client::new(&target.url, api_key, &user_agent).map_err(|e| e.to_string())
+    target.client(&format!("providers {command}"))
 }
 
 /// Reads, expands and validates the manifest; every problem is one `file line N: …` line.

@@ -43,10 +43,14 @@ pub enum AuditEvent {
     /// A delivery was sent again on demand.
     #[serde(rename = "webhook.redelivered")]
     WebhookRedelivered,
+    #[serde(rename = "api_key.created")]
+    ApiKeyCreated,
+    #[serde(rename = "api_key.revoked")]
+    ApiKeyRevoked,
 }
 
 impl AuditEvent {
-    pub const ALL: [AuditEvent; 17] = [
+    pub const ALL: [AuditEvent; 19] = [
         AuditEvent::ProviderCreated,
         AuditEvent::ProviderUpdated,
         AuditEvent::ProviderDeleted,
@@ -64,6 +68,8 @@ impl AuditEvent {
         AuditEvent::WebhookCreated,
         AuditEvent::WebhookDeleted,
         AuditEvent::WebhookRedelivered,
+        AuditEvent::ApiKeyCreated,
+        AuditEvent::ApiKeyRevoked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -85,6 +91,8 @@ impl AuditEvent {
             AuditEvent::WebhookCreated => "webhook.created",
             AuditEvent::WebhookDeleted => "webhook.deleted",
             AuditEvent::WebhookRedelivered => "webhook.redelivered",
+            AuditEvent::ApiKeyCreated => "api_key.created",
+            AuditEvent::ApiKeyRevoked => "api_key.revoked",
         }
     }
 

@@ -4,6 +4,7 @@
 //! Nothing in this crate performs IO or knows about HTTP or SQL, so every rule
 //! here is unit-tested without a server or a database.
 
+pub mod access;
 pub mod audit;
 pub mod clock;
 pub mod connection;
@@ -18,6 +19,7 @@ pub mod url_policy;
 pub mod webhook;
 pub mod wire;
 
+pub use access::Role;
 pub use audit::AuditEvent;
 pub use connection::ConnectionStatus;
 pub use error::{FieldError, ValidationErrors};

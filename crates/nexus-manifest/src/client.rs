@@ -97,7 +97,8 @@ impl Client {
         self.call(Method::DELETE, &format!("v1/providers/{}", segment(id)), None).await
     }
 
-    async fn call<T: serde::de::DeserializeOwned>(
+    /// Any `/v1` call (`path` without the leading slash, e.g. `v1/api-keys`).
+    pub async fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
@@ -126,7 +127,7 @@ impl Client {
 
 /// A path segment for an id or name (both are restricted to safe characters
 /// by the server; anything else is percent-encoded all the same).
-fn segment(raw: &str) -> String {
+pub fn segment(raw: &str) -> String {
     raw.bytes()
         .map(|b| match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),

@@ -4,7 +4,9 @@
 use crate::config::Config;
 use crate::error::{ApiError, ErrorBody};
 use crate::middleware::{api_key, body_limit, caller, error_json, request_log};
-use crate::routes::{audit, capture, catalog, connections, health, invalidations, providers, proxy, tokens, webhooks};
+use crate::routes::{
+    api_keys, audit, capture, catalog, connections, health, invalidations, providers, proxy, tokens, webhooks,
+};
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method};
@@ -155,6 +157,8 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::list_deliveries))
         .routes(routes!(webhooks::get_delivery))
         .routes(routes!(webhooks::redeliver))
+        .routes(routes!(api_keys::create_api_key, api_keys::list_api_keys))
+        .routes(routes!(api_keys::revoke_api_key))
 }
 
 /// Routes without an API key.

@@ -81,7 +81,12 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(code = %self.code, message = %self.message, "request failed");
         }
-        (status, axum::Json(self.body())).into_response()
+        let retry_after = self.details.as_ref().and_then(|d| d.get("retry_after")).and_then(Value::as_u64);
+        let mut resp = (status, axum::Json(self.body())).into_response();
+        if let (Some(secs), true) = (retry_after, status == StatusCode::TOO_MANY_REQUESTS) {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
+        }
+        resp
     }
 }
 

@@ -50,6 +50,8 @@ pub struct Inner {
     pub clock: nexus_core::clock::Clock,
     /// Counters and histograms for `GET /metrics` (on `METRICS_BIND`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// API keys read recently, and the failed-authentication limiter.
+    pub keys: crate::services::api_keys::Keys,
 }
 
 #[derive(Debug)]
@@ -112,6 +114,7 @@ impl AppState {
             tasks: tokio_util::task::TaskTracker::new(),
             clock: nexus_core::clock::Clock::default(),
             metrics,
+            keys: Default::default(),
         }));
         if let Some(mut rx) = invalidations {
             let weak = Arc::downgrade(&state.0);

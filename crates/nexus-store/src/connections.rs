@@ -144,6 +144,8 @@ pub struct ConnectionFilter {
     pub workspace_id: Option<String>,
     pub provider_id: Option<String>,
     pub status: Option<ConnectionStatus>,
+    /// Only connections of these workspaces (`None`: any).
+    pub workspaces: Option<Vec<String>>,
     pub limit: i64,
 }
 
@@ -494,6 +496,15 @@ impl Store {
                 binds.push(v);
                 sql.push_str(&format!(" AND {col} = ${}", binds.len()));
             }
+        }
+        if let Some(ws) = &f.workspaces {
+            if ws.is_empty() {
+                return Ok(Vec::new());
+            }
+            let first = binds.len() + 1;
+            binds.extend(ws.iter().map(String::as_str));
+            let params: Vec<String> = (first..=binds.len()).map(|n| format!("${n}")).collect();
+            sql.push_str(&format!(" AND workspace_id IN ({})", params.join(", ")));
         }
         sql.push_str(&format!(" ORDER BY created_at DESC, id LIMIT {}", f.limit.clamp(1, 1000)));
         let mut q = sqlx::query(&sql);

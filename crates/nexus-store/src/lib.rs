@@ -9,6 +9,7 @@
 //!   process-wide writer lock does, and the `seq` primary key is the backstop
 //!   that makes a forked chain impossible on either.
 
+pub mod api_keys;
 pub mod audit;
 pub mod connections;
 pub mod invalidation;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+pub use api_keys::ApiKeyRow;
 pub use audit::{ApiKeyRef, AuditEntry, AuditFilter, AuditPage, ChainHead, ChainReport, ExpectedHead, NewAudit};
 pub use connections::{Activation, ConnectionFilter, ConnectionRow, Handshake};
 pub use invalidation::Invalidation;

@@ -74,6 +74,8 @@ error_codes! {
     Timeout = "timeout" => 408,
     PayloadTooLarge = "payload_too_large" => 413,
     UnsupportedMediaType = "unsupported_media_type" => 415,
+    /// Too many failed authentication attempts from this address; `Retry-After` says when to try again.
+    RateLimited = "rate_limited" => 429,
     /// The request head is larger than a proxy accepts.
     HeadersTooLarge = "headers_too_large" => 431,
     /// The state of things forbids the request.
@@ -126,6 +128,7 @@ impl ErrorCode {
             408 => (Timeout, "the request took too long"),
             413 => (PayloadTooLarge, "the request body is larger than the server accepts"),
             415 => (UnsupportedMediaType, "send the body as Content-Type: application/json"),
+            429 => (RateLimited, "too many requests; retry later"),
             431 => (HeadersTooLarge, "the request head is too large"),
             402..=499 => (BadRequest, "the request was refused"),
             _ => (InternalError, "an internal error occurred; see the server log"),

@@ -10,8 +10,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use nexus_core::AuditEvent;
-use nexus_store::NewAudit;
 
 pub async fn require_api_key(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let Some(mut caller) = req.extensions().get::<Caller>().cloned() else {
@@ -40,21 +38,10 @@ pub async fn admit(
             return Err(ApiError::forbidden(format!("caller {} is not in ALLOWED_CIDRS", caller.ip)));
         }
     }
-    let reason = match headers.get("x-api-key") {
-        None => Some("missing_api_key"),
-        Some(key) if !state.config.api_key_check.matches(key.as_bytes()) => Some("invalid_api_key"),
-        Some(_) => None,
-    };
-    if let Some(reason) = reason {
-        audit_rejection(state, caller, method, path, reason).await?;
-        let message = if reason == "missing_api_key" {
-            "the X-API-Key header is required"
-        } else {
-            "the X-API-Key header does not match the configured API key"
-        };
-        return Err(ApiError::unauthorized(message));
-    }
-    caller.api_key = Some(crate::middleware::caller::bootstrap_key());
+    let presented = headers.get("x-api-key").map(|k| k.as_bytes());
+    let access = crate::services::api_keys::admit(state, caller, presented, method.as_str(), path).await?;
+    caller.api_key = Some(access.key.clone());
+    caller.access = Some(access);
     Ok(())
 }
 
@@ -65,15 +52,5 @@ async fn audit_rejection(
     path: &str,
     reason: &str,
 ) -> Result<(), ApiError> {
-    let path: String = path.chars().take(256).collect();
-    let entry = NewAudit {
-        ip: Some(caller.ip_string()),
-        user_agent: caller.user_agent.clone(),
-        data: serde_json::json!({ "reason": reason, "method": method.as_str(), "path": path }),
-        at: Some(chrono::Utc::now().timestamp_micros()),
-        ..NewAudit::new(AuditEvent::AuthRejected)
-    };
-    // Through the batch writer: a scan of wrong keys costs no transaction
-    // per request, and repeats merge into one row with a count.
-    state.audit_batched(entry).await
+    crate::services::api_keys::audit_rejection(state, caller, method.as_str(), path, reason, None).await
 }

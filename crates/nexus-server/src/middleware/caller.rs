@@ -22,11 +22,24 @@ pub struct Caller {
     pub user_agent: Option<String>,
     /// The API key the request presented, once checked (audit rows name it).
     pub api_key: Option<nexus_store::ApiKeyRef>,
+    /// Its role and workspaces, once checked (`None` on public routes).
+    pub access: Option<crate::services::api_keys::Access>,
 }
 
 impl Caller {
     pub fn ip_string(&self) -> String {
         self.ip.to_string()
+    }
+
+    /// Whether this caller may use connections of `workspace_id` (a key
+    /// limited to other workspaces is answered as if they did not exist).
+    pub fn may_see(&self, workspace_id: &str) -> bool {
+        self.access.as_ref().is_none_or(|a| a.may_see(workspace_id))
+    }
+
+    /// The workspaces this caller is limited to (`None`: every one).
+    pub fn workspaces(&self) -> Option<&[String]> {
+        self.access.as_ref().and_then(|a| a.workspaces.as_deref())
     }
 }
 
@@ -79,7 +92,7 @@ pub fn caller_of(state: &AppState, peer: IpAddr, headers: &HeaderMap) -> Caller 
         .get(axum::http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(|ua| ua.chars().take(512).collect());
-    Caller { ip, user_agent, api_key: None }
+    Caller { ip, user_agent, api_key: None, access: None }
 }
 
 pub async fn identify(State(state): State<AppState>, mut req: Request, next: Next) -> Response {

@@ -44,9 +44,10 @@ pub async fn request_connection(
     responses((status = 200, body = ConnectionView), (status = 404, body = ErrorBody)))]
 pub async fn check_connection(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     PathId(id): PathId,
 ) -> Result<Json<ConnectionView>, ApiError> {
-    connections::check(&state, &id).await.map(Json)
+    connections::check(&state, &caller, &id).await.map(Json)
 }
 
 /// Connections, newest first, filtered by workspace, provider and status.
@@ -55,9 +56,10 @@ pub async fn check_connection(
     responses((status = 200, body = Vec<ConnectionView>), (status = 400, body = ErrorBody)))]
 pub async fn list_connections(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<ConnectionView>>, ApiError> {
-    connections::list(&state, q).await.map(Json)
+    connections::list(&state, &caller, q).await.map(Json)
 }
 
 /// Revokes a connection: wipes its credentials and tells the provider when it can.

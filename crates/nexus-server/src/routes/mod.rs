@@ -2,6 +2,7 @@
 //! result; the `#[utoipa::path]` on it is both its route and its documentation,
 //! so `/openapi.json` cannot drift from what is served.
 
+pub mod api_keys;
 pub mod audit;
 pub mod capture;
 pub mod catalog;

@@ -1,6 +1,7 @@
 //! Business operations behind the handlers: each takes checked input, talks to
 //! the store (and providers), and returns a view or an [`crate::error::ApiError`].
 
+pub mod api_keys;
 pub mod audit;
 pub mod capture;
 pub mod connection_config;

@@ -198,6 +198,10 @@ async fn refresh_now(state: &AppState, caller: Option<&Caller>, id: &str, reason
     let _local = local.lock().await;
     let lock = state.store.lock_for_refresh(id).await?.ok_or_else(|| ApiError::not_found("no such connection"))?;
     let row = lock.row().clone();
+    if caller.is_some_and(|c| !c.may_see(&row.workspace_id)) {
+        lock.release().await;
+        return Err(ApiError::not_found("no such connection"));
+    }
     let provider = lock.provider().cloned();
     let unchanged = |outcome| Settled { outcome, row: row.clone(), provider: provider.clone(), credentials: None };
     if row.status != ConnectionStatus::Active || !renewable(&row) {

@@ -63,6 +63,9 @@ pub async fn token(state: &AppState, caller: &Caller, id: &str) -> Result<Bytes,
 /// [`token`], as the cache keeps it (with the answer parsed once, for the proxy).
 pub async fn answer(state: &AppState, caller: &Caller, id: &str) -> Result<Arc<Cached>, ApiError> {
     if let Some(hit) = state.token_cache.get(id, state.clock.now_secs()) {
+        if !caller.may_see(&hit.workspace_id) {
+            return Err(ApiError::not_found("no such connection"));
+        }
         state
             .audit_batched(NewAudit {
                 ip: Some(caller.ip_string()),
@@ -105,7 +108,12 @@ pub async fn answer(state: &AppState, caller: &Caller, id: &str) -> Result<Arc<C
 /// refresh window, and answers from the row as it then stands; returns the
 /// view with its provider and workspace ids.
 async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<((TokenView, String, String), bool), ApiError> {
-    let row = state.store.connection_by_id(id).await?.ok_or_else(|| ApiError::not_found("no such connection"))?;
+    let row = state
+        .store
+        .connection_by_id(id)
+        .await?
+        .filter(|row| caller.may_see(&row.workspace_id))
+        .ok_or_else(|| ApiError::not_found("no such connection"))?;
     let window = state.config.refresh_window_secs;
     let now = state.clock.now_secs();
     let settled = if row.status == ConnectionStatus::Active

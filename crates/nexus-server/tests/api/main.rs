@@ -1,6 +1,7 @@
 //! Black-box API tests: the real server on a random port, over HTTP, each test
 //! on SQLite and on PostgreSQL.
 
+mod access;
 mod audit;
 mod bad_input;
 mod capture;

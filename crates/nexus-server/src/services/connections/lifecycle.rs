@@ -3,6 +3,7 @@
 
 use super::{audit, view};
 use crate::error::ApiError;
+use crate::middleware::Caller;
 use crate::services::providers;
 use crate::state::AppState;
 use nexus_core::wire::ConnectionView;
@@ -12,8 +13,13 @@ use serde::Deserialize;
 use serde_json::json;
 
 /// `GET /v1/check-connection/{id}`: expires stale pending connections on the way.
-pub async fn check(state: &AppState, id: &str) -> Result<ConnectionView, ApiError> {
-    let row = state.store.connection_by_id(id).await?.ok_or_else(|| ApiError::not_found("no such connection"))?;
+pub async fn check(state: &AppState, caller: &Caller, id: &str) -> Result<ConnectionView, ApiError> {
+    let row = state
+        .store
+        .connection_by_id(id)
+        .await?
+        .filter(|row| caller.may_see(&row.workspace_id))
+        .ok_or_else(|| ApiError::not_found("no such connection"))?;
     let row = expire_if_stale(state, row).await?;
     Ok(view(row))
 }
@@ -43,15 +49,20 @@ pub struct ListQuery {
     pub limit: Option<i64>,
 }
 
-pub async fn list(state: &AppState, q: ListQuery) -> Result<Vec<ConnectionView>, ApiError> {
+pub async fn list(state: &AppState, caller: &Caller, q: ListQuery) -> Result<Vec<ConnectionView>, ApiError> {
     if q.limit.is_some_and(|n| n < 1) {
         return Err(ApiError::bad_request("limit: must be at least 1"));
+    }
+    // A key limited to some workspaces lists theirs only (another's is empty, as if it had none).
+    if q.workspace_id.as_deref().is_some_and(|w| !caller.may_see(w)) {
+        return Ok(Vec::new());
     }
     let provider_id = providers::filter_id(state, q.provider).await?;
     let rows = state
         .store
         .list_connections(&ConnectionFilter {
             workspace_id: q.workspace_id,
+            workspaces: caller.workspaces().map(<[String]>::to_vec),
             provider_id,
             status: q.status,
             limit: q.limit.unwrap_or(100).min(1000),

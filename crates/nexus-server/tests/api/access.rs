@@ -1,0 +1,355 @@
+//! API keys with roles and workspaces (SPEC 13): every documented `/v1`
+//! route called with every kind of key, on SQLite and PostgreSQL; a
+//! revocation reaching another replica within a second; and a scan of
+//! 10,000 wrong keys from one address that is limited without slowing a
+//! good key from another.
+
+use nexus_testkit::upstream::schema;
+use nexus_testkit::{both_backends, Backend, TestApp};
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// Creates a key with the bootstrap key; returns (id, key).
+async fn key(
+    app: &TestApp,
+    name: &str,
+    role: &str,
+    workspaces: Option<&[&str]>,
+    expires_at: Option<&str>,
+) -> (String, String) {
+    let mut body = json!({ "name": name, "role": role });
+    if let Some(w) = workspaces {
+        body["workspaces"] = json!(w);
+    }
+    if let Some(at) = expires_at {
+        body["expires_at"] = json!(at);
+    }
+    let resp = app.post("/v1/api-keys", &body).await;
+    assert_eq!(resp.status, 201, "{}", resp.text);
+    let k = resp.json["key"].as_str().unwrap().to_owned();
+    assert!(k.starts_with("nxk_"));
+    (resp.json["id"].as_str().unwrap().to_owned(), k)
+}
+
+/// A captured static connection in `workspace`.
+async fn connection(app: &TestApp, provider: &str, workspace: &str) -> String {
+    let req = app
+        .post(
+            "/v1/request-connection",
+            &json!({"workspace_id": workspace, "provider_name": provider, "return_url": "https://app.example.test/"}),
+        )
+        .await;
+    assert_eq!(req.status, 200, "{}", req.text);
+    let done = app
+        .send(
+            app.client
+                .post(app.url("/v1/capture-credential"))
+                .header("x-api-key", &app.api_key)
+                .header("accept", "application/json")
+                .json(&json!({"state": req.json["state"], "credentials": {"api_key": format!("k-{workspace}")}})),
+        )
+        .await;
+    assert_eq!(done.status, 200, "{}", done.text);
+    done.json["connection_id"].as_str().unwrap().to_owned()
+}
+
+/// The status of `method path` with `key` (the body is not read: streams stay open otherwise).
+async fn status(app: &TestApp, key: &str, method: &str, path: &str) -> u16 {
+    status_from(app, &app.client, key, method, path).await
+}
+
+static SOURCES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A client calling from an address of its own (127.1.x.y): refused keys
+/// count against their address, and this test is not a scan.
+fn fresh_source() -> reqwest::Client {
+    let n = SOURCES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let ip = std::net::Ipv4Addr::new(127, 1, (n / 250) as u8, (n % 250 + 1) as u8);
+    reqwest::Client::builder().no_proxy().local_address(std::net::IpAddr::V4(ip)).build().unwrap()
+}
+
+async fn status_from(app: &TestApp, client: &reqwest::Client, key: &str, method: &str, path: &str) -> u16 {
+    let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut req = client.request(m.clone(), app.url(path)).header("x-api-key", key);
+    if matches!(method, "POST" | "PUT" | "PATCH") {
+        // Empty objects: a route that takes a body refuses it (400), so nothing changes.
+        req = req.header("content-type", "application/json").body("{}");
+    }
+    let resp = tokio::time::timeout(Duration::from_secs(20), req.send()).await.expect("answered").expect("reachable");
+    resp.status().as_u16()
+}
+
+/// What the agent role may call (SPEC 13), as (method, path template).
+const AGENT_ROUTES: [(&str, &str); 9] = [
+    ("GET", "/v1/token/{connection_id}"),
+    ("POST", "/v1/refresh/{connection_id}"),
+    ("GET", "/v1/check-connection/{id}"),
+    ("GET", "/v1/connections"),
+    ("GET", "/v1/providers/metadata"),
+    ("GET", "/v1/invalidations"),
+    ("GET", "/v1/proxy/{connection_id}/{path}"),
+    ("POST", "/v1/proxy/{connection_id}/{path}"),
+    ("DELETE", "/v1/proxy/{connection_id}/{path}"),
+];
+
+fn connection_scoped(template: &str) -> bool {
+    template.contains("{connection_id}") || template == "/v1/check-connection/{id}"
+}
+
+async fn every_route_with_every_key(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let provider = json!({"name": "svc", "auth_type": "api_key", "api_base_url": "http://127.0.0.1:9",
+                          "params": {"credential_schema": schema(&["api_key"])}});
+    let created = app.post("/v1/providers", &provider).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let mine = connection(&app, "svc", "w1").await;
+    let theirs = connection(&app, "svc", "w2").await;
+
+    let (_, admin) = key(&app, "ops", "admin", None, None).await;
+    let (_, agent) = key(&app, "agent-all", "agent", None, None).await;
+    let (_, agent_w1) = key(&app, "agent-w1", "agent", Some(&["w1"]), None).await;
+    let (_, connect) = key(&app, "front-end", "connect", None, None).await;
+    let soon = (chrono::Utc::now() + chrono::Duration::minutes(10)).to_rfc3339();
+    let (_, expired) = key(&app, "short-lived", "agent", None, Some(&soon)).await;
+    let (revoked_id, revoked) = key(&app, "gone", "admin", None, None).await;
+    assert_eq!(app.delete(&format!("/v1/api-keys/{revoked_id}")).await.status, 200);
+    app.state.clock.advance(Duration::from_secs(11 * 60));
+
+    // Every documented /v1 route (the table cannot miss one added later).
+    let doc = app.send(app.client.get(app.url("/openapi.json"))).await;
+    let mut routes = BTreeSet::new();
+    for (path, item) in doc.json["paths"].as_object().unwrap() {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        for method in item.as_object().unwrap().keys() {
+            if ["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                routes.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    assert!(routes.len() >= 30, "{routes:?}");
+    for (method, template) in AGENT_ROUTES {
+        assert!(routes.contains(&(method.to_owned(), template.to_owned())), "{method} {template} is documented");
+    }
+    let fill = |template: &str, connection: &str| -> String {
+        template
+            .replace("{connection_id}", connection)
+            .replace("{path}", "items")
+            .replace("/v1/check-connection/{id}", &format!("/v1/check-connection/{connection}"))
+            .replace("{id}", "no-such-id")
+            .replace("{delivery_id}", "msg_none")
+            .replace("{name}", "github")
+    };
+    let bootstrap = app.api_key.clone();
+    let mut checked = 0;
+    for (method, template) in &routes {
+        // Every method and form of the proxy route is the agent's.
+        let agent_may =
+            template.starts_with("/v1/proxy/") || AGENT_ROUTES.contains(&(method.as_str(), template.as_str()));
+        for connection in [&mine, &theirs] {
+            let path = fill(template, connection);
+            // The bootstrap key's answer: what an allowed key must get too.
+            let expected = status(&app, &bootstrap, method, &path).await;
+            assert!(![401, 403].contains(&expected), "bootstrap {method} {path}: {expected}");
+            let cases: [(&str, &str, u16); 6] = [
+                ("admin", &admin, expected),
+                ("agent", &agent, if agent_may { expected } else { 403 }),
+                (
+                    "agent-w1",
+                    &agent_w1,
+                    match (agent_may, connection_scoped(template) && connection == &theirs) {
+                        (false, _) => 403,
+                        (true, true) => 404,
+                        (true, false) => expected,
+                    },
+                ),
+                ("connect", &connect, 403),
+                ("expired", &expired, 401),
+                ("revoked", &revoked, 401),
+            ];
+            for (who, k, want) in cases {
+                let got = status_from(&app, &fresh_source(), k, method, &path).await;
+                assert_eq!(got, want, "{who}: {method} {path}");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 300, "{checked} calls checked");
+
+    // A key limited to w1 lists w1's connections only, and nothing of w2.
+    let listed = app.send(app.client.get(app.url("/v1/connections")).header("x-api-key", &agent_w1)).await;
+    let ids: Vec<&str> =
+        listed.json.as_array().unwrap().iter().map(|c| c["connection_id"].as_str().unwrap_or_default()).collect();
+    assert_eq!(ids, [mine.as_str()], "{}", listed.text);
+    let other =
+        app.send(app.client.get(app.url("/v1/connections?workspace_id=w2")).header("x-api-key", &agent_w1)).await;
+    assert_eq!(other.json, json!([]));
+    let not_found =
+        app.send(app.client.get(app.url(&format!("/v1/token/{theirs}"))).header("x-api-key", &agent_w1)).await;
+    let unknown =
+        app.send(app.client.get(app.url("/v1/token/no-such-connection")).header("x-api-key", &agent_w1)).await;
+    assert_eq!(
+        (not_found.status, &not_found.json["message"]),
+        (404, &unknown.json["message"]),
+        "existence is not revealed"
+    );
+
+    // Audit rows name the key that caused them; the log filters by it.
+    let agent_id =
+        app.get("/v1/api-keys").await.json.as_array().unwrap().iter().find(|k| k["name"] == "agent-w1").unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    app.state.flush_audit().await;
+    let by_key = app.get(&format!("/v1/audit?api_key={agent_id}&event_type=token.retrieved")).await;
+    let rows = by_key.json["entries"].as_array().unwrap();
+    assert!(!rows.is_empty(), "{}", by_key.text);
+    assert!(rows.iter().all(|r| r["api_key"]["id"] == agent_id.as_str() && r["api_key"]["name"] == "agent-w1"));
+    let forbidden = app.get(&format!("/v1/audit?api_key={agent_id}&event_type=auth.rejected")).await;
+    assert!(forbidden.json["entries"].as_array().unwrap().iter().any(|r| r["data"]["reason"] == "forbidden_for_role"));
+    // Keys are listed without secrets; the key itself was shown once.
+    let listed = app.get("/v1/api-keys").await;
+    assert!(!listed.text.contains(&agent_w1) && !listed.text.contains("\"key\""));
+    assert_eq!(listed.json.as_array().unwrap().len(), 6);
+    app.stop().await;
+}
+
+async fn hostile_key_input(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let audit_before = app.audit_count().await;
+    for (body, field) in [
+        (json!({"name": "x", "role": "root"}), "role"),
+        (json!({"name": "", "role": "agent"}), "name"),
+        (json!({"name": "a\nb", "role": "agent"}), "name"),
+        (json!({"name": "x".repeat(129), "role": "agent"}), "name"),
+        (json!({"name": "x", "role": "agent", "workspaces": []}), "workspaces"),
+        (json!({"name": "x", "role": "agent", "workspaces": ["ok", "bad\u{7}"]}), "workspaces[1]"),
+        (json!({"name": "x", "role": "agent", "expires_at": "tomorrow"}), "expires_at"),
+        (json!({"name": "x", "role": "agent", "expires_at": "2001-01-01T00:00:00Z"}), "expires_at"),
+        (json!({"name": "x", "role": "agent", "key": "nxk_chosen"}), "key"),
+    ] {
+        let resp = app.post("/v1/api-keys", &body).await;
+        assert_eq!(resp.status, 400, "{body}: {}", resp.text);
+        assert!(resp.text.contains(field), "{body}: {}", resp.text);
+    }
+    assert_eq!(app.get("/v1/api-keys").await.json, json!([]));
+    assert_eq!(app.audit_count().await, audit_before);
+    assert_eq!(app.delete("/v1/api-keys/nope").await.status, 404);
+    // Look-alike keys are refused without a database lookup of anything they control.
+    for k in ["nxk_", "nxk_'; DROP TABLE api_keys; --", &format!("nxk_{}", "A".repeat(43)), &"x".repeat(5000)] {
+        let s = status(&app, k, "GET", "/v1/connections").await;
+        assert!([401, 429].contains(&s), "{k}: {s}");
+    }
+    app.stop().await;
+}
+
+/// A key revoked on one replica is refused by another within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_stops_on_every_replica_within_a_second() {
+    nexus_testkit::run_bounded(async {
+        let a = TestApp::spawn(Backend::Postgres).await;
+        let b = a.spawn_replica().await;
+        let (id, agent) = key(&a, "agent", "agent", None, None).await;
+        let mut measured = Vec::new();
+        for round in 0..3 {
+            let (id, agent) =
+                if round == 0 { (id.clone(), agent.clone()) } else { key(&a, "agent", "agent", None, None).await };
+            // Trusted on the replica (read and cached there).
+            assert_eq!(status(&b, &agent, "GET", "/v1/connections").await, 200);
+            let revoked_at = Instant::now();
+            assert_eq!(a.delete(&format!("/v1/api-keys/{id}")).await.status, 200);
+            assert_eq!(status(&a, &agent, "GET", "/v1/connections").await, 401, "at once where it was revoked");
+            let took = loop {
+                if status(&b, &agent, "GET", "/v1/connections").await == 401 {
+                    break revoked_at.elapsed();
+                }
+                assert!(revoked_at.elapsed() < Duration::from_secs(5), "never refused");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            measured.push(took);
+        }
+        eprintln!("revocation reached the other replica after {measured:?}");
+        assert!(measured.iter().all(|t| *t <= Duration::from_secs(1)), "{measured:?}");
+        b.stop().await;
+        a.stop().await;
+    })
+    .await;
+}
+
+/// 10,000 wrong keys from one address: 401, then 429 with Retry-After; the
+/// audit log grows by a bounded number of rows; a good key from another
+/// address is served all along.
+async fn a_scan_of_wrong_keys_is_limited(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, agent) = key(&app, "agent", "agent", None, None).await;
+    app.state.flush_audit().await;
+    let rows_before = app.audit_count().await;
+    let scanner = reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, 1])).build().unwrap();
+    let good = reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, 2])).build().unwrap();
+    let url = app.url("/v1/connections");
+    let started = Instant::now();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let served = {
+        let (good, url, agent, stop) = (good.clone(), url.clone(), agent.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut other) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let s = good.get(&url).header("x-api-key", &agent).send().await.unwrap().status().as_u16();
+                if s == 200 {
+                    ok += 1
+                } else {
+                    other.push(s)
+                }
+            }
+            (ok, other)
+        })
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..8 {
+        let (scanner, url) = (scanner.clone(), url.clone());
+        tasks.spawn(async move {
+            let mut seen = Vec::with_capacity(1250);
+            for i in 0..1250 {
+                let wrong = if i % 2 == 0 {
+                    format!("nxk_{:0>43}", worker * 10_000 + i)
+                } else {
+                    format!("guess-{worker}-{i}")
+                };
+                let resp = scanner.get(&url).header("x-api-key", wrong).send().await.unwrap();
+                let retry =
+                    resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+                seen.push((resp.status().as_u16(), retry));
+            }
+            seen
+        });
+    }
+    let mut statuses = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        statuses.extend(done.unwrap());
+    }
+    let elapsed = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, other) = served.await.unwrap();
+    assert_eq!(statuses.len(), 10_000);
+    let unauthorized = statuses.iter().filter(|(s, _)| *s == 401).count();
+    let limited = statuses.iter().filter(|(s, _)| *s == 429).count();
+    assert_eq!(unauthorized + limited, 10_000, "only 401 and 429");
+    let allowed = 10 + elapsed.as_secs() as usize + 2;
+    assert!(unauthorized <= allowed, "{unauthorized} failures answered 401 in {elapsed:?}");
+    assert!(
+        statuses.iter().filter(|(s, _)| *s == 429).all(|(_, r)| r.is_some_and(|r| r >= 1)),
+        "429s carry Retry-After"
+    );
+    assert!(other.is_empty(), "the good key was refused: {other:?}");
+    assert!(ok >= 20, "the good key was served {ok} times during the scan ({elapsed:?})");
+    app.state.flush_audit().await;
+    let grew = app.audit_count().await - rows_before;
+    // One row per 401 at most (repeats merge), plus one per block.
+    assert!(grew as usize <= 2 * allowed, "the audit log grew by {grew} rows for 10,000 wrong keys");
+    eprintln!("10,000 wrong keys in {elapsed:?}: {unauthorized} × 401, {limited} × 429, {grew} audit rows; good key served {ok} times");
+    app.stop().await;
+}
+
+both_backends!(every_route_with_every_key, hostile_key_input, a_scan_of_wrong_keys_is_limited);
