@@ -165,9 +165,12 @@ struct ServeArgs {
     /// Seconds a discovery document or key set is used before it is fetched again (default 86400).
     #[arg(long, env = "DISCOVERY_TTL")]
     discovery_ttl: Option<String>,
-    /// Seconds a webhook receiver has to answer one delivery attempt (default 10).
+    /// Seconds (1–25) a webhook receiver has to answer one delivery attempt (default 10).
     #[arg(long, env = "WEBHOOK_TIMEOUT")]
     webhook_timeout: Option<String>,
+    /// Failed authentications an address may make at once before it is limited (default 10).
+    #[arg(long, env = "AUTH_FAILURE_LIMIT")]
+    auth_failure_limit: Option<String>,
     /// Background refreshes in flight at once (default 8).
     #[arg(long, env = "REFRESH_CONCURRENCY")]
     refresh_concurrency: Option<String>,
@@ -284,6 +287,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         token_max_age: args.token_max_age,
         discovery_ttl: args.discovery_ttl,
         webhook_timeout: args.webhook_timeout,
+        auth_failure_limit: args.auth_failure_limit,
         refresh_concurrency: args.refresh_concurrency,
         refresh_per_host: args.refresh_per_host,
     };

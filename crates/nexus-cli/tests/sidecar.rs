@@ -519,3 +519,53 @@ async fn sidecar_metrics_count_its_answers() {
     })
     .await;
 }
+
+/// `nexus proxy` and the Bridge with an `agent` key (SPEC 13): they serve
+/// its workspace's connections, not another's; once the key is revoked
+/// both stop serving within 2 s (their invalidation stream is closed and
+/// what they cached is dropped), though answers may live 30 s.
+async fn a_revoked_agent_key_stops_its_proxies(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.token_max_age = Some("30".into())).await;
+    let (host, _) = recording_upstream().await;
+    let provider = json!({"auth_type": "api_key", "api_base_url": format!("http://{host}/api"),
+                          "params": {"credential_schema": schema(&["api_key"])}});
+    let id = static_connection(&app, "svc", provider, json!({"api_key": "k-agent"})).await;
+    let other = app
+        .post(
+            "/v1/request-connection",
+            &json!({"workspace_id": "elsewhere", "provider_name": "svc", "return_url": "https://app.example.test/"}),
+        )
+        .await;
+    let other = other.json["connection_id"].as_str().unwrap().to_owned();
+    let created = app.post("/v1/api-keys", &json!({"name": "agent-w", "role": "agent", "workspaces": ["w"]})).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let (key_id, agent) =
+        (created.json["id"].as_str().unwrap().to_owned(), created.json["key"].as_str().unwrap().to_owned());
+
+    let (_child, proxy) = sidecar_at(&app.base_url, &agent, &[]).await;
+    let bridge = nexus_bridge::Bridge::new(app.base_url.clone(), agent.clone());
+    let http = client();
+    let get = |id: &str| http.get(format!("{proxy}/{id}/x")).send();
+    for _ in 0..2 {
+        assert_eq!(get(&id).await.unwrap().status(), 200);
+        bridge.credentials(&id).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(get(&other).await.unwrap().status(), 404, "another workspace's connection does not exist for this key");
+    assert!(bridge.credentials(&other).await.is_err());
+    assert_eq!(get(&id).await.unwrap().status(), 200);
+    bridge.credentials(&id).await.unwrap();
+
+    assert_eq!(app.delete(&format!("/v1/api-keys/{key_id}")).await.status, 200);
+    let (at_proxy, in_bridge) = tokio::join!(
+        until(async || get(&id).await.unwrap().status() != 200),
+        until(async || bridge.credentials(&id).await.is_err()),
+    );
+    println!("a revoked agent key: nexus proxy stopped after {at_proxy:?}, Bridge after {in_bridge:?}");
+    assert!(at_proxy <= Duration::from_secs(2) && in_bridge <= Duration::from_secs(2), "{at_proxy:?} / {in_bridge:?}");
+    let refused = get(&id).await.unwrap();
+    assert_eq!(refused.status(), 502);
+    assert!(refused.text().await.unwrap().contains("gateway_refused_api_key"));
+}
+
+nexus_testkit::both_backends!(a_revoked_agent_key_stops_its_proxies);

@@ -271,6 +271,7 @@ impl Application {
         let state = self.state.clone();
         let refresher = tokio::spawn(crate::services::refresher::run(state.clone()));
         let webhook_sender = tokio::spawn(crate::services::webhook_sender::run(state.clone()));
+        let housekeeping = tokio::spawn(crate::services::housekeeping::run(state.clone()));
         let head_log = tokio::spawn(log_audit_head(state.clone()));
         let metrics = self.metrics.map(|listener| tokio::spawn(serve_metrics(listener, state.clone())));
         let head_timeout = state.config.head_timeout;
@@ -288,6 +289,7 @@ impl Application {
         let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
             let _ = refresher.await;
             let _ = webhook_sender.await;
+            let _ = housekeeping.await;
             state.tasks.wait().await;
         })
         .await;

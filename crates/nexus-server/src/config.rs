@@ -46,6 +46,8 @@ pub struct RawConfig {
     pub discovery_ttl: Option<String>,
     /// Seconds a webhook receiver has to answer one delivery attempt (default 10).
     pub webhook_timeout: Option<String>,
+    /// Failed authentications an address may make at once before it is limited (default 10).
+    pub auth_failure_limit: Option<String>,
     /// Background refreshes in flight at once per process (default 8).
     pub refresh_concurrency: Option<String>,
     /// Background refreshes in flight at once per token-endpoint host (default 4).
@@ -98,6 +100,8 @@ pub struct Config {
     /// How long a webhook receiver has to answer one attempt (a slow one
     /// cannot hold a delivery slot longer).
     pub webhook_timeout: std::time::Duration,
+    /// Failed authentications an address may make at once; then one a second.
+    pub auth_failure_limit: u32,
     /// Background refreshes in flight at once, per process and per token-endpoint host.
     pub refresh_concurrency: usize,
     pub refresh_per_host: usize,
@@ -124,6 +128,7 @@ impl std::fmt::Debug for Config {
             .field("token_max_age_secs", &self.token_max_age_secs)
             .field("discovery_ttl_secs", &self.discovery_ttl_secs)
             .field("webhook_timeout", &self.webhook_timeout)
+            .field("auth_failure_limit", &self.auth_failure_limit)
             .field("refresh_concurrency", &self.refresh_concurrency)
             .field("refresh_per_host", &self.refresh_per_host)
             .finish()
@@ -261,8 +266,10 @@ impl RawConfig {
         let discovery_ttl_secs = parse_secs("DISCOVERY_TTL", self.discovery_ttl.as_deref(), 86_400, 60, 30 * 86_400)?;
         let webhook_timeout =
             std::time::Duration::from_secs(
-                parse_secs("WEBHOOK_TIMEOUT", self.webhook_timeout.as_deref(), 10, 1, 60)? as u64
+                parse_secs("WEBHOOK_TIMEOUT", self.webhook_timeout.as_deref(), 10, 1, 25)? as u64
             );
+        let auth_failure_limit =
+            parse_count("AUTH_FAILURE_LIMIT", self.auth_failure_limit.as_deref(), 10, 1_000_000)? as u32;
         let refresh_concurrency = parse_count("REFRESH_CONCURRENCY", self.refresh_concurrency.as_deref(), 8, 4_096)?;
         let refresh_per_host = parse_count("REFRESH_PER_HOST", self.refresh_per_host.as_deref(), 4, 1_024)?;
         let head_timeout =
@@ -292,6 +299,7 @@ impl RawConfig {
             token_max_age_secs,
             discovery_ttl_secs,
             webhook_timeout,
+            auth_failure_limit,
             refresh_concurrency,
             refresh_per_host,
         })
@@ -421,7 +429,8 @@ mod tests {
             (RawConfig { metrics_bind: Some("127.0.0.1:8080".into()), ..full() }, "METRICS_BIND"),
             (RawConfig { discovery_ttl: Some("5".into()), ..full() }, "DISCOVERY_TTL"),
             (RawConfig { webhook_timeout: Some("0".into()), ..full() }, "WEBHOOK_TIMEOUT"),
-            (RawConfig { webhook_timeout: Some("61".into()), ..full() }, "WEBHOOK_TIMEOUT"),
+            (RawConfig { webhook_timeout: Some("26".into()), ..full() }, "WEBHOOK_TIMEOUT"),
+            (RawConfig { auth_failure_limit: Some("0".into()), ..full() }, "AUTH_FAILURE_LIMIT"),
             (RawConfig { base_url: Some("ftp://x".into()), ..full() }, "BASE_URL"),
             (RawConfig { allowed_cidrs: Some("10.0.0.0/99".into()), ..full() }, "ALLOWED_CIDRS"),
             (RawConfig { trusted_proxies: Some("proxy".into()), ..full() }, "TRUSTED_PROXIES"),

@@ -1,6 +1,6 @@
 //! The published contract (`GET /openapi.json`): the document utoipa
 //! collects from the handlers and the shared wire types, completed with what
-//! every route has in common (the API key's `401`/`403`, a JSON body's
+//! every route has in common (the API key's `401`/`403`/`429`, a JSON body's
 //! `400`/`413`/`415`, the database's `503`) and the routes that are not
 //! plain JSON handlers (the proxies, the OAuth callback, the capture page and
 //! this document itself). A test runs schemathesis against it, so a route or
@@ -99,8 +99,13 @@ pub fn complete(doc: &mut Value) {
             let keyed = path.starts_with("/v1/");
             let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else { continue };
             if keyed {
-                add(responses, "401", "unauthorized: the X-API-Key header is missing or wrong");
-                add(responses, "403", "forbidden: the caller's address is not in ALLOWED_CIDRS");
+                add(responses, "401", "unauthorized: the X-API-Key header is missing, wrong, revoked or expired");
+                add(responses, "403", "forbidden: the key's role may not call this route, or the caller's address is not in ALLOWED_CIDRS");
+                add(
+                    responses,
+                    "429",
+                    "rate_limited: too many failed authentication attempts from this address; see Retry-After",
+                );
                 add(responses, "503", "storage_unavailable: the database is away; nothing was changed");
             }
             if has_body {
@@ -220,12 +225,13 @@ fn proxy_operation(with_path: bool) -> Value {
     let mut responses = Map::new();
     responses.insert("default".into(), json!({"description": "the provider's answer, relayed as it is"}));
     for (status, description) in [
-        ("401", "unauthorized: the X-API-Key header is missing or wrong"),
-        ("403", "forbidden: the caller's address is not in ALLOWED_CIDRS"),
-        ("404", "not_found: no such connection"),
+        ("401", "unauthorized: the X-API-Key header is missing, wrong, revoked or expired"),
+        ("403", "forbidden: the key's role may not proxy, or the caller's address is not in ALLOWED_CIDRS"),
+        ("404", "not_found: no such connection (or not in the key's workspaces)"),
         ("409", "connection_not_active, attention_required, no_api_base_url, provider_misconfigured or cannot_sign"),
         ("410", "provider_deleted"),
         ("413", "payload_too_large: the body is larger than 10 MiB"),
+        ("429", "rate_limited: too many failed authentication attempts from this address; see Retry-After"),
         ("502", "provider_unreachable"),
         ("503", "provider_unavailable or storage_unavailable"),
         ("504", "provider_timeout"),

@@ -97,6 +97,7 @@ impl AppState {
         tokio::spawn(audit_writer(store.clone(), audit_rx, audit_give_up.clone(), metrics.clone()));
         let invalidations = store.subscribe_invalidations();
         let (changes, _) = broadcast::channel(1024);
+        let keys = crate::services::api_keys::Keys::new(config.auth_failure_limit);
         let state = AppState(Arc::new(Inner {
             config,
             store,
@@ -114,7 +115,7 @@ impl AppState {
             tasks: tokio_util::task::TaskTracker::new(),
             clock: nexus_core::clock::Clock::default(),
             metrics,
-            keys: Default::default(),
+            keys,
         }));
         if let Some(mut rx) = invalidations {
             let weak = Arc::downgrade(&state.0);

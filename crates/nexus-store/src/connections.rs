@@ -416,7 +416,10 @@ impl Store {
         .bind(id)
         .execute(&mut *w.tx)
         .await?;
-        if let Some(before) = before.filter(|b| b.status != ConnectionStatus::Active && done.rows_affected() == 1) {
+        // Reported once: an active connection (a failed re-consent) keeps its
+        // status, and one already failed is not failed again.
+        let changes = |b: &Before| !matches!(b.status, ConnectionStatus::Active | ConnectionStatus::Failed);
+        if let Some(before) = before.filter(|b| changes(b) && done.rows_affected() == 1) {
             report(&mut w, WebhookEvent::ConnectionFailed, id, &before, ConnectionStatus::Failed, Some(error)).await?;
         }
         notify_in_tx(&mut w, Invalidation::Connection(id.to_owned())).await?;
@@ -432,7 +435,10 @@ impl Store {
         let done = sqlx::query(concat!(
             "UPDATE connections SET status = 'failed', last_error = 'expired', updated_at = $1, ",
             clear_handshake!(),
-            " WHERE id = $2 AND status = 'pending' AND handshake_expires_at < $1"
+            // A consumed state (NULL) means a callback is exchanging the
+            // code right now: it gets a grace of five minutes to finish.
+            " WHERE id = $2 AND status = 'pending' AND handshake_expires_at < $1
+                AND (state_nonce IS NOT NULL OR handshake_expires_at < $1 - 300000000)"
         ))
         .bind(now)
         .bind(id)
@@ -484,6 +490,19 @@ impl Store {
         append_in_tx(&mut w, audit).await?;
         w.commit().await?;
         Ok(Some(row))
+    }
+
+    /// Up to `limit` pending connections whose handshake expired before `now` (unix microseconds).
+    pub async fn expired_handshakes(&self, now: i64, limit: i64) -> Result<Vec<ConnectionRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM connections WHERE status = 'pending' AND handshake_expires_at < $1
+             ORDER BY handshake_expires_at LIMIT {}",
+            limit.clamp(1, 1000)
+        ))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(from_row).collect()
     }
 
     /// Connections matching the filter, newest first.

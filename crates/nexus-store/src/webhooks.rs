@@ -108,6 +108,8 @@ pub struct ClaimedDelivery {
     pub attempt: i64,
     /// Attempts in the current retry schedule, this one included.
     pub in_schedule: i64,
+    /// Where the schedule began (a redelivery meanwhile moves it).
+    pub schedule_base: i64,
 }
 
 /// How an attempt ended, and what the delivery does next.
@@ -163,8 +165,16 @@ pub(crate) async fn enqueue_in_tx(w: &mut WriteTx, ev: &ConnectionEvent<'_>) -> 
     let rows = sqlx::query(&format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks")).fetch_all(&mut *w.tx).await?;
     let now = now_micros();
     let body = payload(ev, now);
-    for row in rows.iter().map(webhook_from_row) {
-        let hook = row?;
+    for row in &rows {
+        // A row this build cannot read (an event type from a newer version,
+        // a hand edit) must never fail the connection change: it is skipped.
+        let hook = match webhook_from_row(row) {
+            Ok(hook) => hook,
+            Err(e) => {
+                tracing::warn!(error = %e, "a webhook could not be read; it gets no delivery of this event");
+                continue;
+            }
+        };
         if !hook.wants(ev.event) {
             continue;
         }
@@ -191,14 +201,13 @@ const DELIVERY_COLUMNS: &str = "id, webhook_id, event_type, connection_id, paylo
 
 fn webhook_from_row(row: &AnyRow) -> Result<WebhookRow, StoreError> {
     let events: Option<String> = get(row, "events")?;
+    // Event names this build does not know (a newer version wrote them) are
+    // left out: they cannot happen here.
     let events = events
         .map(|raw| {
             let names: Vec<String> =
                 serde_json::from_str(&raw).map_err(|e| StoreError::Corrupt(format!("webhook events: {e}")))?;
-            names
-                .iter()
-                .map(|n| WebhookEvent::parse(n).ok_or_else(|| StoreError::Corrupt(format!("webhook event '{n}'"))))
-                .collect::<Result<Vec<_>, _>>()
+            Ok::<_, StoreError>(names.iter().filter_map(|n| WebhookEvent::parse(n)).collect::<Vec<_>>())
         })
         .transpose()?;
     Ok(WebhookRow {
@@ -371,6 +380,7 @@ impl Store {
                 payload: get(r, "payload")?,
                 attempt,
                 in_schedule: attempt - base,
+                schedule_base: base,
             });
         }
         w.commit().await?;
@@ -380,7 +390,8 @@ impl Store {
     /// Records how attempt `attempt` of `delivery_id` ended. A success ends
     /// the delivery whichever attempt it was; a failure schedules the next
     /// attempt only if no later attempt has started meanwhile.
-    pub async fn finish_attempt(&self, delivery_id: &str, attempt: i64, r: &AttemptResult) -> Result<(), StoreError> {
+    pub async fn finish_attempt(&self, c: &ClaimedDelivery, r: &AttemptResult) -> Result<(), StoreError> {
+        let (delivery_id, attempt) = (c.id.as_str(), c.attempt);
         let mut w = self.begin_write().await?;
         sqlx::query(
             "UPDATE webhook_attempts SET finished_at = $1, status_code = $2, outcome = $3, error = $4, duration_ms = $5
@@ -402,7 +413,10 @@ impl Store {
         };
         // A success ends the delivery from any attempt; a failure moves it on
         // only from the latest one (a later claim owns it otherwise).
-        let owner = if r.next == NextStep::Delivered { "$7 > 0" } else { "attempts = $7" };
+        // A redelivery asked for meanwhile (a new schedule) is not undone by
+        // this attempt's failure: the delivery is only let go, due at once.
+        let owner =
+            if r.next == NextStep::Delivered { "$7 > 0 AND $8 >= 0" } else { "attempts = $7 AND schedule_base = $8" };
         let sql = format!(
             "UPDATE webhook_deliveries SET status = $1, next_attempt_at = $2, lease_until = NULL, updated_at = $3,
                     delivered_at = CASE WHEN $1 = 'delivered' THEN $3 ELSE NULL END,
@@ -416,8 +430,16 @@ impl Store {
             .bind(r.status_code)
             .bind(error)
             .bind(delivery_id)
-            .bind(attempt);
-        q.execute(&mut *w.tx).await?;
+            .bind(attempt)
+            .bind(c.schedule_base);
+        let done = q.execute(&mut *w.tx).await?;
+        if done.rows_affected() == 0 && r.next != NextStep::Delivered {
+            sqlx::query("UPDATE webhook_deliveries SET lease_until = NULL WHERE id = $1 AND attempts = $2 AND status = 'pending'")
+                .bind(delivery_id)
+                .bind(attempt)
+                .execute(&mut *w.tx)
+                .await?;
+        }
         w.commit().await
     }
 
@@ -507,6 +529,35 @@ impl Store {
         append_in_tx(&mut w, audit).await?;
         w.commit().await?;
         Ok(true)
+    }
+
+    /// Deletes up to `limit` delivered or failed deliveries last changed
+    /// before `before` (unix microseconds), with their attempts; how many.
+    pub async fn prune_deliveries(&self, before: i64, limit: i64) -> Result<u64, StoreError> {
+        let pick = format!(
+            "SELECT id FROM webhook_deliveries WHERE status IN ('delivered', 'failed') AND updated_at < {before} \
+             ORDER BY updated_at LIMIT {}",
+            limit.clamp(1, 10_000)
+        );
+        let mut w = self.begin_write().await?;
+        let ids: Vec<String> = sqlx::query(&pick)
+            .fetch_all(&mut *w.tx)
+            .await?
+            .iter()
+            .map(|r| get::<String>(r, "id"))
+            .collect::<Result<_, _>>()?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let params: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+        let list = params.join(", ");
+        let attempts_sql = format!("DELETE FROM webhook_attempts WHERE delivery_id IN ({list})");
+        ids.iter().fold(sqlx::query(&attempts_sql), |q, id| q.bind(id.clone())).execute(&mut *w.tx).await?;
+        let deliveries_sql = format!("DELETE FROM webhook_deliveries WHERE id IN ({list})");
+        let done =
+            ids.iter().fold(sqlx::query(&deliveries_sql), |q, id| q.bind(id.clone())).execute(&mut *w.tx).await?;
+        w.commit().await?;
+        Ok(done.rows_affected())
     }
 
     /// Deliveries still to be sent, and when the oldest due one was due (for metrics and tests).

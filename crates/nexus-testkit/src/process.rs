@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-pub const CONFIG_VARS: [&str; 30] = [
+pub const CONFIG_VARS: [&str; 31] = [
     "API_KEY",
     "ENCRYPTION_KEY",
     "ENCRYPTION_KEYS",
@@ -22,6 +22,7 @@ pub const CONFIG_VARS: [&str; 30] = [
     "METRICS_BIND",
     "DISCOVERY_TTL",
     "WEBHOOK_TIMEOUT",
+    "AUTH_FAILURE_LIMIT",
     "ALLOWED_RETURN_DOMAINS",
     "TRUSTED_PROXIES",
     "ALLOWED_CIDRS",

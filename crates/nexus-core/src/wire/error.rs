@@ -161,7 +161,7 @@ mod tests {
 
     #[test]
     fn wire_names_round_trip_and_unknown_codes_decode() {
-        assert_eq!(ErrorCode::ALL.len(), 36);
+        assert_eq!(ErrorCode::ALL.len(), 37);
         for &code in ErrorCode::ALL {
             let json = serde_json::to_value(code).unwrap();
             assert_eq!(json, code.as_str(), "{code:?}");
@@ -174,7 +174,7 @@ mod tests {
 
     #[test]
     fn every_framework_status_gets_a_code_of_that_status() {
-        for status in [400, 401, 403, 404, 405, 408, 413, 415, 431] {
+        for status in [400, 401, 403, 404, 405, 408, 413, 415, 429, 431] {
             assert_eq!(ErrorCode::for_status(status).0.status(), status);
         }
     }

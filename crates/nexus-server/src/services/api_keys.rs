@@ -11,7 +11,8 @@
 //!   burst of [`FAILURE_BURST`], then one more a second. A blocked address
 //!   gets `429` with `Retry-After` before any database work and without an
 //!   audit row per request (one `auth.rejected` row with reason
-//!   `rate_limited` per block); a caller whose key is good (the bootstrap
+//!   `rate_limited` per block; a request with no key at all is answered
+//!   `401` all the same, unaudited while blocked); a caller whose key is good (the bootstrap
 //!   key, or a named key this replica already trusts) is never slowed.
 
 use crate::error::{ApiError, ErrorCode};
@@ -35,7 +36,8 @@ use utoipa::ToSchema;
 /// How long a replica trusts what it read of a key (under the second SPEC 13
 /// allows a revocation to take, leaving room for the request itself).
 pub const TRUST: Duration = Duration::from_millis(800);
-/// Failed attempts an address may make at once before it is limited.
+/// Failed attempts an address may make at once before it is limited (the
+/// default of `AUTH_FAILURE_LIMIT`).
 pub const FAILURE_BURST: u32 = 10;
 /// Failed attempts an address may make per second once limited.
 pub const FAILURES_PER_SECOND: u32 = 1;
@@ -93,19 +95,17 @@ impl std::fmt::Debug for Keys {
     }
 }
 
-impl Default for Keys {
-    fn default() -> Keys {
+impl Keys {
+    /// Allowing `burst` failures at once per address, then one a second.
+    pub fn new(burst: u32) -> Keys {
         let quota = Quota::per_second(NonZeroU32::new(FAILURES_PER_SECOND).expect("non-zero"))
-            .allow_burst(NonZeroU32::new(FAILURE_BURST).expect("non-zero"));
+            .allow_burst(NonZeroU32::new(burst.max(1)).expect("non-zero"));
         Keys {
             read: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(TRUST).build(),
             failures: RateLimiter::keyed(quota),
             blocked: Mutex::new(HashMap::new()),
         }
     }
-}
-
-impl Keys {
     /// Until when `who` is blocked, if it is.
     fn blocked_until(&self, who: Knocker) -> Option<Instant> {
         let blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
@@ -211,8 +211,13 @@ pub async fn admit(
     let access = match access {
         Ok(access) => access,
         Err(reason) => {
+            // A request without a key guesses nothing: it is always told it
+            // needs one (401), but counts like a failure, so its audit rows
+            // stop too once its address is limited.
+            let missing = reason == "missing_api_key";
+            let limited = |until| if missing { refusal(reason) } else { too_many(until) };
             if let Some(until) = state.keys.blocked_until(who) {
-                return Err(too_many(until));
+                return Err(limited(until));
             }
             return match state.keys.fail(who) {
                 Ok(()) => {
@@ -223,7 +228,7 @@ pub async fn admit(
                     if newly {
                         audit_rejection(state, caller, method, path, "rate_limited", None).await?;
                     }
-                    Err(too_many(until))
+                    Err(limited(until))
                 }
             };
         }
@@ -276,7 +281,7 @@ pub struct ApiKeyInput {
 }
 
 /// An API key (never the key itself, except in the answer to its creation).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct ApiKeyView {
     pub id: String,
     pub name: String,
@@ -290,6 +295,12 @@ pub struct ApiKeyView {
     /// The key: only in the answer to `POST /v1/api-keys`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+}
+
+impl std::fmt::Debug for ApiKeyView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyView").field("id", &self.id).field("name", &self.name).finish_non_exhaustive()
+    }
 }
 
 fn view(row: &ApiKeyRow) -> ApiKeyView {
@@ -339,8 +350,9 @@ pub async fn create(state: &AppState, caller: &Caller, body: Value) -> Result<Ap
             }
         }
     }
-    if input.role == Role::Connect && input.workspaces.is_some() {
-        // A connect key starts sessions for any workspace it names; limit it later if needed.
+    if input.role == Role::Admin && input.workspaces.is_some() {
+        // An admin manages what no workspace bounds (providers, webhooks, keys, the audit log).
+        errs.push("workspaces", "an admin key sees every workspace; limit agent or connect keys instead");
     }
     let now = state.clock.now_micros();
     let expires_at = match input.expires_at.as_deref().map(chrono::DateTime::parse_from_rfc3339) {
@@ -435,7 +447,7 @@ mod tests {
 
     #[test]
     fn failures_are_limited_after_a_burst() {
-        let keys = Keys::default();
+        let keys = Keys::new(FAILURE_BURST);
         let who = Knocker::of("192.0.2.7".parse().unwrap());
         for _ in 0..FAILURE_BURST {
             assert!(keys.fail(who).is_ok());

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod capture;
 pub mod connection_config;
 pub mod connections;
+pub mod housekeeping;
 pub mod key_sets;
 pub mod providers;
 pub mod proxy;

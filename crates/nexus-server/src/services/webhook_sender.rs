@@ -35,6 +35,8 @@ pub const MAX_IN_FLIGHT: usize = 32;
 pub const PER_WEBHOOK: usize = 4;
 /// How often the outbox is looked at when nothing wakes the sender.
 const POLL: Duration = Duration::from_millis(250);
+/// How long the sender waits after a failed claim (the database away).
+const CLAIM_BACKOFF: Duration = Duration::from_secs(2);
 /// How much of a receiver's answer is read (the rest is dropped).
 const BODY_LIMIT: usize = 64 * 1024;
 
@@ -99,13 +101,20 @@ pub async fn run(state: AppState) {
                         total += 1;
                         let (state, http, done) = (state.clone(), http.clone(), done_tx.clone());
                         state.tasks.clone().spawn(async move {
-                            let webhook_id = c.webhook_id.clone();
+                            // Reported however the attempt ends (a panic included), so the slot is freed.
+                            let _done = Done(Some((done, c.webhook_id.clone())));
                             attempt(&state, &http, c).await;
-                            let _ = done.send(webhook_id);
                         });
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "webhook deliveries could not be claimed; trying again shortly"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook deliveries could not be claimed; trying again shortly");
+                    // The database is away: wait a little longer than a poll.
+                    tokio::select! {
+                        _ = &mut stopping => return,
+                        _ = tokio::time::sleep(CLAIM_BACKOFF) => {}
+                    }
+                }
             }
         }
         if !full_batch || total >= MAX_IN_FLIGHT {
@@ -117,6 +126,17 @@ pub async fn run(state: AppState) {
         }
         while let Ok(id) = done_rx.try_recv() {
             finished(&mut in_flight, &mut total, id);
+        }
+    }
+}
+
+/// Tells the loop that an attempt of a webhook ended, when dropped.
+struct Done(Option<(mpsc::UnboundedSender<String>, String)>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        if let Some((tx, webhook_id)) = self.0.take() {
+            let _ = tx.send(webhook_id);
         }
     }
 }
@@ -153,7 +173,7 @@ async fn attempt(state: &AppState, http: &reqwest::Client, c: ClaimedDelivery) {
         duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
         next,
     };
-    if let Err(e) = state.store.finish_attempt(&c.id, c.attempt, &result).await {
+    if let Err(e) = state.store.finish_attempt(&c, &result).await {
         // The lease passes and another attempt follows: at least once, never lost.
         tracing::warn!(delivery = %c.id, attempt = c.attempt, error = %e, "a webhook attempt could not be recorded");
     }

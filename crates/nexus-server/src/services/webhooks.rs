@@ -40,7 +40,7 @@ pub struct WebhookInput {
 }
 
 /// A webhook endpoint.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct WebhookView {
     pub id: String,
     pub url: String,
@@ -54,6 +54,12 @@ pub struct WebhookView {
     /// The signing secret: only in the answer to `POST /v1/webhooks`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for WebhookView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookView").field("id", &self.id).field("url", &self.url).finish_non_exhaustive()
+    }
 }
 
 /// One attempt to deliver.
@@ -115,7 +121,9 @@ pub enum DeliveryState {
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryQuery {
+    #[param(inline)]
     pub status: Option<DeliveryState>,
+    #[param(inline)]
     pub event_type: Option<WebhookEvent>,
     #[param(max_length = 256)]
     pub connection_id: Option<String>,
@@ -150,17 +158,33 @@ pub fn secret_key(secret: &str) -> Option<Vec<u8>> {
     SECRET_BYTES.contains(&bytes.len()).then_some(bytes)
 }
 
-fn check(input: &WebhookInput) -> Result<Option<Vec<WebhookEvent>>, ValidationErrors> {
+/// The checked input: the URL as parsed (normalised) and the events (`None`: all).
+type Checked = (String, Option<Vec<WebhookEvent>>);
+
+fn check(input: &WebhookInput) -> Result<Checked, ValidationErrors> {
     let mut errs = ValidationErrors::default();
+    let mut url = String::new();
     if input.url.len() > URL_MAX {
         errs.push("url", format!("must be at most {URL_MAX} characters"));
-    } else if let Err(m) = nexus_core::url_policy::parse_outbound_url(&input.url) {
-        errs.push("url", m);
+    } else if input.url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        errs.push("url", "must not contain whitespace or control characters");
+    } else {
+        match nexus_core::url_policy::parse_outbound_url(&input.url) {
+            Ok(parsed) => url = parsed.to_string(),
+            Err(m) => errs.push("url", m),
+        }
     }
     let events = match &input.events {
         None => None,
         Some(list) if list.is_empty() => {
             errs.push("events", "must name at least one event (omit it for every event)");
+            None
+        }
+        Some(list) if list.len() > WebhookEvent::ALL.len() => {
+            errs.push(
+                "events",
+                format!("lists {} names; there are {} event types", list.len(), WebhookEvent::ALL.len()),
+            );
             None
         }
         Some(list) => {
@@ -194,7 +218,7 @@ fn check(input: &WebhookInput) -> Result<Option<Vec<WebhookEvent>>, ValidationEr
             );
         }
     }
-    errs.into_result(events)
+    errs.into_result((url, events))
 }
 
 pub fn view(row: &WebhookRow) -> WebhookView {
@@ -212,7 +236,7 @@ pub fn view(row: &WebhookRow) -> WebhookView {
 /// Registers a webhook; the answer carries its secret, the only time it is shown.
 pub async fn create(state: &AppState, caller: &Caller, body: Value) -> Result<WebhookView, ApiError> {
     let input: WebhookInput = nexus_core::wire::from_body(body)?;
-    let events = check(&input)?;
+    let (url, events) = check(&input)?;
     let secret = match &input.secret {
         Some(s) => s.expose().to_owned(),
         None => generate_secret(),
@@ -221,7 +245,7 @@ pub async fn create(state: &AppState, caller: &Caller, body: Value) -> Result<We
     let now = state.clock.now_micros();
     let row = WebhookRow {
         id: id.clone(),
-        url: input.url.clone(),
+        url,
         events,
         secret_enc: state.config.keyring.seal(&secret_context(&id), secret.as_bytes()),
         description: input.description.clone(),

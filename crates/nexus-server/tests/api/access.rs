@@ -229,6 +229,7 @@ async fn hostile_key_input(backend: Backend) {
         (json!({"name": "x", "role": "agent", "expires_at": "tomorrow"}), "expires_at"),
         (json!({"name": "x", "role": "agent", "expires_at": "2001-01-01T00:00:00Z"}), "expires_at"),
         (json!({"name": "x", "role": "agent", "key": "nxk_chosen"}), "key"),
+        (json!({"name": "x", "role": "admin", "workspaces": ["w1"]}), "workspaces"),
     ] {
         let resp = app.post("/v1/api-keys", &body).await;
         assert_eq!(resp.status, 400, "{body}: {}", resp.text);

@@ -324,6 +324,8 @@ async fn hostile_receivers(backend: Backend) {
         (json!({"url": 7}), "url"),
         (json!({"url": "https://example.com/h", "events": ["connection.created"]}), "events[0]"),
         (json!({"url": "https://example.com/h", "events": []}), "events"),
+        (json!({"url": "https://example.com/h", "events": vec!["nope"; 5000]}), "events"),
+        (json!({"url": "https://example.com/h x"}), "url"),
         (json!({"url": "https://example.com/h", "events": ["connection.revoked", "connection.revoked"]}), "events[1]"),
         (json!({"url": "https://example.com/h", "secret": "hunter2"}), "secret"),
         (json!({"url": "https://example.com/h", "secret": "whsec_c2hvcnQ="}), "secret"),
@@ -379,3 +381,51 @@ async fn hostile_receivers(backend: Backend) {
 }
 
 both_backends!(every_event_is_delivered_signed, a_receiver_down_for_a_day_gets_every_event, hostile_receivers);
+
+/// A consent page left alone: the housekeeping sweep fails the connection
+/// (`expired`) and reports it, though nobody reads the connection again.
+/// A webhook row written by a newer version (an event type this build does
+/// not know) breaks no connection change.
+async fn abandoned_consents_are_reported_and_odd_rows_break_nothing(backend: Backend) {
+    let receiver = Receiver::start().await;
+    let app = TestApp::spawn(backend).await;
+    let (_, secret) = webhook(&app, &receiver.url("failed"), Some(&["connection.failed"])).await;
+    receiver.configure("failed", &secret, "ok", json!({})).await;
+    let odd = "INSERT INTO webhooks (id, url, events, secret_enc, description, created_at, updated_at) \
+               VALUES ('from-v9', 'https://hooks.example.com/x', '[\"connection.teleported\"]', 'v1:00000000:AAAA', NULL, 1, 1)";
+    sqlx::query(odd).execute(app.store().pool()).await.unwrap();
+    let provider =
+        json!({"name": "svc", "auth_type": "api_key", "params": {"credential_schema": schema(&["api_key"])}});
+    assert_eq!(app.post("/v1/providers", &provider).await.status, 201);
+    let req = app
+        .post(
+            "/v1/request-connection",
+            &json!({"workspace_id": "w9", "provider_name": "svc", "return_url": "https://app.example.test/"}),
+        )
+        .await;
+    assert_eq!(req.status, 200, "{}", req.text);
+    let id = req.json["connection_id"].as_str().unwrap().to_owned();
+    // The user never comes back; the handshake's time passes.
+    sqlx::query(&format!("UPDATE connections SET handshake_expires_at = 1 WHERE id = '{id}'"))
+        .execute(app.store().pool())
+        .await
+        .unwrap();
+    nexus_server::services::housekeeping::sweep(&app.state).await;
+    let row = app.store().connection_by_id(&id).await.unwrap().unwrap();
+    assert_eq!((row.status.as_str(), row.last_error.as_deref()), ("failed", Some("expired")));
+    let log = receiver.wait_for("failed", WAIT, |l| !l.is_empty()).await;
+    all_verified(&log);
+    assert_eq!((log[0].event_type(), log[0].connection_id()), ("connection.failed", id.as_str()));
+    assert_eq!(log[0].payload["data"]["error"], "expired");
+    // A second sweep reports nothing more.
+    nexus_server::services::housekeeping::sweep(&app.state).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.log("failed").await.len(), 1);
+    // The odd row is listed with what this build understands of it, and other changes still go through.
+    let listed = app.get("/v1/webhooks").await;
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    api_key_connection(&app, "still-works").await;
+    app.stop().await;
+}
+
+both_backends!(abandoned_consents_are_reported_and_odd_rows_break_nothing);
