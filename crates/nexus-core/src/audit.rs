@@ -47,10 +47,12 @@ pub enum AuditEvent {
     ApiKeyCreated,
     #[serde(rename = "api_key.revoked")]
     ApiKeyRevoked,
+    #[serde(rename = "connect_session.created")]
+    ConnectSessionCreated,
 }
 
 impl AuditEvent {
-    pub const ALL: [AuditEvent; 19] = [
+    pub const ALL: [AuditEvent; 20] = [
         AuditEvent::ProviderCreated,
         AuditEvent::ProviderUpdated,
         AuditEvent::ProviderDeleted,
@@ -70,6 +72,7 @@ impl AuditEvent {
         AuditEvent::WebhookRedelivered,
         AuditEvent::ApiKeyCreated,
         AuditEvent::ApiKeyRevoked,
+        AuditEvent::ConnectSessionCreated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -93,6 +96,7 @@ impl AuditEvent {
             AuditEvent::WebhookRedelivered => "webhook.redelivered",
             AuditEvent::ApiKeyCreated => "api_key.created",
             AuditEvent::ApiKeyRevoked => "api_key.revoked",
+            AuditEvent::ConnectSessionCreated => "connect_session.created",
         }
     }
 

@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::error::{ApiError, ErrorBody};
 use crate::middleware::{api_key, body_limit, caller, error_json, request_log};
 use crate::routes::{
-    api_keys, audit, capture, catalog, connections, health, invalidations, providers, proxy, tokens, webhooks,
+    api_keys, audit, capture, catalog, connect, connections, health, invalidations, providers, proxy, tokens, webhooks,
 };
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
@@ -86,7 +86,12 @@ fn cors_layer(config: &Config) -> Option<CorsLayer> {
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(origins))
             .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
-            .allow_headers([axum::http::header::CONTENT_TYPE, HeaderName::from_static("x-api-key")])
+            // `Authorization` carries a Connect session's token (SPEC 13).
+            .allow_headers([
+                axum::http::header::CONTENT_TYPE,
+                HeaderName::from_static("x-api-key"),
+                axum::http::header::AUTHORIZATION,
+            ])
             .max_age(std::time::Duration::from_secs(600)),
     )
 }
@@ -102,6 +107,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", axum::routing::get(move || async move { Json(doc.as_ref().clone()) }))
         .route(&state.config.redirect_path, axum::routing::get(connections::oauth_callback))
         .route("/auth/capture", axum::routing::get(capture::capture_page).post(capture::capture_form))
+        .route("/connect", axum::routing::get(connect::connect_page))
         .fallback(|| async { ApiError::not_found("no such endpoint").into_response() })
         // One `layer` call for the whole stack (outermost first): each call
         // boxes every route once more, and a request clones the boxes
@@ -159,6 +165,7 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::redeliver))
         .routes(routes!(api_keys::create_api_key, api_keys::list_api_keys))
         .routes(routes!(api_keys::revoke_api_key))
+        .routes(routes!(connect::create_session))
 }
 
 /// Routes without an API key.

@@ -284,6 +284,20 @@ fn extra_paths() -> Vec<(String, Value)> {
             }}),
         ),
         (
+            "/connect".into(),
+            json!({"get": {
+                "tags": ["connect"],
+                "summary": "The connect_url of a Connect session: trades ?session= for an HttpOnly cookie scoped to /connect",
+                "parameters": [string("session", "the token of POST /v1/connect/sessions (first visit only)")],
+                "responses": {
+                    "200": html("the page, for the session of the cookie"),
+                    "303": {"description": "to /connect, setting the session cookie (the token leaves the address bar)"},
+                    "400": html("a page saying the link has expired or is not valid; nothing was started"),
+                    "503": html("a page saying the database is away"),
+                }
+            }}),
+        ),
+        (
             "/auth/capture".into(),
             json!({
                 "get": {

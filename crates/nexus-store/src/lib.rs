@@ -11,6 +11,7 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod connect_sessions;
 pub mod connections;
 pub mod invalidation;
 pub mod providers;
@@ -26,6 +27,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 pub use api_keys::ApiKeyRow;
 pub use audit::{ApiKeyRef, AuditEntry, AuditFilter, AuditPage, ChainHead, ChainReport, ExpectedHead, NewAudit};
+pub use connect_sessions::ConnectSessionRow;
 pub use connections::{Activation, ConnectionFilter, ConnectionRow, Handshake};
 pub use invalidation::Invalidation;
 pub use providers::{ProviderFilter, ProviderRow};

@@ -39,7 +39,11 @@ pub async fn admit(
         }
     }
     let presented = headers.get("x-api-key").map(|k| k.as_bytes());
-    let access = crate::services::api_keys::admit(state, caller, presented, method.as_str(), path).await?;
+    let bearer = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| {
+        let v = v.as_bytes();
+        (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| &v[7..])
+    });
+    let access = crate::services::api_keys::admit(state, caller, presented, bearer, method.as_str(), path).await?;
     caller.api_key = Some(access.key.clone());
     caller.access = Some(access);
     Ok(())

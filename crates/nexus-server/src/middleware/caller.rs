@@ -37,6 +37,11 @@ impl Caller {
         self.access.as_ref().is_none_or(|a| a.may_see(workspace_id))
     }
 
+    /// The Connect session that authenticated this request, if one did.
+    pub fn session(&self) -> Option<&nexus_store::ConnectSessionRow> {
+        self.access.as_ref().and_then(|a| a.session.as_deref())
+    }
+
     /// The workspaces this caller is limited to (`None`: every one).
     pub fn workspaces(&self) -> Option<&[String]> {
         self.access.as_ref().and_then(|a| a.workspaces.as_deref())

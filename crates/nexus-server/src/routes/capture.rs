@@ -35,9 +35,10 @@ pub struct StateQuery {
     ))]
 pub async fn capture_schema(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<StateQuery>,
 ) -> Result<Json<CaptureSchema>, ApiError> {
-    capture::schema(&state, &q.state).await.map(Json)
+    capture::schema(&state, &caller, &q.state).await.map(Json)
 }
 
 /// Stores credentials for a pending static connection: `302` to the return URL,
@@ -78,12 +79,13 @@ fn escape(s: &str) -> String {
 /// `GET /auth/capture?state=…`: a form generated from the credential schema.
 pub async fn capture_page(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>,
 ) -> Response {
     let Some(raw_state) = q.get("state") else {
         return plain_page(StatusCode::BAD_REQUEST, "Credential capture", "This link is missing its state.");
     };
-    let schema = match capture::schema(&state, raw_state).await {
+    let schema = match capture::schema(&state, &caller, raw_state).await {
         Ok(s) => s,
         Err(e) => return plain_page(e.status(), "Credential capture", &escape(&e.message)),
     };

@@ -6,6 +6,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod capture;
 pub mod catalog;
+pub mod connect;
 pub mod connections;
 pub mod health;
 pub mod invalidations;

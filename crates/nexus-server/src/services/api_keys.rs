@@ -54,12 +54,14 @@ pub struct Access {
     pub role: Role,
     /// `None`: every workspace.
     pub workspaces: Option<Arc<[String]>>,
+    /// When a Connect session (not a key) authenticated the request.
+    pub session: Option<Arc<nexus_store::ConnectSessionRow>>,
 }
 
 impl Access {
     /// The environment's `API_KEY`.
     pub fn bootstrap() -> Access {
-        Access { key: crate::middleware::caller::bootstrap_key(), role: Role::Admin, workspaces: None }
+        Access { key: crate::middleware::caller::bootstrap_key(), role: Role::Admin, workspaces: None, session: None }
     }
 
     pub fn may_see(&self, workspace_id: &str) -> bool {
@@ -153,6 +155,8 @@ fn refusal(reason: &'static str) -> ApiError {
         "missing_api_key" => "the X-API-Key header is required",
         "expired_api_key" => "this API key has expired",
         "revoked_api_key" => "this API key was revoked",
+        "expired_session" => "this Connect session has expired; start a new one",
+        "invalid_session" => "the Authorization header is not a valid Connect session",
         _ => "the X-API-Key header is not a valid API key",
     };
     ApiError::unauthorized(message).with_details(json!({ "reason": reason }))
@@ -170,10 +174,14 @@ pub async fn admit(
     state: &AppState,
     caller: &Caller,
     presented: Option<&[u8]>,
+    bearer: Option<&[u8]>,
     method: &str,
     path: &str,
 ) -> Result<Access, ApiError> {
     let who = Knocker::of(caller.ip);
+    if let (None, Some(token)) = (presented, bearer) {
+        return admit_session(state, caller, token, method, path).await;
+    }
     let access = match presented {
         // The bootstrap key: an in-memory, constant-time comparison.
         Some(key) if state.config.api_key_check.matches(key) => Ok(Access::bootstrap()),
@@ -200,6 +208,7 @@ pub async fn admit(
                         key: ApiKeyRef { id: row.id.clone(), name: row.name.clone() },
                         role,
                         workspaces: row.workspaces.as_ref().map(|w| Arc::from(w.clone().into_boxed_slice())),
+                        session: None,
                     }),
                     None => Err("invalid_api_key"),
                 },
@@ -210,28 +219,7 @@ pub async fn admit(
     };
     let access = match access {
         Ok(access) => access,
-        Err(reason) => {
-            // A request without a key guesses nothing: it is always told it
-            // needs one (401), but counts like a failure, so its audit rows
-            // stop too once its address is limited.
-            let missing = reason == "missing_api_key";
-            let limited = |until| if missing { refusal(reason) } else { too_many(until) };
-            if let Some(until) = state.keys.blocked_until(who) {
-                return Err(limited(until));
-            }
-            return match state.keys.fail(who) {
-                Ok(()) => {
-                    audit_rejection(state, caller, method, path, reason, None).await?;
-                    Err(refusal(reason))
-                }
-                Err((until, newly)) => {
-                    if newly {
-                        audit_rejection(state, caller, method, path, "rate_limited", None).await?;
-                    }
-                    Err(limited(until))
-                }
-            };
-        }
+        Err(reason) => return Err(failed(state, caller, who, method, path, reason).await),
     };
     if !access.role.allows(method, path) {
         audit_rejection(state, caller, method, path, "forbidden_for_role", Some(&access.key)).await?;
@@ -241,6 +229,69 @@ pub async fn admit(
             path.chars().take(256).collect::<String>()
         ))
         .with_details(json!({ "role": access.role.as_str() })));
+    }
+    Ok(access)
+}
+
+/// A failed authentication of `who`: counted, audited unless its address
+/// is limited, and answered 401 or 429.
+async fn failed(
+    state: &AppState,
+    caller: &Caller,
+    who: Knocker,
+    method: &str,
+    path: &str,
+    reason: &'static str,
+) -> ApiError {
+    // A request without a key guesses nothing: it is always told it needs
+    // one (401), but counts like a failure, so its audit rows stop too once
+    // its address is limited.
+    let missing = reason == "missing_api_key";
+    let limited = |until| if missing { refusal(reason) } else { too_many(until) };
+    if let Some(until) = state.keys.blocked_until(who) {
+        return limited(until);
+    }
+    match state.keys.fail(who) {
+        Ok(()) => match audit_rejection(state, caller, method, path, reason, None).await {
+            Ok(()) => refusal(reason),
+            Err(e) => e,
+        },
+        Err((until, newly)) => {
+            if newly {
+                if let Err(e) = audit_rejection(state, caller, method, path, "rate_limited", None).await {
+                    return e;
+                }
+            }
+            limited(until)
+        }
+    }
+}
+
+/// `Authorization: Bearer <Connect session token>` on the routes a browser needs.
+async fn admit_session(
+    state: &AppState,
+    caller: &Caller,
+    token: &[u8],
+    method: &str,
+    path: &str,
+) -> Result<Access, ApiError> {
+    use crate::services::connect_sessions;
+    let who = Knocker::of(caller.ip);
+    // A limited address gets no database work.
+    if let Some(until) = state.keys.blocked_until(who) {
+        return Err(too_many(until));
+    }
+    let session = match connect_sessions::find(state, token).await? {
+        Ok(session) => session,
+        Err(reason) => return Err(failed(state, caller, who, method, path, reason).await),
+    };
+    let access = connect_sessions::access(session);
+    if !connect_sessions::allows(method, path) {
+        audit_rejection(state, caller, method, path, "forbidden_for_session", Some(&access.key)).await?;
+        return Err(ApiError::forbidden(format!(
+            "a Connect session may not call {method} {}",
+            path.chars().take(256).collect::<String>()
+        )));
     }
     Ok(access)
 }

@@ -48,19 +48,31 @@ fn invalid_state(p: StateProblem) -> ApiError {
 }
 
 /// Resolves a state to its pending connection and provider (without consuming it).
-async fn pending(state: &AppState, raw_state: &str) -> Result<(ConnectionRow, ProviderRow, String), ApiError> {
+async fn pending(
+    state: &AppState,
+    caller: &Caller,
+    raw_state: &str,
+) -> Result<(ConnectionRow, ProviderRow, String), ApiError> {
     let claims =
         state_token::verify(&state.config.state_signer, raw_state, state.clock.now_secs()).map_err(invalid_state)?;
     let row = state
         .store
         .connection_by_id(&claims.connection_id)
         .await?
+        // Another workspace's capture is no business of a session or a limited key.
+        .filter(|row| caller.may_see(&row.workspace_id))
         .ok_or_else(|| invalid_state(StateProblem::Invalid))?;
     let row = expire_if_stale(state, row).await?;
     if row.state_nonce.as_deref() != Some(claims.nonce.as_str()) {
         return Err(ApiError::new(ErrorCode::StateUsed, "state: this capture was already completed or superseded"));
     }
     let provider = state.store.provider_by_id(&row.provider_id).await?.ok_or_else(ApiError::provider_deleted)?;
+    if caller
+        .session()
+        .is_some_and(|s| !crate::services::connect_sessions::allows_provider(s, provider.config.name.as_str()))
+    {
+        return Err(ApiError::forbidden("state: this Connect session may not connect that provider"));
+    }
     if !provider.config.captures_credentials() {
         return Err(ApiError::bad_request("state: this connection uses OAuth2, not credential capture"));
     }
@@ -68,8 +80,8 @@ async fn pending(state: &AppState, raw_state: &str) -> Result<(ConnectionRow, Pr
 }
 
 /// `GET /v1/capture-schema?state=…`.
-pub async fn schema(state: &AppState, raw_state: &str) -> Result<CaptureSchema, ApiError> {
-    let (row, provider, _) = pending(state, raw_state).await?;
+pub async fn schema(state: &AppState, caller: &Caller, raw_state: &str) -> Result<CaptureSchema, ApiError> {
+    let (row, provider, _) = pending(state, caller, raw_state).await?;
     Ok(CaptureSchema {
         connection_id: row.id,
         provider: provider.config.name.to_string(),
@@ -134,7 +146,7 @@ fn describe_kind(e: &jsonschema::ValidationError<'_>) -> String {
 pub async fn submit(state: &AppState, caller: &Caller, body: Value) -> Result<Captured, ApiError> {
     let CaptureRequest { state: raw_state, credentials } = nexus_core::wire::from_body(body)?;
     let credentials = Value::Object(credentials);
-    let (row, provider, nonce) = pending(state, &raw_state).await?;
+    let (row, provider, nonce) = pending(state, caller, &raw_state).await?;
     let schema = provider.config.credential_schema();
     check_schema(&schema, &credentials, "credentials", "the provider's schema")?;
     let credentials = credentials.as_object().cloned().unwrap_or_default();

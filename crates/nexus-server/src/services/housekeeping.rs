@@ -4,7 +4,8 @@
 //!   (`expired`, and `connection.failed` is sent) even if nobody reads
 //!   them again: a user who walks away from a consent page is reported;
 //! * delivered and failed webhook deliveries older than [`KEEP_DELIVERIES`]
-//!   are deleted with their attempts, a batch at a time.
+//!   are deleted with their attempts, a batch at a time;
+//! * Connect sessions that ended more than a day ago are deleted.
 //!
 //! Both are safe on every replica at once (each expiry is a conditional
 //! update; a pruned row is gone for everyone).
@@ -49,5 +50,9 @@ pub async fn sweep(state: &AppState) {
     let before = now - i64::try_from(KEEP_DELIVERIES.as_micros()).unwrap_or(i64::MAX);
     if let Err(e) = state.store.prune_deliveries(before, BATCH).await {
         tracing::warn!(error = %e, "old webhook deliveries could not be pruned; trying again later");
+    }
+    // Connect sessions a day past their end (kept that long for the audit trail's sake).
+    if let Err(e) = state.store.prune_connect_sessions(now - 86_400_000_000).await {
+        tracing::warn!(error = %e, "expired Connect sessions could not be pruned; trying again later");
     }
 }

@@ -4,6 +4,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod capture;
+pub mod connect_sessions;
 pub mod connection_config;
 pub mod connections;
 pub mod housekeeping;

@@ -165,7 +165,15 @@ async fn every_route_with_every_key(backend: Backend) {
                         (true, false) => expected,
                     },
                 ),
-                ("connect", &connect, 403),
+                (
+                    "connect",
+                    &connect,
+                    if (method.as_str(), template.as_str()) == ("POST", "/v1/connect/sessions") {
+                        expected
+                    } else {
+                        403
+                    },
+                ),
                 ("expired", &expired, 401),
                 ("revoked", &revoked, 401),
             ];
@@ -354,3 +362,150 @@ async fn a_scan_of_wrong_keys_is_limited(backend: Backend) {
 }
 
 both_backends!(every_route_with_every_key, hostile_key_input, a_scan_of_wrong_keys_is_limited);
+
+/// A web front end with a Connect session (SPEC 13), as a browser would
+/// send it (an `Origin`, a CORS preflight, `Authorization: Bearer`): it
+/// creates a connection for its workspace and provider, and is refused for
+/// another workspace, another provider, `GET /v1/token` and after expiry;
+/// its `connect_url` trades the token for a cookie and drops it from the
+/// address bar.
+async fn a_connect_session_in_a_browser(backend: Backend) {
+    const ORIGIN: &str = "https://app.example.test";
+    let app = TestApp::spawn_with(backend, |c| {
+        c.cors_allowed_origins = Some(ORIGIN.into());
+        c.allowed_return_domains = Some("app.example.test".into());
+    })
+    .await;
+    for name in ["svc", "other"] {
+        let provider =
+            json!({"name": name, "auth_type": "api_key", "params": {"credential_schema": schema(&["api_key"])}});
+        assert_eq!(app.post("/v1/providers", &provider).await.status, 201);
+    }
+    let (_, connect) = key(&app, "front-end", "connect", Some(&["w1"]), None).await;
+    let (_, agent) = key(&app, "agent", "agent", None, None).await;
+    let start = |k: &str, workspace: &str| {
+        app.client.post(app.url("/v1/connect/sessions")).header("x-api-key", k).json(
+            &json!({"workspace_id": workspace, "providers": ["svc"], "return_url": "https://app.example.test/done"}),
+        )
+    };
+    assert_eq!(app.send(start(&connect, "w2")).await.status, 403, "a connect key limited to w1");
+    assert_eq!(app.send(start(&agent, "w1")).await.status, 403, "agents cannot start sessions");
+    let bad = app
+        .send(
+            app.client
+                .post(app.url("/v1/connect/sessions"))
+                .header("x-api-key", &connect)
+                .json(&json!({"workspace_id": "w1", "providers": ["nope"], "return_url": "https://evil.example/x"})),
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.text);
+    assert!(bad.text.contains("providers[0]") && bad.text.contains("return_url"), "{}", bad.text);
+    let created = app.send(start(&connect, "w1")).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let token = created.json["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("nxc_"));
+    let connect_url = created.json["connect_url"].as_str().unwrap().to_owned();
+    assert_eq!(connect_url, app.url(&format!("/connect?session={token}")));
+
+    // The browser's preflight allows the Authorization header.
+    let preflight = app
+        .send(
+            app.client
+                .request(reqwest::Method::OPTIONS, app.url("/v1/request-connection"))
+                .header("origin", ORIGIN)
+                .header("access-control-request-method", "POST")
+                .header("access-control-request-headers", "authorization, content-type"),
+        )
+        .await;
+    assert!(preflight.status < 300, "{}", preflight.status);
+    let allowed = preflight.headers["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
+    assert!(allowed.contains("authorization"), "{allowed}");
+    let bearer = |method: reqwest::Method, path: &str| {
+        app.client
+            .request(method, app.url(path))
+            .header("origin", ORIGIN)
+            .header("authorization", format!("Bearer {token}"))
+    };
+    // Its workspace and provider: connected, the return_url and workspace taken from the session.
+    let req =
+        app.send(bearer(reqwest::Method::POST, "/v1/request-connection").json(&json!({"provider_name": "svc"}))).await;
+    assert_eq!(req.status, 200, "{}", req.text);
+    assert_eq!(req.headers["access-control-allow-origin"], ORIGIN);
+    let state = req.json["state"].as_str().unwrap().to_owned();
+    let schema_answer = app.send(bearer(reqwest::Method::GET, &format!("/v1/capture-schema?state={state}"))).await;
+    assert_eq!(schema_answer.status, 200, "{}", schema_answer.text);
+    let done = app
+        .send(
+            bearer(reqwest::Method::POST, "/v1/capture-credential")
+                .header("accept", "application/json")
+                .json(&json!({"state": state, "credentials": {"api_key": "k-browser"}})),
+        )
+        .await;
+    assert_eq!(done.status, 200, "{}", done.text);
+    let id = done.json["connection_id"].as_str().unwrap().to_owned();
+    let row = app.store().connection_by_id(&id).await.unwrap().unwrap();
+    assert_eq!((row.workspace_id.as_str(), row.status.as_str()), ("w1", "active"));
+    // Refused: another workspace, another provider, another return_url, the token route.
+    for (body, want) in [
+        (json!({"provider_name": "svc", "workspace_id": "w2"}), 403),
+        (json!({"provider_name": "svc", "user_id": "w2"}), 403),
+        (json!({"provider_name": "other"}), 403),
+        (json!({"provider_name": "svc", "return_url": "https://app.example.test/elsewhere"}), 403),
+    ] {
+        let resp = app.send(bearer(reqwest::Method::POST, "/v1/request-connection").json(&body)).await;
+        assert_eq!(resp.status, want, "{body}: {}", resp.text);
+    }
+    assert_eq!(app.send(bearer(reqwest::Method::GET, &format!("/v1/token/{id}"))).await.status, 403);
+    assert_eq!(app.send(bearer(reqwest::Method::GET, "/v1/connections")).await.status, 403);
+    assert_eq!(app.send(bearer(reqwest::Method::POST, "/v1/connect/sessions").json(&json!({}))).await.status, 403);
+    // Another workspace's capture state is not this session's.
+    let theirs = app
+        .post(
+            "/v1/request-connection",
+            &json!({"workspace_id": "w2", "provider_name": "svc", "return_url": "https://app.example.test/"}),
+        )
+        .await;
+    let their_state = theirs.json["state"].as_str().unwrap();
+    let peek = app.send(bearer(reqwest::Method::GET, &format!("/v1/capture-schema?state={their_state}"))).await;
+    assert_eq!(peek.status, 400, "{}", peek.text);
+
+    // connect_url: the token becomes a cookie and leaves the address bar.
+    let first = app.send(app.client.get(&connect_url)).await;
+    assert_eq!(first.status, 303);
+    assert_eq!(first.headers["location"], "/connect");
+    let cookie = first.headers["set-cookie"].to_str().unwrap().to_owned();
+    for part in ["nexus_connect=", "HttpOnly", "SameSite=Strict", "Path=/connect"] {
+        assert!(cookie.contains(part), "{cookie}");
+    }
+    let jar = cookie.split(';').next().unwrap().to_owned();
+    let page = app.send(app.client.get(app.url("/connect")).header("cookie", &jar)).await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    assert!(page.text.contains("svc") && !page.text.contains(&token));
+    assert!(page.headers["content-security-policy"].to_str().unwrap().contains("frame-ancestors 'none'"));
+    let garbage = app.send(app.client.get(app.url("/connect?session=nxc_forged"))).await;
+    assert_eq!(garbage.status, 400);
+    assert!(garbage.text.contains("expired or is not valid") && garbage.headers.get("set-cookie").is_none());
+
+    // After 30 minutes: refused everywhere, and nothing starts.
+    app.state.clock.advance(Duration::from_secs(31 * 60));
+    let late =
+        app.send(bearer(reqwest::Method::POST, "/v1/request-connection").json(&json!({"provider_name": "svc"}))).await;
+    assert_eq!((late.status, late.code()), (401, "unauthorized"), "{}", late.text);
+    assert!(late.text.contains("expired"));
+    assert_eq!(app.send(app.client.get(app.url("/connect")).header("cookie", &jar)).await.status, 400);
+    assert_eq!(app.send(app.client.get(&connect_url)).await.status, 400);
+    // Audit names who did what.
+    app.state.flush_audit().await;
+    let audit = app.get("/v1/audit?event_type=connect_session.created").await;
+    assert_eq!(audit.json["entries"][0]["api_key"]["name"], "front-end");
+    let captured = app.get(&format!("/v1/audit?event_type=credential.captured&connection_id={id}")).await;
+    assert!(
+        captured.json["entries"][0]["api_key"]["id"].as_str().unwrap().starts_with("session:"),
+        "{}",
+        captured.text
+    );
+    assert!(!audit.text.contains(&token) && !captured.text.contains(&token));
+    app.stop().await;
+}
+
+both_backends!(a_connect_session_in_a_browser);

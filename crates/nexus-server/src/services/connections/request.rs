@@ -24,7 +24,10 @@ pub enum Requested {
 }
 
 /// `POST /v1/request-connection`.
-pub async fn request(state: &AppState, caller: &Caller, body: Value) -> Result<Requested, ApiError> {
+pub async fn request(state: &AppState, caller: &Caller, mut body: Value) -> Result<Requested, ApiError> {
+    if let Some(session) = caller.session() {
+        crate::services::connect_sessions::limit_request(session, &mut body)?;
+    }
     let input: RequestConnection = nexus_core::wire::from_body(body)?;
     let workspace_id = input.workspace_id.trim().to_owned();
     if workspace_id.is_empty() || workspace_id.len() > 256 {
@@ -55,6 +58,12 @@ pub async fn request(state: &AppState, caller: &Caller, body: Value) -> Result<R
             e
         }
     })?;
+    if caller
+        .session()
+        .is_some_and(|s| !crate::services::connect_sessions::allows_provider(s, provider.config.name.as_str()))
+    {
+        return Err(ApiError::forbidden("provider_id: this Connect session may not connect that provider"));
+    }
     let auth_type = provider.config.auth_type;
     let connection_config = connection_config::for_request(&provider.config, input.connection_config.clone())?;
     let scopes = if auth_type.uses_token_endpoint() {
@@ -71,6 +80,7 @@ pub async fn request(state: &AppState, caller: &Caller, body: Value) -> Result<R
                 .store
                 .connection_by_id(id)
                 .await?
+                .filter(|row| caller.may_see(&row.workspace_id))
                 .ok_or_else(|| ApiError::not_found("connection_id: no such connection"))?;
             if row.provider_id != provider.id {
                 return Err(ApiError::conflict("connection_id: that connection belongs to another provider"));
