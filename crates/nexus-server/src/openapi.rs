@@ -290,8 +290,8 @@ fn extra_paths() -> Vec<(String, Value)> {
                 "summary": "The connect_url of a Connect session: trades ?session= for an HttpOnly cookie scoped to /connect",
                 "parameters": [string("session", "the token of POST /v1/connect/sessions (first visit only)")],
                 "responses": {
-                    "200": html("the page, for the session of the cookie"),
-                    "303": {"description": "to /connect, setting the session cookie (the token leaves the address bar)"},
+                    "200": html("with ?session=: sets the session cookie and moves on to /connect at once (the token leaves the address bar); without: the page, for the session of the cookie"),
+                    "429": html("a page asking to wait: too many unknown links from this address"),
                     "400": html("a page saying the link has expired or is not valid; nothing was started"),
                     "503": html("a page saying the database is away"),
                 }

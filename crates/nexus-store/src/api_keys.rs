@@ -98,6 +98,12 @@ impl Store {
         if done.rows_affected() != 1 {
             return Ok(false);
         }
+        // The Connect sessions it started end with it.
+        sqlx::query("UPDATE connect_sessions SET expires_at = $1 WHERE created_by = $2 AND expires_at > $1")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *w.tx)
+            .await?;
         append_in_tx(&mut w, audit).await?;
         w.commit().await?;
         Ok(true)

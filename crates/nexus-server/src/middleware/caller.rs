@@ -59,17 +59,21 @@ pub fn caller_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     if !is_trusted(peer, trusted) {
         return peer;
     }
-    let hops: Vec<IpAddr> = headers
+    let hops: Vec<Option<IpAddr>> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
+        .map(|v| v.to_str().ok())
+        .flat_map(|v| v.unwrap_or("?").split(','))
         .map(str::trim)
         .map(|s| s.parse::<IpAddr>().ok().map(canonical))
-        .collect::<Option<Vec<_>>>()
-        .unwrap_or_default();
+        .collect();
+    // Right to left: the hops our proxies appended are addresses; the first
+    // entry that is not (a client's made-up value) ends the walk, and the
+    // nearest address read so far is the caller (never the proxy itself
+    // when a client merely prepended garbage).
     let mut caller = peer;
     for hop in hops.into_iter().rev() {
+        let Some(hop) = hop else { break };
         caller = hop;
         if !is_trusted(hop, trusted) {
             break;
@@ -138,6 +142,16 @@ mod tests {
     fn garbage_header_from_trusted_peer_falls_back_to_peer() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         assert_eq!(caller_ip(ip("10.0.0.1"), &headers("not-an-ip"), &trusted), ip("10.0.0.1"));
+    }
+
+    /// A client that prepends a made-up entry is still itself (the address our
+    /// proxy appended), not the proxy: its failures are counted against it.
+    #[test]
+    fn garbage_prepended_by_a_client_does_not_hide_it() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        assert_eq!(caller_ip(ip("10.0.0.1"), &headers("x, 203.0.113.9"), &trusted), ip("203.0.113.9"));
+        assert_eq!(caller_ip(ip("10.0.0.1"), &headers("x, 203.0.113.9, 10.0.0.2"), &trusted), ip("203.0.113.9"));
+        assert_eq!(caller_ip(ip("10.0.0.1"), &headers("198.51.100.1, x, 10.0.0.2"), &trusted), ip("10.0.0.2"));
     }
 
     #[test]

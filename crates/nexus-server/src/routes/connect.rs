@@ -4,6 +4,7 @@
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::JsonBody;
 use crate::middleware::Caller;
+use crate::services::api_keys::{digest, Knocker};
 use crate::services::connect_sessions::{self, ConnectSessionCreated, ConnectSessionInput, COOKIE};
 use crate::state::AppState;
 use axum::extract::State;
@@ -73,31 +74,53 @@ const EXPIRED: &str = "<p>This link has expired or is not valid. Nothing was sta
 /// /connect` with that cookie shows what the session may connect.
 pub async fn connect_page(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>,
 ) -> Response {
+    let who = Knocker::of(caller.ip);
     if let Some(token) = q.get("session") {
+        // Like a key: a guess costs no database work once its address is limited.
+        if state.keys.may_look_up(who, &digest(token.as_bytes())).is_err() {
+            return page(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many attempts",
+                "<p>Wait a moment, then open the link again.</p>",
+            );
+        }
         let session = match connect_sessions::find(&state, token.as_bytes()).await {
             Ok(Ok(session)) => session,
-            Ok(Err(_)) => return page(StatusCode::BAD_REQUEST, "This link cannot be used", EXPIRED),
+            Ok(Err(_)) => {
+                let _ = state.keys.count_failure(who);
+                return page(StatusCode::BAD_REQUEST, "This link cannot be used", EXPIRED);
+            }
             Err(e) => return page(e.status(), "Connect", &escape(&e.message)),
         };
         let remaining = (session.expires_at - state.clock.now_micros()).max(0) / 1_000_000;
         let secure = if state.config.base_url.scheme() == "https" { "; Secure" } else { "" };
         let cookie = format!("{COOKIE}={token}; Path=/connect; HttpOnly; SameSite=Strict; Max-Age={remaining}{secure}");
-        let mut resp = StatusCode::SEE_OTHER.into_response();
-        let h = resp.headers_mut();
-        h.insert(header::LOCATION, HeaderValue::from_static("/connect"));
+        // A page of our own, not a redirect: the user arrives from the
+        // application's site, and a browser sends a SameSite=Strict cookie on
+        // a navigation that starts here, not on a redirect of the cross-site
+        // one. It moves on at once, leaving the token out of the address bar
+        // (and, with no-referrer, out of any Referer).
+        let mut resp = page(
+            StatusCode::OK,
+            "Connect",
+            "<meta http-equiv=\"refresh\" content=\"0;url=/connect\"><p><a href=\"/connect\">Continue</a></p>",
+        );
         if let Ok(v) = HeaderValue::from_str(&cookie) {
-            h.insert(header::SET_COOKIE, v);
+            resp.headers_mut().insert(header::SET_COOKIE, v);
         }
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+        resp.headers_mut().insert("refresh", HeaderValue::from_static("0; url=/connect"));
         return resp;
     }
     let Some(token) = cookie_token(&headers) else {
         return page(StatusCode::BAD_REQUEST, "This link cannot be used", EXPIRED);
     };
+    if state.keys.may_look_up(who, &digest(token.as_bytes())).is_err() {
+        return page(StatusCode::TOO_MANY_REQUESTS, "Too many attempts", "<p>Wait a moment, then try again.</p>");
+    }
     match connect_sessions::find(&state, token.as_bytes()).await {
         Ok(Ok(session)) => {
             let providers = match &session.providers {

@@ -86,6 +86,13 @@ impl Knocker {
 pub struct Keys {
     /// digest → the key as read (`None`: no such key), for at most [`TRUST`].
     read: moka::sync::Cache<String, Option<Arc<ApiKeyRow>>>,
+    /// Digests of keys and sessions found good in the last hour: from an
+    /// address that is blocked they are still looked up (they are not
+    /// guesses), so a good caller sharing an address with a scanner is
+    /// not refused.
+    known_good: moka::sync::Cache<String, ()>,
+    /// key id → whether it still holds, for at most [`TRUST`] (streams ask every second).
+    holds: moka::sync::Cache<String, bool>,
     failures: DefaultKeyedRateLimiter<Knocker>,
     /// Addresses over their limit, until when.
     blocked: Mutex<HashMap<Knocker, Instant>>,
@@ -104,6 +111,11 @@ impl Keys {
             .allow_burst(NonZeroU32::new(burst.max(1)).expect("non-zero"));
         Keys {
             read: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(TRUST).build(),
+            known_good: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
+            holds: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(TRUST).build(),
             failures: RateLimiter::keyed(quota),
             blocked: Mutex::new(HashMap::new()),
         }
@@ -134,8 +146,38 @@ impl Keys {
         }
     }
 
-    fn forget(&self, digest: &str) {
+    fn forget(&self, digest: &str, id: &str) {
         self.read.invalidate(digest);
+        self.known_good.invalidate(digest);
+        self.holds.invalidate(id);
+    }
+
+    /// Whether `digest` may be looked up from `who` now: `Err` (answer 429)
+    /// when `who` is blocked and the digest is not one found good before.
+    pub fn may_look_up(&self, who: Knocker, digest: &str) -> Result<(), ApiError> {
+        match self.blocked_until(who) {
+            Some(until) if !self.known_good.contains_key(digest) => Err(too_many(until)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Remembers that `digest` was good.
+    pub fn good(&self, digest: &str) {
+        self.known_good.insert(digest.to_owned(), ());
+    }
+
+    /// Counts a failure of `who` outside the API gate (the `connect_url`
+    /// page): `Err` when it is now limited.
+    pub fn count_failure(&self, who: Knocker) -> Result<(), Instant> {
+        self.fail(who).map_err(|(until, _)| until)
+    }
+
+    /// Forgets limiter state that no longer matters (housekeeping).
+    pub fn prune(&self) {
+        let now = Instant::now();
+        self.blocked.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, t| *t > now);
+        self.failures.retain_recent();
+        self.failures.shrink_to_fit();
     }
 }
 
@@ -162,7 +204,7 @@ fn refusal(reason: &'static str) -> ApiError {
     ApiError::unauthorized(message).with_details(json!({ "reason": reason }))
 }
 
-fn too_many(until: Instant) -> ApiError {
+pub fn too_many(until: Instant) -> ApiError {
     let secs = until.saturating_duration_since(Instant::now()).as_secs_f64().ceil().max(1.0) as u64;
     ApiError::new(ErrorCode::RateLimited, format!("too many failed authentication attempts; retry in {secs} s"))
         .with_details(json!({ "retry_after": secs }))
@@ -190,11 +232,13 @@ pub async fn admit(
             let known = match state.keys.read.get(&digest) {
                 Some(known) => known,
                 None => {
-                    // Not trusted here yet: a blocked address gets no database work.
-                    if let Some(until) = state.keys.blocked_until(who) {
-                        return Err(too_many(until));
-                    }
+                    // Not trusted here yet: a blocked address gets no database
+                    // work for a guess (a key found good before is no guess).
+                    state.keys.may_look_up(who, &digest)?;
                     let row = state.store.api_key_by_digest(&digest).await?.map(Arc::new);
+                    if row.as_ref().is_some_and(|r| r.revoked_at.is_none()) {
+                        state.keys.good(&digest);
+                    }
                     state.keys.read.insert(digest, row.clone());
                     row
                 }
@@ -277,12 +321,14 @@ async fn admit_session(
 ) -> Result<Access, ApiError> {
     use crate::services::connect_sessions;
     let who = Knocker::of(caller.ip);
-    // A limited address gets no database work.
-    if let Some(until) = state.keys.blocked_until(who) {
-        return Err(too_many(until));
-    }
+    // A limited address gets no database work for a guess.
+    let token_digest = digest(token);
+    state.keys.may_look_up(who, &token_digest)?;
     let session = match connect_sessions::find(state, token).await? {
-        Ok(session) => session,
+        Ok(session) => {
+            state.keys.good(&token_digest);
+            session
+        }
         Err(reason) => return Err(failed(state, caller, who, method, path, reason).await),
     };
     let access = connect_sessions::access(session);
@@ -453,7 +499,7 @@ pub async fn revoke(state: &AppState, caller: &Caller, id: &str) -> Result<ApiKe
             .store
             .revoke_api_key(&row.id, state.clock.now_micros(), audit(caller, AuditEvent::ApiKeyRevoked, data))
             .await?;
-        state.keys.forget(&row.digest);
+        state.keys.forget(&row.digest, &row.id);
     }
     let row = state.store.api_key_by_id(id).await?.ok_or_else(|| ApiError::not_found("no API key with that id"))?;
     Ok(view(&row))
@@ -465,12 +511,18 @@ pub async fn still_valid(state: &AppState, access: &Access) -> bool {
     if access.key.id == "bootstrap" {
         return true;
     }
+    if let Some(holds) = state.keys.holds.get(&access.key.id) {
+        return holds;
+    }
     let row = match state.store.api_key_by_id(&access.key.id).await {
         Ok(row) => row,
         // The database away: keep the stream; the next check decides.
         Err(_) => return true,
     };
-    row.is_some_and(|r| r.revoked_at.is_none() && r.expires_at.is_none_or(|at| at > state.clock.now_micros()))
+    let holds =
+        row.is_some_and(|r| r.revoked_at.is_none() && r.expires_at.is_none_or(|at| at > state.clock.now_micros()));
+    state.keys.holds.insert(access.key.id.clone(), holds);
+    holds
 }
 
 #[cfg(test)]

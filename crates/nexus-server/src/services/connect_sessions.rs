@@ -199,7 +199,7 @@ pub fn limit_request(session: &ConnectSessionRow, body: &mut Value) -> Result<()
         None | Some("") => {
             o.insert("return_url".into(), Value::String(session.return_url.clone()));
         }
-        Some(u) if u != session.return_url => {
+        Some(u) if url::Url::parse(u).map(|u| u.to_string()).as_deref() != Ok(session.return_url.as_str()) => {
             return Err(ApiError::forbidden("return_url: this Connect session returns to its own return_url"));
         }
         Some(_) => {}

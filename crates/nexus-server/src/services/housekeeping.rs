@@ -5,7 +5,8 @@
 //!   them again: a user who walks away from a consent page is reported;
 //! * delivered and failed webhook deliveries older than [`KEEP_DELIVERIES`]
 //!   are deleted with their attempts, a batch at a time;
-//! * Connect sessions that ended more than a day ago are deleted.
+//! * Connect sessions that ended more than a day ago are deleted;
+//! * the failed-authentication limiter forgets addresses that are quiet again.
 //!
 //! Both are safe on every replica at once (each expiry is a conditional
 //! update; a pruned row is gone for everyone).
@@ -35,6 +36,7 @@ pub async fn run(state: AppState) {
 
 /// One round of every chore (also called by tests).
 pub async fn sweep(state: &AppState) {
+    state.keys.prune();
     let now = state.clock.now_micros();
     match state.store.expired_handshakes(now, BATCH).await {
         Ok(rows) => {

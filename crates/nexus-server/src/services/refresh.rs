@@ -194,6 +194,14 @@ pub async fn refresh(state: &AppState, caller: Option<&Caller>, id: &str, reason
 /// (together, in the lock's transaction), the credentials opened once and
 /// sealed once, and the row written is the row returned.
 async fn refresh_now(state: &AppState, caller: Option<&Caller>, id: &str, reason: Reason) -> Result<Settled, ApiError> {
+    // A caller limited to some workspaces is told about another's connection
+    // before it waits on any lock (no timing tells it the connection exists).
+    if let Some(caller) = caller.filter(|c| c.workspaces().is_some()) {
+        let visible = state.store.connection_by_id(id).await?.is_some_and(|row| caller.may_see(&row.workspace_id));
+        if !visible {
+            return Err(ApiError::not_found("no such connection"));
+        }
+    }
     let local = state.refresh_locks.lock_for(id);
     let _local = local.lock().await;
     let lock = state.store.lock_for_refresh(id).await?.ok_or_else(|| ApiError::not_found("no such connection"))?;

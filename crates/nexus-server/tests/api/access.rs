@@ -471,8 +471,11 @@ async fn a_connect_session_in_a_browser(backend: Backend) {
 
     // connect_url: the token becomes a cookie and leaves the address bar.
     let first = app.send(app.client.get(&connect_url)).await;
-    assert_eq!(first.status, 303);
-    assert_eq!(first.headers["location"], "/connect");
+    assert_eq!(first.status, 200);
+    assert!(first.headers.get("location").is_none());
+    assert_eq!(first.headers["refresh"], "0; url=/connect");
+    assert!(first.text.contains("url=/connect") && !first.text.contains(&token), "{}", first.text);
+    assert_eq!(first.headers["referrer-policy"], "no-referrer");
     let cookie = first.headers["set-cookie"].to_str().unwrap().to_owned();
     for part in ["nexus_connect=", "HttpOnly", "SameSite=Strict", "Path=/connect"] {
         assert!(cookie.contains(part), "{cookie}");
@@ -509,3 +512,58 @@ async fn a_connect_session_in_a_browser(backend: Backend) {
 }
 
 both_backends!(a_connect_session_in_a_browser);
+
+/// Sessions end with the key that started them; a good key shares an
+/// address with a scanner and is still served; a refresh of another
+/// workspace's connection is refused before any lock.
+async fn good_callers_beside_a_scanner_and_sessions_of_a_revoked_key(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let provider =
+        json!({"name": "svc", "auth_type": "api_key", "params": {"credential_schema": schema(&["api_key"])}});
+    assert_eq!(app.post("/v1/providers", &provider).await.status, 201);
+    let (_, agent) = key(&app, "agent", "agent", Some(&["w1"]), None).await;
+    let (connect_id, connect) = key(&app, "front", "connect", None, None).await;
+    let created = app
+        .send(
+            app.client
+                .post(app.url("/v1/connect/sessions"))
+                .header("x-api-key", &connect)
+                .json(&json!({"workspace_id": "w1", "return_url": "https://app.example.test/done"})),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let token = created.json["token"].as_str().unwrap().to_owned();
+    // One address (127.0.0.1): the agent is served once, then a scan blocks the address.
+    assert_eq!(status(&app, &agent, "GET", "/v1/connections").await, 200);
+    for i in 0..30 {
+        let s = status(&app, &format!("nxk_{i:0>43}"), "GET", "/v1/connections").await;
+        assert!([401, 429].contains(&s));
+    }
+    assert_eq!(
+        status(&app, &format!("nxk_{:0>43}", 99), "GET", "/v1/connections").await,
+        429,
+        "the address is limited"
+    );
+    // The good key, read again after its trust lapsed: still served from the blocked address.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(status(&app, &agent, "GET", "/v1/connections").await, 200, "a key found good before is no guess");
+    // Another workspace's connection: 404 at once.
+    let theirs = connection(&app, "svc", "w2").await;
+    assert_eq!(status(&app, &agent, "POST", &format!("/v1/refresh/{theirs}")).await, 404);
+    // Revoking the connect key ends its sessions.
+    let bearer = |t: &str| {
+        app.client
+            .post(app.url("/v1/request-connection"))
+            .header("authorization", format!("Bearer {t}"))
+            .json(&json!({"provider_name": "svc"}))
+    };
+    let from = fresh_source();
+    let ok = from.execute(bearer(&token).build().unwrap()).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(app.delete(&format!("/v1/api-keys/{connect_id}")).await.status, 200);
+    let late = fresh_source().execute(bearer(&token).build().unwrap()).await.unwrap();
+    assert_eq!(late.status(), 401, "the session ended with its key");
+    app.stop().await;
+}
+
+both_backends!(good_callers_beside_a_scanner_and_sessions_of_a_revoked_key);

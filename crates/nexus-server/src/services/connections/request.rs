@@ -65,6 +65,13 @@ pub async fn request(state: &AppState, caller: &Caller, mut body: Value) -> Resu
         return Err(ApiError::forbidden("provider_id: this Connect session may not connect that provider"));
     }
     let auth_type = provider.config.auth_type;
+    // A grant that needs no user runs on the operator's say-so: a session
+    // starts one only for a provider it names.
+    if caller.session().is_some_and(|s| s.providers.is_none()) && auth_type == AuthType::Oauth2ClientCredentials {
+        return Err(ApiError::forbidden(
+            "provider_id: a Connect session starts a client credentials grant only for a provider it lists",
+        ));
+    }
     let connection_config = connection_config::for_request(&provider.config, input.connection_config.clone())?;
     let scopes = if auth_type.uses_token_endpoint() {
         narrow_scopes(&provider.config.scopes, input.scopes.as_deref())
