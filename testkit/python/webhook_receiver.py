@@ -15,7 +15,8 @@ test configures each name with `POST /__config/<name>`:
 * slow: sleeps `delay` seconds, then behaves as ok;
 * redirect: answers 302 to `location`;
 * hold: keeps the request open until `POST /__release` (or 60 s), noticing
-  when the sender goes away meanwhile (recorded as abandoned); then ok.
+  when the sender goes away meanwhile (recorded as abandoned); then ok;
+* hold_down: like hold, then answers 503.
 
 `GET /__log/<name>` returns what `<name>` received, in order. `POST /__offset`
 `{"secs": n}` tells the verifier that the sender's clock is n seconds ahead:
@@ -128,7 +129,7 @@ class Handler(BaseHTTPRequestHandler):
         mode = cfg.get("mode", "ok")
         if mode == "slow":
             time.sleep(float(cfg.get("delay", 1)))
-        if mode == "hold":
+        if mode in ("hold", "hold_down"):
             deadline = time.time() + HOLD_LIMIT
             while not RELEASE.wait(0.05) and time.time() < deadline:
                 if peer_gone(self.connection):
@@ -138,7 +139,7 @@ class Handler(BaseHTTPRequestHandler):
                     return
         if mode == "redirect":
             status, headers = 302, [("Location", cfg.get("location", "http://127.0.0.1:9/"))]
-        elif mode == "down":
+        elif mode in ("down", "hold_down"):
             status, headers = 503, []
         elif not entry["verified"]:
             status, headers = 400, []

@@ -567,3 +567,29 @@ async fn good_callers_beside_a_scanner_and_sessions_of_a_revoked_key(backend: Ba
 }
 
 both_backends!(good_callers_beside_a_scanner_and_sessions_of_a_revoked_key);
+
+/// Behind a trusted proxy, failures count per client address, and per /64
+/// for IPv6: addresses of one /64 share a limit, another /64 does not.
+async fn failures_count_per_client_and_per_64(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.trusted_proxies = Some("127.0.0.1/32".into())).await;
+    let from = |xff: &str| {
+        let req =
+            app.client.get(app.url("/v1/connections")).header("x-api-key", "wrong-key").header("x-forwarded-for", xff);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    for i in 0..10 {
+        assert_eq!(from(&format!("2001:db8:1:2::{:x}", i + 1)).await, 401);
+    }
+    assert_eq!(from("2001:db8:1:2:ffff::1").await, 429, "the same /64");
+    assert_eq!(from("2001:db8:1:3::1").await, 401, "another /64");
+    assert_eq!(from("198.51.100.7").await, 401, "another client");
+    // A client that prepends garbage is still itself.
+    for _ in 0..10 {
+        from("x, 203.0.113.9").await;
+    }
+    assert_eq!(from("203.0.113.9").await, 429);
+    assert_eq!(from("203.0.113.10").await, 401, "not the proxy's address");
+    app.stop().await;
+}
+
+both_backends!(failures_count_per_client_and_per_64);

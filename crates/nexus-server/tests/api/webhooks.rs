@@ -429,3 +429,38 @@ async fn abandoned_consents_are_reported_and_odd_rows_break_nothing(backend: Bac
 }
 
 both_backends!(abandoned_consents_are_reported_and_odd_rows_break_nothing);
+
+/// A redelivery asked for while an attempt is under way is not undone when
+/// that attempt fails: the next attempt follows at once, not at the old
+/// schedule's next step (5 minutes here).
+async fn a_redelivery_during_an_attempt_is_kept(backend: Backend) {
+    let receiver = Receiver::start().await;
+    let app = TestApp::spawn(backend).await;
+    let (hook, secret) = webhook(&app, &receiver.url("r"), None).await;
+    receiver.configure("r", &secret, "down", json!({})).await;
+    api_key_connection(&app, "redo").await;
+    receiver.wait_for("r", WAIT, |l| l.len() == 1).await;
+    wait_deliveries(&app, &hook, 1, |d| d["attempts"][0]["outcome"] == "http_status").await;
+    // The second attempt is held at the receiver, then fails.
+    receiver.configure("r", &secret, "hold_down", json!({})).await;
+    receiver.hold().await;
+    let mut moved = 0;
+    advance(&app, &receiver, &mut moved, 7).await;
+    receiver.wait_for("r", WAIT, |l| l.len() == 2).await;
+    let id = deliveries(&app, &hook).await[0]["id"].as_str().unwrap().to_owned();
+    let again = app.post(&format!("/v1/webhooks/{hook}/deliveries/{id}/redeliver"), &json!({})).await;
+    assert_eq!(again.status, 202, "{}", again.text);
+    receiver.configure("r", &secret, "ok", json!({})).await;
+    receiver.release().await;
+    // Without moving the clock: the redelivery's attempt comes now.
+    let log = receiver.wait_for("r", WAIT, |l| l.len() == 3 && l[2].answered == Some(204)).await;
+    all_verified(&log);
+    assert!(log.iter().all(|r| r.webhook_id == id));
+    let done = wait_deliveries(&app, &hook, 1, |d| d["status"] == "delivered").await;
+    let outcomes: Vec<&str> =
+        done[0]["attempts"].as_array().unwrap().iter().map(|a| a["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["http_status", "http_status", "delivered"]);
+    app.stop().await;
+}
+
+both_backends!(a_redelivery_during_an_attempt_is_kept);
