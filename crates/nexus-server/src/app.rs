@@ -108,6 +108,8 @@ pub fn router(state: AppState) -> Router {
         .route(&state.config.redirect_path, axum::routing::get(connections::oauth_callback))
         .route("/auth/capture", axum::routing::get(capture::capture_page).post(capture::capture_form))
         .route("/connect", axum::routing::get(connect::connect_page))
+        .route("/connect/start", axum::routing::post(connect::start))
+        .route("/connect/assets/connect.css", axum::routing::get(connect::stylesheet))
         .fallback(|| async { ApiError::not_found("no such endpoint").into_response() })
         // One `layer` call for the whole stack (outermost first): each call
         // boxes every route once more, and a request clones the boxes

@@ -298,6 +298,32 @@ fn extra_paths() -> Vec<(String, Value)> {
             }}),
         ),
         (
+            "/connect/start".into(),
+            json!({"post": {
+                "tags": ["connect"],
+                "summary": "The Connect UI's provider choice: starts a connection for the session of the cookie",
+                "requestBody": {"required": true, "content": {"application/x-www-form-urlencoded": {"schema": {
+                    "type": "object", "required": ["provider"],
+                    "properties": {"provider": {"type": "string", "description": "a provider name the session may connect"}}
+                }}}},
+                "responses": {
+                    "303": {"description": "to the provider's consent page, the credential form, or back to return_url"},
+                    "400": html("a page saying what went wrong, with a way to try again"),
+                    "403": html("a page refusing a form posted from another site"),
+                    "429": html("a page asking to wait"),
+                    "503": html("a page saying the database is away"),
+                }
+            }}),
+        ),
+        (
+            "/connect/assets/connect.css".into(),
+            json!({"get": {
+                "tags": ["connect"],
+                "summary": "The Connect UI's stylesheet",
+                "responses": {"200": {"description": "the stylesheet", "content": {"text/css": {"schema": {"type": "string"}}}}}
+            }}),
+        ),
+        (
             "/auth/capture".into(),
             json!({
                 "get": {

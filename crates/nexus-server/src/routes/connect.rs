@@ -6,7 +6,9 @@ use crate::extract::JsonBody;
 use crate::middleware::Caller;
 use crate::services::api_keys::{digest, Knocker};
 use crate::services::connect_sessions::{self, ConnectSessionCreated, ConnectSessionInput, COOKIE};
+use crate::services::connect_ui::{self, MessagePage};
 use crate::state::AppState;
+use askama::Template;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -30,19 +32,26 @@ pub async fn create_session(
     connect_sessions::create(&state, &caller, body).await.map(|v| (StatusCode::CREATED, Json(v)))
 }
 
-/// The strict headers of every Connect page.
+/// A plain Connect page (`body` is HTML the caller escaped).
 fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{title}</title></head><body><main><h1>{title}</h1>{body}</main></body></html>"
+         <title>{title}</title><link rel=\"stylesheet\" href=\"/connect/assets/connect.css\"></head>\
+         <body><main class=\"card\"><h1>{title}</h1>{body}</main></body></html>"
     );
-    let mut resp = (status, html).into_response();
+    with_headers((status, html).into_response())
+}
+
+/// The strict headers of every Connect page.
+fn with_headers(mut resp: Response) -> Response {
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
     );
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
@@ -123,17 +132,101 @@ pub async fn connect_page(
     }
     match connect_sessions::find(&state, token.as_bytes()).await {
         Ok(Ok(session)) => {
-            let providers = match &session.providers {
-                Some(p) => p.iter().map(|n| format!("<li>{}</li>", escape(n))).collect::<String>(),
-                None => "<li>any provider</li>".into(),
-            };
-            page(
-                StatusCode::OK,
-                "Connect an account",
-                &format!("<p>Connections made here are for this application only.</p><ul>{providers}</ul>"),
-            )
+            let query = q.get("q").map(String::as_str).unwrap_or_default();
+            match connect_ui::picker(&state, &session, query).await {
+                Ok(picker) => render(StatusCode::OK, &picker),
+                Err(e) => failure(&e),
+            }
         }
         Ok(Err(_)) => page(StatusCode::BAD_REQUEST, "This link cannot be used", EXPIRED),
         Err(e) => page(e.status(), "Connect", &escape(&e.message)),
     }
+}
+
+/// A rendered template with the Connect pages' headers.
+fn render(status: StatusCode, template: &impl Template) -> Response {
+    match template.render() {
+        Ok(html) => with_headers((status, html).into_response()),
+        Err(e) => {
+            tracing::error!(error = %e, "a Connect page could not be rendered");
+            page(StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong", "<p>Try again in a moment.</p>")
+        }
+    }
+}
+
+/// An error page that offers to try again (back to the picker).
+fn failure(e: &ApiError) -> Response {
+    let status = if e.status().is_server_error() { e.status() } else { StatusCode::BAD_REQUEST };
+    let message = MessagePage {
+        title: "That did not work".into(),
+        message: e.message.clone(),
+        error: true,
+        retry: Some("/connect".into()),
+    };
+    render(status, &message)
+}
+
+/// The form of `POST /connect/start`.
+#[derive(serde::Deserialize)]
+pub struct StartForm {
+    provider: String,
+}
+
+/// `POST /connect/start`: starts a connection to the chosen provider and
+/// sends the user on (the provider's consent page or the credential form).
+pub async fn start(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    form: Result<axum::extract::Form<StartForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Ok(axum::extract::Form(form)) = form else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Choose a service",
+            "<p><a href=\"/connect\">Choose a service from the list.</a></p>",
+        );
+    };
+    // The cookie is SameSite=Strict; a foreign page's form is refused all the same.
+    let base = state.config.base_url.origin().ascii_serialization();
+    let foreign = |name: header::HeaderName| {
+        headers.get(name).and_then(|v| v.to_str().ok()).is_some_and(|o| o != base && o != "null")
+    };
+    let cross_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()).is_some_and(|s| s == "cross-site");
+    if foreign(header::ORIGIN) || cross_site {
+        return page(StatusCode::FORBIDDEN, "This request was refused", "<p>Start again from the application.</p>");
+    }
+    let Some(token) = cookie_token(&headers) else {
+        return page(StatusCode::BAD_REQUEST, "This link cannot be used", EXPIRED);
+    };
+    let who = Knocker::of(caller.ip);
+    if state.keys.may_look_up(who, &digest(token.as_bytes())).is_err() {
+        return page(StatusCode::TOO_MANY_REQUESTS, "Too many attempts", "<p>Wait a moment, then try again.</p>");
+    }
+    let session = match connect_sessions::find(&state, token.as_bytes()).await {
+        Ok(Ok(session)) => session,
+        Ok(Err(_)) => return page(StatusCode::BAD_REQUEST, "This link cannot be used", EXPIRED),
+        Err(e) => return failure(&e),
+    };
+    match connect_ui::start(&state, &caller, session, &form.provider).await {
+        Ok(next) => {
+            let mut resp = StatusCode::SEE_OTHER.into_response();
+            if let Ok(v) = HeaderValue::from_str(&next) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp
+        }
+        Err(e) => failure(&e),
+    }
+}
+
+/// The Connect UI's stylesheet (served by Nexus: no third-party asset).
+pub async fn stylesheet() -> Response {
+    let mut resp = include_str!("../../assets/connect.css").into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/css; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    resp
 }

@@ -5,6 +5,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod capture;
 pub mod connect_sessions;
+pub mod connect_ui;
 pub mod connection_config;
 pub mod connections;
 pub mod housekeeping;

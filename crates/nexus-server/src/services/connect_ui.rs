@@ -1,0 +1,141 @@
+//! The Connect UI (SPEC 13), server-rendered with templates checked at
+//! compile time (`askama`, escaped by default): the provider picker of a
+//! Connect session, and starting a connection from it.
+//!
+//! The pages live under `/connect`, where the session's cookie is sent
+//! (HttpOnly, SameSite=Strict, so a cross-site form cannot post with it;
+//! a foreign `Origin` is refused as well).
+
+use crate::error::ApiError;
+use crate::middleware::Caller;
+use crate::services::connect_sessions;
+use crate::services::connections::{self, Requested};
+use crate::services::providers::catalog_logo;
+use crate::state::AppState;
+use askama::Template;
+use nexus_store::{ConnectSessionRow, ProviderFilter};
+use serde_json::json;
+use std::sync::Arc;
+
+/// One provider in the picker.
+pub struct PickerEntry {
+    pub name: String,
+    pub display_name: String,
+    pub description: String,
+    /// The catalog template's logo, served by Nexus (never a third-party image).
+    pub logo_url: Option<String>,
+    /// Shown when there is no logo.
+    pub initials: String,
+}
+
+#[derive(Template)]
+#[template(path = "connect/picker.html")]
+pub struct PickerPage {
+    pub title: String,
+    pub query: String,
+    pub providers: Vec<PickerEntry>,
+}
+
+#[derive(Template)]
+#[template(path = "connect/message.html")]
+pub struct MessagePage {
+    pub title: String,
+    pub message: String,
+    pub error: bool,
+    /// Where "Try again" leads, if anywhere.
+    pub retry: Option<String>,
+}
+
+/// Up to two letters standing for `name` (initials of its words).
+pub fn initials(name: &str) -> String {
+    let words: Vec<&str> = name.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect();
+    let letters: String = match words.as_slice() {
+        [] => "?".into(),
+        [one] => one.chars().take(2).collect(),
+        [first, second, ..] => first.chars().take(1).chain(second.chars().take(1)).collect(),
+    };
+    letters.to_uppercase()
+}
+
+/// The providers `session` may connect, matching `query` (name, display
+/// name or description, case-insensitively), by display name.
+pub async fn picker(state: &AppState, session: &ConnectSessionRow, query: &str) -> Result<PickerPage, ApiError> {
+    let query: String = query.trim().chars().take(100).collect();
+    let needle = query.to_lowercase();
+    let rows = state.store.list_providers(&ProviderFilter::default()).await?;
+    let mut providers: Vec<PickerEntry> = rows
+        .into_iter()
+        .filter(|row| connect_sessions::allows_provider(session, row.config.name.as_str()))
+        .map(|row| {
+            let c = row.config;
+            let display_name = c.display_name.clone().unwrap_or_else(|| c.name.to_string());
+            PickerEntry {
+                name: c.name.to_string(),
+                initials: initials(&display_name),
+                description: c.description.clone().unwrap_or_default(),
+                logo_url: c.template.as_deref().and_then(catalog_logo),
+                display_name,
+            }
+        })
+        .filter(|p| {
+            needle.is_empty()
+                || [&p.name, &p.display_name, &p.description].iter().any(|s| s.to_lowercase().contains(&needle))
+        })
+        .collect();
+    providers.sort_by_key(|p| p.display_name.to_lowercase());
+    Ok(PickerPage { title: "Connect an account".into(), query, providers })
+}
+
+/// Starts a connection to `provider` for `session`: where to send the user
+/// (the provider's consent page, the credential form, or back to the
+/// application when a grant needed nobody).
+pub async fn start(
+    state: &AppState,
+    caller: &Caller,
+    session: Arc<ConnectSessionRow>,
+    provider: &str,
+) -> Result<String, ApiError> {
+    let access = connect_sessions::access(session);
+    let caller = Caller { api_key: Some(access.key.clone()), access: Some(access), ..caller.clone() };
+    match connections::request(state, &caller, json!({ "provider_name": provider })).await? {
+        Requested::Pending(p) => Ok(p.auth_url),
+        Requested::Active(a) => {
+            let session = caller.session().map(|s| s.return_url.clone()).unwrap_or_default();
+            let mut url = url::Url::parse(&session).map_err(|_| ApiError::internal())?;
+            url.query_pairs_mut().append_pair("connection_id", &a.connection_id).append_pair("status", "success");
+            Ok(url.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initials_stand_for_names() {
+        assert_eq!(initials("Zendesk"), "ZE");
+        assert_eq!(initials("Google Drive"), "GD");
+        assert_eq!(initials("aws-s3 (eu)"), "AS");
+        assert_eq!(initials("--"), "?");
+        assert_eq!(initials("émile zola"), "ÉZ");
+    }
+
+    #[test]
+    fn pages_escape_what_they_show() {
+        let page = PickerPage {
+            title: "Connect".into(),
+            query: "<script>".into(),
+            providers: vec![PickerEntry {
+                name: "x\"><img src=x onerror=alert(1)>".into(),
+                display_name: "<b>Evil</b>".into(),
+                description: "&".into(),
+                logo_url: None,
+                initials: "EV".into(),
+            }],
+        };
+        let html = page.render().unwrap();
+        assert!(!html.contains("<script>") && !html.contains("<b>Evil") && !html.contains("<img src=x"));
+        assert!(html.contains("&#60;b&#62;Evil") || html.contains("&lt;b&gt;Evil"), "{html}");
+    }
+}

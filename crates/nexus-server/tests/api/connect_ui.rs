@@ -1,0 +1,111 @@
+//! The Connect UI's first pages (SPEC 13), over HTTP: the picker of a
+//! Connect session (its providers only, catalog logos served by Nexus or
+//! initials, search, everything escaped, strict headers) and starting a
+//! connection from it; refused from a foreign page, without the cookie and
+//! after the session ends.
+
+use nexus_testkit::upstream::schema;
+use nexus_testkit::{both_backends, Backend, TestApp};
+use serde_json::json;
+use std::time::Duration;
+
+async fn session(app: &TestApp, providers: &[&str]) -> (String, String) {
+    let created = app
+        .post(
+            "/v1/connect/sessions",
+            &json!({"workspace_id": "acme", "providers": providers, "return_url": "https://app.example.test/done"}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let url = created.json["connect_url"].as_str().unwrap().to_owned();
+    let first = app.send(app.client.get(&url)).await;
+    assert_eq!(first.status, 200);
+    let cookie = first.headers["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    (cookie, created.json["token"].as_str().unwrap().to_owned())
+}
+
+async fn the_picker_and_starting_a_connection(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.allowed_return_domains = Some("app.example.test".into())).await;
+    let github = app
+        .post("/v1/providers", &json!({"template": "github", "client_id": "Iv1.test", "client_secret": "s3cret-gh"}))
+        .await;
+    assert_eq!(github.status, 201, "{}", github.text);
+    for (name, display) in
+        [("svc", "Acme Tickets"), ("hidden", "Hidden Service"), ("evil", "<script>alert(1)</script>")]
+    {
+        let provider = json!({"name": name, "display_name": display, "auth_type": "api_key",
+                              "params": {"credential_schema": schema(&["api_key"])}});
+        assert_eq!(app.post("/v1/providers", &provider).await.status, 201);
+    }
+    let (cookie, token) = session(&app, &["github", "svc", "evil"]).await;
+    let get = |path: &str| app.client.get(app.url(path)).header("cookie", &cookie);
+
+    let picker = app.send(get("/connect")).await;
+    assert_eq!(picker.status, 200, "{}", picker.text);
+    let csp = picker.headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(picker.text.contains("GitHub") && picker.text.contains("Acme Tickets"), "{}", picker.text);
+    assert!(picker.text.contains("src=\"/catalog/github/logo.svg\""), "the template's logo, served by Nexus");
+    assert!(picker.text.contains(">AT<"), "initials for a provider without a logo");
+    assert!(!picker.text.contains("Hidden Service"), "only the session's providers");
+    assert!(!picker.text.contains("<script>alert(1)"), "escaped");
+    let sources: Vec<&str> = picker.text.split("src=\"").skip(1).chain(picker.text.split("href=\"").skip(1)).collect();
+    assert!(!sources.is_empty() && sources.iter().all(|s| s.starts_with('/')), "no third-party asset: {sources:?}");
+    assert!(!picker.text.contains(&token));
+    assert!(
+        picker.text.contains("<label for=\"q\">") && picker.text.contains("lang=\"en\""),
+        "labelled, with a language"
+    );
+    let searched = app.send(get("/connect?q=git")).await;
+    assert!(searched.text.contains("GitHub") && !searched.text.contains("Acme Tickets"));
+    let none = app.send(get("/connect?q=%3Cb%3Enothing")).await;
+    assert!(none.text.contains("No service matches") && !none.text.contains("<b>nothing"));
+    let css = app.send(app.client.get(app.url("/connect/assets/connect.css"))).await;
+    assert_eq!((css.status, css.content_type()), (200, "text/css; charset=utf-8"));
+
+    let base = app.url("").trim_end_matches('/').to_owned();
+    let start = |provider: &str, origin: &str| {
+        app.client
+            .post(app.url("/connect/start"))
+            .header("cookie", &cookie)
+            .header("origin", origin)
+            .form(&[("provider", provider)])
+    };
+    // A static provider: on to the credential form of a new pending connection.
+    let to_form = app.send(start("svc", &base)).await;
+    assert_eq!(to_form.status, 303, "{}", to_form.text);
+    let location = to_form.headers["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with(&app.url("/auth/capture?state=")), "{location}");
+    // OAuth: on to the provider's consent page.
+    let to_github = app.send(start("github", &base)).await;
+    assert_eq!(to_github.status, 303, "{}", to_github.text);
+    let location = to_github.headers["location"].to_str().unwrap();
+    assert!(location.starts_with("https://github.com/login/oauth/authorize?"), "{location}");
+    assert!(location.contains("client_id=Iv1.test"));
+    let pending = app.get("/v1/connections?workspace_id=acme").await;
+    assert_eq!(pending.json.as_array().unwrap().len(), 2, "{}", pending.text);
+
+    // Refused: another site's form, no cookie, a provider outside the session.
+    let foreign = app.send(start("svc", "https://evil.example")).await;
+    assert_eq!(foreign.status, 403);
+    let cookieless =
+        app.send(app.client.post(app.url("/connect/start")).header("origin", &base).form(&[("provider", "svc")])).await;
+    assert_eq!(cookieless.status, 400);
+    let outside = app.send(start("hidden", &base)).await;
+    assert_eq!(outside.status, 400, "{}", outside.text);
+    assert!(outside.text.contains("Try again") && outside.text.contains("href=\"/connect\""), "{}", outside.text);
+    assert!(outside.text.contains("role=\"alert\""));
+    assert_eq!(app.get("/v1/connections?workspace_id=acme").await.json.as_array().unwrap().len(), 2, "nothing started");
+
+    // After the session: a clear page, nothing started.
+    app.state.clock.advance(Duration::from_secs(31 * 60));
+    let late = app.send(get("/connect")).await;
+    assert_eq!(late.status, 400);
+    assert!(late.text.contains("expired or is not valid"));
+    let late_start = app.send(start("svc", &base)).await;
+    assert_eq!(late_start.status, 400);
+    assert_eq!(app.get("/v1/connections?workspace_id=acme").await.json.as_array().unwrap().len(), 2);
+    app.stop().await;
+}
+
+both_backends!(the_picker_and_starting_a_connection);
