@@ -7,6 +7,7 @@ use crate::extract::{JsonBody, Query};
 use crate::middleware::Caller;
 use crate::routes::connections::plain_page;
 use crate::services::capture::{self, CaptureSchema, Captured};
+use crate::services::connect_ui;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -89,41 +90,28 @@ pub async fn capture_page(
         Ok(s) => s,
         Err(e) => return plain_page(e.status(), "Credential capture", &escape(&e.message)),
     };
-    let properties = schema.credential_schema.get("properties").and_then(Value::as_object).cloned().unwrap_or_default();
-    let required: Vec<&str> = schema
-        .credential_schema
-        .get("required")
-        .and_then(Value::as_array)
-        .map(|r| r.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    let mut fields = String::new();
-    for (name, prop) in &properties {
-        let title = prop.get("title").and_then(Value::as_str).unwrap_or(name);
-        let secret = prop.get("format").and_then(Value::as_str) == Some("password")
-            || ["secret", "password", "key", "token"].iter().any(|w| name.contains(w));
-        fields.push_str(&format!(
-            "<p><label>{}<br><input name=\"{}\" type=\"{}\" autocomplete=\"off\"{}></label></p>",
-            escape(title),
-            escape(name),
-            if secret { "password" } else { "text" },
-            if required.contains(&name.as_str()) { " required" } else { "" }
-        ));
-    }
-    let body = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Connect {p}</title></head><body>\
-         <h1>Connect {p}</h1><form method=\"post\" action=\"capture\">\
-         <input type=\"hidden\" name=\"state\" value=\"{s}\">{fields}<p><button type=\"submit\">Connect</button></p></form></body></html>",
-        p = escape(&schema.provider),
-        s = escape(raw_state),
+    let page = connect_ui::credentials_page(&state, &schema, raw_state, &BTreeMap::new(), &BTreeMap::new()).await;
+    ui_page(StatusCode::OK, &page)
+}
+
+/// A Connect UI page with its strict headers.
+fn ui_page(status: StatusCode, page: &impl askama::Template) -> Response {
+    let Ok(body) = page.render() else {
+        return plain_page(StatusCode::INTERNAL_SERVER_ERROR, "Credential capture", "The page could not be shown.");
+    };
+    let mut resp =
+        (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], body)
+            .into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+            .parse()
+            .expect("static"),
     );
-    let mut resp = (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")],
-        body,
-    )
-        .into_response();
-    resp.headers_mut()
-        .insert("content-security-policy", "default-src 'none'; form-action 'self'".parse().expect("static"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, "nosniff".parse().expect("static"));
+    h.insert(header::REFERRER_POLICY, "no-referrer".parse().expect("static"));
+    resp.extensions_mut().insert(crate::middleware::error_json::KeepBody);
     resp
 }
 
@@ -136,10 +124,33 @@ pub async fn capture_form(
     let mut form = form;
     let raw_state = form.remove("state").unwrap_or_default();
     let credentials: Map<String, Value> =
-        form.into_iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k, Value::String(v))).collect();
+        form.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
     let body = serde_json::json!({ "state": raw_state, "credentials": credentials });
     match capture::submit(&state, &caller, body).await {
-        Ok(c) => (StatusCode::SEE_OTHER, [(header::LOCATION, c.return_url)]).into_response(),
-        Err(e) => plain_page(e.status(), "Credential capture failed", &escape(&e.message)),
+        Ok(c) => {
+            // A page of our own that returns to the application at once (a link for the rest).
+            let done = connect_ui::DonePage {
+                title: "Connected".into(),
+                message: "The account is connected. Taking you back to the application…".into(),
+                return_url: c.return_url.clone(),
+            };
+            let mut resp = ui_page(StatusCode::OK, &done);
+            if let Ok(v) = axum::http::HeaderValue::from_str(&format!("0; url={}", c.return_url)) {
+                resp.headers_mut().insert("refresh", v);
+            }
+            resp
+        }
+        Err(e) => {
+            // The form again, with what was wrong next to each field (a link
+            // that can no longer be used gets its page instead).
+            match capture::schema(&state, &caller, &raw_state).await {
+                Ok(schema) => {
+                    let errors = connect_ui::form_errors(&e);
+                    let page = connect_ui::credentials_page(&state, &schema, &raw_state, &form, &errors).await;
+                    ui_page(e.status(), &page)
+                }
+                Err(_) => plain_page(e.status(), "Credential capture failed", &escape(&e.message)),
+            }
+        }
     }
 }

@@ -139,3 +139,112 @@ mod tests {
         assert!(html.contains("&#60;b&#62;Evil") || html.contains("&lt;b&gt;Evil"), "{html}");
     }
 }
+
+/// One field of the credential form.
+pub struct Field {
+    pub name: String,
+    pub title: String,
+    pub description: String,
+    pub required: bool,
+    /// Masked (`format: password`, or a name that says secret).
+    pub secret: bool,
+    /// What the user typed, shown again after an error (never for a secret).
+    pub value: String,
+    pub error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "connect/credentials.html")]
+pub struct CredentialsPage {
+    pub title: String,
+    pub provider: String,
+    pub description: String,
+    pub logo_url: Option<String>,
+    pub initials: String,
+    pub state: String,
+    pub fields: Vec<Field>,
+    /// An error of the whole form (live verification, an expired link).
+    pub form_error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "connect/done.html")]
+pub struct DonePage {
+    pub title: String,
+    pub message: String,
+    pub return_url: String,
+}
+
+/// The credential form of a static connection, from the provider's
+/// credential schema: its properties in the operator's order, titles,
+/// descriptions, masked secrets and required marks; with `values` typed
+/// before and `errors` (field → message; `""` for the whole form).
+pub async fn credentials_page(
+    state: &AppState,
+    schema: &crate::services::capture::CaptureSchema,
+    raw_state: &str,
+    values: &std::collections::BTreeMap<String, String>,
+    errors: &std::collections::BTreeMap<String, String>,
+) -> CredentialsPage {
+    let provider = state.store.provider_by_name(&schema.provider).await.ok().flatten();
+    let config = provider.as_ref().map(|p| &p.config);
+    let display = config.and_then(|c| c.display_name.clone()).unwrap_or_else(|| schema.provider.clone());
+    let s = &schema.credential_schema;
+    let required: Vec<&str> = s
+        .get("required")
+        .and_then(serde_json::Value::as_array)
+        .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    let mut fields = Vec::new();
+    if let Some(props) = s.get("properties").and_then(serde_json::Value::as_object) {
+        for (name, prop) in props {
+            let text = |key: &str| prop.get(key).and_then(serde_json::Value::as_str).map(str::to_owned);
+            let secret = prop.get("format").and_then(serde_json::Value::as_str) == Some("password")
+                || prop.get("writeOnly").and_then(serde_json::Value::as_bool) == Some(true)
+                || ["secret", "password", "token", "private_key", "api_key"]
+                    .iter()
+                    .any(|w| name.to_lowercase().contains(w));
+            fields.push(Field {
+                title: text("title").unwrap_or_else(|| name.replace('_', " ")),
+                description: text("description").unwrap_or_default(),
+                required: required.contains(&name.as_str()),
+                value: if secret { String::new() } else { values.get(name).cloned().unwrap_or_default() },
+                error: errors.get(name).cloned(),
+                secret,
+                name: name.clone(),
+            });
+        }
+    }
+    CredentialsPage {
+        title: format!("Connect {display}"),
+        initials: initials(&display),
+        description: config.and_then(|c| c.description.clone()).unwrap_or_default(),
+        logo_url: config.and_then(|c| c.template.as_deref()).and_then(catalog_logo),
+        provider: display,
+        state: raw_state.to_owned(),
+        fields,
+        form_error: errors.get("").cloned(),
+    }
+}
+
+/// The field errors of a refused capture (`details.fields` named
+/// `credentials.<field>`), and the rest as the form's error under `""`.
+pub fn form_errors(e: &ApiError) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let listed = e.details.as_ref().and_then(|d| d.get("fields")).and_then(serde_json::Value::as_array);
+    for f in listed.into_iter().flatten() {
+        let (Some(field), Some(message)) = (f["field"].as_str(), f["message"].as_str()) else { continue };
+        match field.strip_prefix("credentials.") {
+            Some(name) if !name.is_empty() => {
+                out.entry(name.to_owned()).or_insert_with(|| message.to_owned());
+            }
+            _ => {
+                out.entry(String::new()).or_insert_with(|| e.message.clone());
+            }
+        }
+    }
+    if out.is_empty() {
+        out.insert(String::new(), e.message.clone());
+    }
+    out
+}

@@ -222,6 +222,18 @@ async fn live_verification_refuses_wrong_keys(backend: Backend) {
         let accepted = capture(&app, state, right).await;
         assert_eq!(accepted.status, 200, "{name}: {}", accepted.text);
     }
+    // Through the Connect UI's form: the provider's refusal is said above the
+    // form (an alert), the key is not echoed, and the form can be sent again.
+    let req = request(&app, "hdr").await;
+    let state = req.json["state"].as_str().unwrap();
+    let refused =
+        app.send(app.client.post(app.url("/auth/capture")).form(&[("state", state), ("api_key", "bad-key")])).await;
+    assert_eq!(refused.status, 400, "{}", refused.text);
+    assert!(refused.text.contains("role=\"alert\"") && refused.text.contains("id=\"form-error\""), "{}", refused.text);
+    assert!(!refused.text.contains("bad-key") && refused.text.contains("name=\"state\""));
+    let accepted =
+        app.send(app.client.post(app.url("/auth/capture")).form(&[("state", state), ("api_key", "good-key")])).await;
+    assert_eq!(accepted.status, 200, "{}", accepted.text);
     // An unreachable provider is a 502 and stores nothing.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_url = format!("http://{}", dead.local_addr().unwrap());
@@ -242,10 +254,22 @@ async fn the_public_capture_form_works_in_a_browser(backend: Backend) {
     assert_eq!(page.status, 200);
     assert!(page.content_type().starts_with("text/html"));
     assert!(page.text.contains("name=\"username\"") && page.text.contains("type=\"password\""));
-    let form = [("state", req.json["state"].as_str().unwrap()), ("username", "ann"), ("password", "form-pass-1")];
+    assert!(page.text.contains("<label for=\"f-username\">") && page.text.contains("aria-required=\"true\""));
+    assert!(page.headers["content-security-policy"].to_str().unwrap().contains("frame-ancestors 'none'"));
+    // A schema violation: the form again, the error next to its field, the
+    // name typed kept and no secret echoed.
+    let state = req.json["state"].as_str().unwrap();
+    let missing = [("state", state), ("username", "ann"), ("password", "")];
+    let again = app.send(app.client.post(app.url("/auth/capture")).form(&missing)).await;
+    assert_eq!(again.status, 400, "{}", again.text);
+    assert!(again.text.contains("id=\"e-password\"") && again.text.contains("is required"), "{}", again.text);
+    assert!(again.text.contains("aria-invalid=\"true\"") && again.text.contains("value=\"ann\""));
+    let form = [("state", state), ("username", "ann"), ("password", "form-pass-1")];
     let resp = app.send(app.client.post(app.url("/auth/capture")).form(&form)).await;
-    assert_eq!(resp.status, 303, "{}", resp.text);
-    assert!(resp.headers["location"].to_str().unwrap().ends_with("&status=success"));
+    assert_eq!(resp.status, 200, "{}", resp.text);
+    let refresh = resp.headers["refresh"].to_str().unwrap();
+    assert!(refresh.starts_with("0; url=") && refresh.ends_with("&status=success"), "{refresh}");
+    assert!(resp.text.contains("Return to the application") && !resp.text.contains("form-pass-1"));
     let token = app.get(&format!("/v1/token/{}", req.json["connection_id"].as_str().unwrap())).await;
     assert_eq!(token.json["credentials"]["username"], "ann");
     // A forged state gets a page, not a capture.
