@@ -171,6 +171,9 @@ struct ServeArgs {
     /// Failed authentications an address may make at once before it is limited (default 10).
     #[arg(long, env = "AUTH_FAILURE_LIMIT")]
     auth_failure_limit: Option<String>,
+    /// Origins that may embed the Connect UI in a frame (comma list; default none).
+    #[arg(long, env = "CONNECT_FRAME_ANCESTORS")]
+    connect_frame_ancestors: Option<String>,
     /// Background refreshes in flight at once (default 8).
     #[arg(long, env = "REFRESH_CONCURRENCY")]
     refresh_concurrency: Option<String>,
@@ -288,6 +291,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         discovery_ttl: args.discovery_ttl,
         webhook_timeout: args.webhook_timeout,
         auth_failure_limit: args.auth_failure_limit,
+        connect_frame_ancestors: args.connect_frame_ancestors,
         refresh_concurrency: args.refresh_concurrency,
         refresh_per_host: args.refresh_per_host,
     };

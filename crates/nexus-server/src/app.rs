@@ -106,10 +106,15 @@ pub fn router(state: AppState) -> Router {
         .merge(public)
         .route("/openapi.json", axum::routing::get(move || async move { Json(doc.as_ref().clone()) }))
         .route(&state.config.redirect_path, axum::routing::get(connections::oauth_callback))
-        .route("/auth/capture", axum::routing::get(capture::capture_page).post(capture::capture_form))
-        .route("/connect", axum::routing::get(connect::connect_page))
-        .route("/connect/start", axum::routing::post(connect::start))
-        .route("/connect/assets/connect.css", axum::routing::get(connect::stylesheet))
+        .merge(
+            // The Connect UI's pages (their CSP names the origins that may embed them).
+            Router::new()
+                .route("/auth/capture", axum::routing::get(capture::capture_page).post(capture::capture_form))
+                .route("/connect", axum::routing::get(connect::connect_page))
+                .route("/connect/start", axum::routing::post(connect::start))
+                .route("/connect/assets/connect.css", axum::routing::get(connect::stylesheet))
+                .layer(mw::from_fn_with_state(state.clone(), connect::frame_ancestors)),
+        )
         .fallback(|| async { ApiError::not_found("no such endpoint").into_response() })
         // One `layer` call for the whole stack (outermost first): each call
         // boxes every route once more, and a request clones the boxes

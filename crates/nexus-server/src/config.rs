@@ -48,6 +48,8 @@ pub struct RawConfig {
     pub webhook_timeout: Option<String>,
     /// Failed authentications an address may make at once before it is limited (default 10).
     pub auth_failure_limit: Option<String>,
+    /// Origins that may embed the Connect UI in a frame (default: none).
+    pub connect_frame_ancestors: Option<String>,
     /// Background refreshes in flight at once per process (default 8).
     pub refresh_concurrency: Option<String>,
     /// Background refreshes in flight at once per token-endpoint host (default 4).
@@ -102,6 +104,8 @@ pub struct Config {
     pub webhook_timeout: std::time::Duration,
     /// Failed authentications an address may make at once; then one a second.
     pub auth_failure_limit: u32,
+    /// Origins that may embed the Connect UI (`frame-ancestors`); empty: none.
+    pub connect_frame_ancestors: Vec<String>,
     /// Background refreshes in flight at once, per process and per token-endpoint host.
     pub refresh_concurrency: usize,
     pub refresh_per_host: usize,
@@ -129,6 +133,7 @@ impl std::fmt::Debug for Config {
             .field("discovery_ttl_secs", &self.discovery_ttl_secs)
             .field("webhook_timeout", &self.webhook_timeout)
             .field("auth_failure_limit", &self.auth_failure_limit)
+            .field("connect_frame_ancestors", &self.connect_frame_ancestors)
             .field("refresh_concurrency", &self.refresh_concurrency)
             .field("refresh_per_host", &self.refresh_per_host)
             .finish()
@@ -270,6 +275,11 @@ impl RawConfig {
             );
         let auth_failure_limit =
             parse_count("AUTH_FAILURE_LIMIT", self.auth_failure_limit.as_deref(), 10, 1_000_000)? as u32;
+        let connect_frame_ancestors = match self.connect_frame_ancestors.filter(|v| !v.trim().is_empty()) {
+            None => Vec::new(),
+            Some(list) => parse_origins(&list)
+                .map_err(|e| ConfigError { variable: "CONNECT_FRAME_ANCESTORS", problem: e.problem })?,
+        };
         let refresh_concurrency = parse_count("REFRESH_CONCURRENCY", self.refresh_concurrency.as_deref(), 8, 4_096)?;
         let refresh_per_host = parse_count("REFRESH_PER_HOST", self.refresh_per_host.as_deref(), 4, 1_024)?;
         let head_timeout =
@@ -300,6 +310,7 @@ impl RawConfig {
             discovery_ttl_secs,
             webhook_timeout,
             auth_failure_limit,
+            connect_frame_ancestors,
             refresh_concurrency,
             refresh_per_host,
         })
@@ -431,6 +442,10 @@ mod tests {
             (RawConfig { webhook_timeout: Some("0".into()), ..full() }, "WEBHOOK_TIMEOUT"),
             (RawConfig { webhook_timeout: Some("26".into()), ..full() }, "WEBHOOK_TIMEOUT"),
             (RawConfig { auth_failure_limit: Some("0".into()), ..full() }, "AUTH_FAILURE_LIMIT"),
+            (
+                RawConfig { connect_frame_ancestors: Some("javascript:alert(1)".into()), ..full() },
+                "CONNECT_FRAME_ANCESTORS",
+            ),
             (RawConfig { base_url: Some("ftp://x".into()), ..full() }, "BASE_URL"),
             (RawConfig { allowed_cidrs: Some("10.0.0.0/99".into()), ..full() }, "ALLOWED_CIDRS"),
             (RawConfig { trusted_proxies: Some("proxy".into()), ..full() }, "TRUSTED_PROXIES"),

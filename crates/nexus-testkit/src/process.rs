@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-pub const CONFIG_VARS: [&str; 31] = [
+pub const CONFIG_VARS: [&str; 32] = [
     "API_KEY",
     "ENCRYPTION_KEY",
     "ENCRYPTION_KEYS",
@@ -23,6 +23,7 @@ pub const CONFIG_VARS: [&str; 31] = [
     "DISCOVERY_TTL",
     "WEBHOOK_TIMEOUT",
     "AUTH_FAILURE_LIMIT",
+    "CONNECT_FRAME_ANCESTORS",
     "ALLOWED_RETURN_DOMAINS",
     "TRUSTED_PROXIES",
     "ALLOWED_CIDRS",

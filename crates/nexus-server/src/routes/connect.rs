@@ -166,19 +166,13 @@ fn failure(e: &ApiError) -> Response {
     render(status, &message)
 }
 
-/// The form of `POST /connect/start`.
-#[derive(serde::Deserialize)]
-pub struct StartForm {
-    provider: String,
-}
-
 /// `POST /connect/start`: starts a connection to the chosen provider and
 /// sends the user on (the provider's consent page or the credential form).
 pub async fn start(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
-    form: Result<axum::extract::Form<StartForm>, axum::extract::rejection::FormRejection>,
+    form: Result<axum::extract::Form<BTreeMap<String, String>>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let Ok(axum::extract::Form(form)) = form else {
         return page(
@@ -208,8 +202,9 @@ pub async fn start(
         Ok(Err(_)) => return page(StatusCode::BAD_REQUEST, "This link cannot be used", EXPIRED),
         Err(e) => return failure(&e),
     };
-    match connect_ui::start(&state, &caller, session, &form.provider).await {
-        Ok(next) => {
+    match connect_ui::start(&state, &caller, session, &form).await {
+        Ok(connect_ui::Next::Config(config)) => render(StatusCode::OK, &config),
+        Ok(connect_ui::Next::Redirect(next)) => {
             let mut resp = StatusCode::SEE_OTHER.into_response();
             if let Ok(v) = HeaderValue::from_str(&next) {
                 resp.headers_mut().insert(header::LOCATION, v);
@@ -219,6 +214,28 @@ pub async fn start(
         }
         Err(e) => failure(&e),
     }
+}
+
+/// `frame-ancestors 'none'` on every Connect page, unless
+/// `CONNECT_FRAME_ANCESTORS` names the origins that may embed them.
+pub async fn frame_ancestors(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut resp = next.run(req).await;
+    let allowed = &state.config.connect_frame_ancestors;
+    if allowed.is_empty() {
+        return resp;
+    }
+    let csp = resp.headers().get(header::CONTENT_SECURITY_POLICY).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if let Some(csp) = csp {
+        let replaced = csp.replace("frame-ancestors 'none'", &format!("frame-ancestors {}", allowed.join(" ")));
+        if let Ok(v) = HeaderValue::from_str(&replaced) {
+            resp.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
+        }
+    }
+    resp
 }
 
 /// The Connect UI's stylesheet (served by Nexus: no third-party asset).

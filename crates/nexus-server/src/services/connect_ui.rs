@@ -28,12 +28,31 @@ pub struct PickerEntry {
     pub initials: String,
 }
 
+/// A connection of the session's workspace that needs the user again.
+pub struct AttentionEntry {
+    pub connection_id: String,
+    pub provider: String,
+    pub display_name: String,
+    pub reason: String,
+}
+
 #[derive(Template)]
 #[template(path = "connect/picker.html")]
 pub struct PickerPage {
     pub title: String,
     pub query: String,
     pub providers: Vec<PickerEntry>,
+    pub attention: Vec<AttentionEntry>,
+}
+
+#[derive(Template)]
+#[template(path = "connect/config.html")]
+pub struct ConfigPage {
+    pub title: String,
+    pub provider: String,
+    pub provider_name: String,
+    pub fields: Vec<Field>,
+    pub form_error: Option<String>,
 }
 
 #[derive(Template)]
@@ -83,7 +102,94 @@ pub async fn picker(state: &AppState, session: &ConnectSessionRow, query: &str) 
         })
         .collect();
     providers.sort_by_key(|p| p.display_name.to_lowercase());
-    Ok(PickerPage { title: "Connect an account".into(), query, providers })
+    // Connections of this workspace that need the user again, re-authorized in place.
+    let filter = nexus_store::ConnectionFilter {
+        workspace_id: Some(session.workspace_id.clone()),
+        status: Some(nexus_core::ConnectionStatus::AttentionRequired),
+        limit: 50,
+        ..Default::default()
+    };
+    let attention = state
+        .store
+        .list_connections(&filter)
+        .await?
+        .into_iter()
+        .filter(|c| connect_sessions::allows_provider(session, &c.provider_name))
+        .map(|c| AttentionEntry {
+            display_name: providers
+                .iter()
+                .find(|p| p.name == c.provider_name)
+                .map(|p| p.display_name.clone())
+                .unwrap_or_else(|| c.provider_name.clone()),
+            reason: "The service no longer accepts the access it gave. Sign in again.".into(),
+            connection_id: c.id,
+            provider: c.provider_name,
+        })
+        .collect();
+    Ok(PickerPage { title: "Connect an account".into(), query, providers, attention })
+}
+
+/// The fields of a JSON Schema's properties, in the operator's order.
+pub fn schema_fields(
+    schema: &serde_json::Value,
+    values: &std::collections::BTreeMap<String, String>,
+    errors: &std::collections::BTreeMap<String, String>,
+) -> Vec<Field> {
+    let required: Vec<&str> = schema
+        .get("required")
+        .and_then(serde_json::Value::as_array)
+        .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    let Some(props) = schema.get("properties").and_then(serde_json::Value::as_object) else { return Vec::new() };
+    props
+        .iter()
+        .map(|(name, prop)| {
+            let text = |key: &str| prop.get(key).and_then(serde_json::Value::as_str).map(str::to_owned);
+            let secret = prop.get("format").and_then(serde_json::Value::as_str) == Some("password")
+                || prop.get("writeOnly").and_then(serde_json::Value::as_bool) == Some(true)
+                || ["secret", "password", "token", "private_key", "api_key"]
+                    .iter()
+                    .any(|w| name.to_lowercase().contains(w));
+            Field {
+                title: text("title").unwrap_or_else(|| name.replace('_', " ")),
+                description: text("description").unwrap_or_default(),
+                required: required.contains(&name.as_str()),
+                value: if secret { String::new() } else { values.get(name).cloned().unwrap_or_default() },
+                error: errors.get(name).cloned(),
+                secret,
+                name: name.clone(),
+            }
+        })
+        .collect()
+}
+
+/// What `POST /connect/start` leads to.
+pub enum Next {
+    /// Send the user there.
+    Redirect(String),
+    /// The provider needs account details first (or they were wrong).
+    Config(ConfigPage),
+}
+
+/// The errors of a refused request under `connection_config.<field>`, and
+/// the rest under `""`.
+fn config_errors(e: &ApiError) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let listed = e.details.as_ref().and_then(|d| d.get("fields")).and_then(serde_json::Value::as_array);
+    for f in listed.into_iter().flatten() {
+        if let (Some(field), Some(message)) = (f["field"].as_str(), f["message"].as_str()) {
+            if let Some(name) = field.strip_prefix("connection_config.") {
+                out.entry(name.to_owned()).or_insert_with(|| message.to_owned());
+            }
+        }
+    }
+    if let Some((name, message)) = e.message.strip_prefix("connection_config.").and_then(|m| m.split_once(": ")) {
+        out.entry(name.to_owned()).or_insert_with(|| message.to_owned());
+    }
+    if out.is_empty() {
+        out.insert(String::new(), e.message.clone());
+    }
+    out
 }
 
 /// Starts a connection to `provider` for `session`: where to send the user
@@ -93,18 +199,55 @@ pub async fn start(
     state: &AppState,
     caller: &Caller,
     session: Arc<ConnectSessionRow>,
-    provider: &str,
-) -> Result<String, ApiError> {
+    form: &std::collections::BTreeMap<String, String>,
+) -> Result<Next, ApiError> {
+    let provider_name = form.get("provider").map(String::as_str).unwrap_or_default();
+    let provider = state
+        .store
+        .provider_by_name(provider_name)
+        .await?
+        .filter(|p| connect_sessions::allows_provider(&session, p.config.name.as_str()))
+        .ok_or_else(|| ApiError::bad_request("That service cannot be connected here. Choose one from the list."))?;
+    let display = provider.config.display_name.clone().unwrap_or_else(|| provider.config.name.to_string());
+    // Account details the provider's URLs need: asked for unless the session brought them.
+    let values: std::collections::BTreeMap<String, String> = form
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix("config.").map(|k| (k.to_owned(), v.trim().to_owned())))
+        .collect();
+    let schema = provider.config.connection_config_schema().filter(|s| s.get("properties").is_some()).cloned();
+    let config_page = |errors: &std::collections::BTreeMap<String, String>| ConfigPage {
+        title: format!("Connect {display}"),
+        provider: display.clone(),
+        provider_name: provider.config.name.to_string(),
+        fields: schema.as_ref().map(|s| schema_fields(s, &values, errors)).unwrap_or_default(),
+        form_error: errors.get("").cloned(),
+    };
+    let mut body = json!({ "provider_name": provider.config.name.as_str() });
+    if let Some(id) = form.get("connection_id").filter(|id| !id.is_empty()) {
+        body["connection_id"] = json!(id);
+    }
+    if schema.is_some() && session.connection_config.is_none() {
+        if values.is_empty() {
+            return Ok(Next::Config(config_page(&Default::default())));
+        }
+        let config: serde_json::Map<String, serde_json::Value> =
+            values.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.clone(), json!(v))).collect();
+        body["connection_config"] = serde_json::Value::Object(config);
+    }
     let access = connect_sessions::access(session);
     let caller = Caller { api_key: Some(access.key.clone()), access: Some(access), ..caller.clone() };
-    match connections::request(state, &caller, json!({ "provider_name": provider })).await? {
-        Requested::Pending(p) => Ok(p.auth_url),
-        Requested::Active(a) => {
-            let session = caller.session().map(|s| s.return_url.clone()).unwrap_or_default();
-            let mut url = url::Url::parse(&session).map_err(|_| ApiError::internal())?;
+    match connections::request(state, &caller, body).await {
+        Ok(Requested::Pending(p)) => Ok(Next::Redirect(p.auth_url)),
+        Ok(Requested::Active(a)) => {
+            let back = caller.session().map(|s| s.return_url.clone()).unwrap_or_default();
+            let mut url = url::Url::parse(&back).map_err(|_| ApiError::internal())?;
             url.query_pairs_mut().append_pair("connection_id", &a.connection_id).append_pair("status", "success");
-            Ok(url.to_string())
+            Ok(Next::Redirect(url.to_string()))
         }
+        Err(e) if schema.is_some() && e.status().is_client_error() && e.message.contains("connection_config") => {
+            Ok(Next::Config(config_page(&config_errors(&e))))
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -189,32 +332,7 @@ pub async fn credentials_page(
     let provider = state.store.provider_by_name(&schema.provider).await.ok().flatten();
     let config = provider.as_ref().map(|p| &p.config);
     let display = config.and_then(|c| c.display_name.clone()).unwrap_or_else(|| schema.provider.clone());
-    let s = &schema.credential_schema;
-    let required: Vec<&str> = s
-        .get("required")
-        .and_then(serde_json::Value::as_array)
-        .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
-        .unwrap_or_default();
-    let mut fields = Vec::new();
-    if let Some(props) = s.get("properties").and_then(serde_json::Value::as_object) {
-        for (name, prop) in props {
-            let text = |key: &str| prop.get(key).and_then(serde_json::Value::as_str).map(str::to_owned);
-            let secret = prop.get("format").and_then(serde_json::Value::as_str) == Some("password")
-                || prop.get("writeOnly").and_then(serde_json::Value::as_bool) == Some(true)
-                || ["secret", "password", "token", "private_key", "api_key"]
-                    .iter()
-                    .any(|w| name.to_lowercase().contains(w));
-            fields.push(Field {
-                title: text("title").unwrap_or_else(|| name.replace('_', " ")),
-                description: text("description").unwrap_or_default(),
-                required: required.contains(&name.as_str()),
-                value: if secret { String::new() } else { values.get(name).cloned().unwrap_or_default() },
-                error: errors.get(name).cloned(),
-                secret,
-                name: name.clone(),
-            });
-        }
-    }
+    let fields = schema_fields(&schema.credential_schema, values, errors);
     CredentialsPage {
         title: format!("Connect {display}"),
         initials: initials(&display),

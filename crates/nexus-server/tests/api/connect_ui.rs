@@ -108,4 +108,96 @@ async fn the_picker_and_starting_a_connection(backend: Backend) {
     app.stop().await;
 }
 
-both_backends!(the_picker_and_starting_a_connection);
+/// A provider whose URLs need account details asks for them first (and
+/// says inline what is wrong); a connection that needs the user again is
+/// offered for re-authorization in place, keeping its id.
+async fn account_details_and_reconnecting_in_place(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.allowed_return_domains = Some("app.example.test".into())).await;
+    let zendesk = app
+        .post("/v1/providers", &json!({"template": "zendesk", "client_id": "zd-client", "client_secret": "zd-secret"}))
+        .await;
+    assert_eq!(zendesk.status, 201, "{}", zendesk.text);
+    let provider = json!({"name": "svc", "display_name": "Acme Tickets", "auth_type": "api_key",
+                          "params": {"credential_schema": schema(&["api_key"])}});
+    assert_eq!(app.post("/v1/providers", &provider).await.status, 201);
+    let (cookie, _) = session(&app, &["zendesk", "svc"]).await;
+    let base = app.url("").trim_end_matches('/').to_owned();
+    let post = |form: &[(&str, &str)]| {
+        app.client.post(app.url("/connect/start")).header("cookie", &cookie).header("origin", &base).form(form)
+    };
+
+    let asks = app.send(post(&[("provider", "zendesk")])).await;
+    assert_eq!(asks.status, 200, "{}", asks.text);
+    assert!(
+        asks.text.contains("Zendesk subdomain") && asks.text.contains("name=\"config.subdomain\""),
+        "{}",
+        asks.text
+    );
+    assert!(asks.text.contains("aria-required=\"true\""));
+    let wrong = app.send(post(&[("provider", "zendesk"), ("config.subdomain", "evil.example/x")])).await;
+    assert_eq!(wrong.status, 200, "{}", wrong.text);
+    assert!(
+        wrong.text.contains("id=\"e-subdomain\"") && wrong.text.contains("aria-invalid=\"true\""),
+        "{}",
+        wrong.text
+    );
+    assert!(wrong.text.contains("value=\"evil.example/x\""), "what was typed is kept (escaped)");
+    let ok = app.send(post(&[("provider", "zendesk"), ("config.subdomain", "acme")])).await;
+    assert_eq!(ok.status, 303, "{}", ok.text);
+    let location = ok.headers["location"].to_str().unwrap();
+    assert!(location.starts_with("https://acme.zendesk.com/oauth/authorizations/new?"), "{location}");
+
+    // A connection that stopped working: offered first, reconnected under its id.
+    let req = app
+        .post(
+            "/v1/request-connection",
+            &json!({"workspace_id": "acme", "provider_name": "svc", "return_url": "https://app.example.test/done"}),
+        )
+        .await;
+    let id = req.json["connection_id"].as_str().unwrap().to_owned();
+    sqlx::query(&format!("UPDATE connections SET status = 'attention_required' WHERE id = '{id}'"))
+        .execute(app.store().pool())
+        .await
+        .unwrap();
+    let picker = app.send(app.client.get(app.url("/connect")).header("cookie", &cookie)).await;
+    assert!(
+        picker.text.contains("Needs your attention") && picker.text.contains("Reconnect Acme Tickets"),
+        "{}",
+        picker.text
+    );
+    assert!(picker.text.contains(&format!("value=\"{id}\"")));
+    let again = app.send(post(&[("provider", "svc"), ("connection_id", &id)])).await;
+    assert_eq!(again.status, 303, "{}", again.text);
+    assert!(again.headers["location"].to_str().unwrap().contains("/auth/capture?state="));
+    let row = app.store().connection_by_id(&id).await.unwrap().unwrap();
+    assert_eq!(row.status.as_str(), "pending", "the same connection, its handshake restarted");
+    app.stop().await;
+}
+
+/// `CONNECT_FRAME_ANCESTORS` lets the named origins embed the pages (and no one else).
+async fn embedding_origins_are_configured(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| {
+        c.connect_frame_ancestors = Some("https://app.example.test, https://admin.example.test".into());
+    })
+    .await;
+    let provider =
+        json!({"name": "svc", "auth_type": "api_key", "params": {"credential_schema": schema(&["api_key"])}});
+    assert_eq!(app.post("/v1/providers", &provider).await.status, 201);
+    let (cookie, _) = session(&app, &["svc"]).await;
+    let page = app.send(app.client.get(app.url("/connect")).header("cookie", &cookie)).await;
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("frame-ancestors https://app.example.test https://admin.example.test"), "{csp}");
+    assert!(!csp.contains("frame-ancestors 'none'"));
+    let api = app.get("/v1/providers").await;
+    assert!(api
+        .headers
+        .get("content-security-policy")
+        .is_none_or(|v| !v.to_str().unwrap().contains("app.example.test")));
+    app.stop().await;
+}
+
+both_backends!(
+    the_picker_and_starting_a_connection,
+    account_details_and_reconnecting_in_place,
+    embedding_origins_are_configured
+);
