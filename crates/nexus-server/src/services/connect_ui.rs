@@ -276,9 +276,16 @@ mod tests {
                 logo_url: None,
                 initials: "EV".into(),
             }],
+            attention: vec![AttentionEntry {
+                connection_id: "c\"1".into(),
+                provider: "p".into(),
+                display_name: "<i>x</i>".into(),
+                reason: "r".into(),
+            }],
         };
         let html = page.render().unwrap();
         assert!(!html.contains("<script>") && !html.contains("<b>Evil") && !html.contains("<img src=x"));
+        assert!(!html.contains("<i>x</i>") && !html.contains("c\"1"));
         assert!(html.contains("&#60;b&#62;Evil") || html.contains("&lt;b&gt;Evil"), "{html}");
     }
 }
