@@ -304,9 +304,14 @@ fn extra_paths() -> Vec<(String, Value)> {
                 "summary": "The Connect UI's provider choice: starts a connection for the session of the cookie",
                 "requestBody": {"required": true, "content": {"application/x-www-form-urlencoded": {"schema": {
                     "type": "object", "required": ["provider"],
-                    "properties": {"provider": {"type": "string", "description": "a provider name the session may connect"}}
+                    "properties": {
+                        "provider": {"type": "string", "description": "a provider name the session may connect"},
+                        "connection_id": {"type": "string", "description": "a connection of the session's workspace to reconnect in place"}
+                    },
+                    "additionalProperties": {"type": "string", "description": "config.<name>: an account detail of the provider's connection_config_schema"}
                 }}}},
                 "responses": {
+                    "200": html("the account details the provider needs (again with inline errors)"),
                     "303": {"description": "to the provider's consent page, the credential form, or back to return_url"},
                     "400": html("a page saying what went wrong, with a way to try again"),
                     "403": html("a page refusing a form posted from another site"),
@@ -346,13 +351,16 @@ fn extra_paths() -> Vec<(String, Value)> {
                         "additionalProperties": {"type": "string"}
                     }}}},
                     "responses": {
-                        "303": {"description": "to return_url?connection_id=…&status=success"},
-                        "400": html("a page saying what is wrong"),
+                        "200": html("connected: a page that returns to return_url?connection_id=…&status=success at once (Refresh)"),
+                        "400": html("the form again, each error next to its field (a refusal by the provider above it), or a page saying the link is not valid"),
+                        "404": html("a page saying the connection is gone"),
                         "409": html("a page saying the link was used"),
                         "410": html("a page saying the provider was deleted"),
                         "413": {"description": "payload_too_large"},
                         "415": {"description": "unsupported_media_type"},
-                        "502": html("a page saying the provider refused the credential"),
+                        "502": html("the form again, saying the provider could not be reached"),
+                        "503": html("a page saying the database is away"),
+                        "504": html("the form again, saying the provider did not answer in time"),
                     }
                 }
             }),

@@ -119,9 +119,11 @@ fn ui_page(status: StatusCode, page: &impl askama::Template) -> Response {
 pub async fn capture_form(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Form(form): Form<BTreeMap<String, String>>,
+    form: Result<Form<BTreeMap<String, String>>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let mut form = form;
+    let Ok(Form(mut form)) = form else {
+        return plain_page(StatusCode::BAD_REQUEST, "Credential capture", "Send the form from its page.");
+    };
     let raw_state = form.remove("state").unwrap_or_default();
     let credentials: Map<String, Value> =
         form.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();

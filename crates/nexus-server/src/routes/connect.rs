@@ -186,8 +186,12 @@ pub async fn start(
     let foreign = |name: header::HeaderName| {
         headers.get(name).and_then(|v| v.to_str().ok()).is_some_and(|o| o != base && o != "null")
     };
-    let cross_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()).is_some_and(|s| s == "cross-site");
-    if foreign(header::ORIGIN) || cross_site {
+    // Only a page of Nexus's own may post here: a browser says so in
+    // Sec-Fetch-Site (a sibling subdomain is "same-site", and refused too).
+    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    let not_ours = fetch_site.is_some_and(|s| s != "same-origin" && s != "none");
+    let null_origin = headers.get(header::ORIGIN).is_some_and(|o| o == "null");
+    if foreign(header::ORIGIN) || not_ours || (null_origin && fetch_site != Some("same-origin")) {
         return page(StatusCode::FORBIDDEN, "This request was refused", "<p>Start again from the application.</p>");
     }
     let Some(token) = cookie_token(&headers) else {

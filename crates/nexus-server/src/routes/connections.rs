@@ -100,6 +100,15 @@ pub fn plain_page(status: StatusCode, title: &str, message: &str) -> Response {
     let mut resp =
         (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], body)
             .into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        axum::http::HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, axum::http::HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, axum::http::HeaderValue::from_static("no-referrer"));
     resp.extensions_mut().insert(crate::middleware::error_json::KeepBody);
     resp
 }

@@ -53,6 +53,8 @@ pub struct ConfigPage {
     pub provider_name: String,
     pub fields: Vec<Field>,
     pub form_error: Option<String>,
+    /// The connection being reconnected, if any (kept across the form).
+    pub connection_id: String,
 }
 
 #[derive(Template)]
@@ -85,6 +87,10 @@ pub async fn picker(state: &AppState, session: &ConnectSessionRow, query: &str) 
     let mut providers: Vec<PickerEntry> = rows
         .into_iter()
         .filter(|row| connect_sessions::allows_provider(session, row.config.name.as_str()))
+        // A grant that needs no user is offered only when the session names it.
+        .filter(|row| {
+            session.providers.is_some() || row.config.auth_type != nexus_core::AuthType::Oauth2ClientCredentials
+        })
         .map(|row| {
             let c = row.config;
             let display_name = c.display_name.clone().unwrap_or_else(|| c.name.to_string());
@@ -96,12 +102,14 @@ pub async fn picker(state: &AppState, session: &ConnectSessionRow, query: &str) 
                 display_name,
             }
         })
-        .filter(|p| {
-            needle.is_empty()
-                || [&p.name, &p.display_name, &p.description].iter().any(|s| s.to_lowercase().contains(&needle))
-        })
         .collect();
     providers.sort_by_key(|p| p.display_name.to_lowercase());
+    let names: std::collections::HashMap<String, String> =
+        providers.iter().map(|p| (p.name.clone(), p.display_name.clone())).collect();
+    providers.retain(|p| {
+        needle.is_empty()
+            || [&p.name, &p.display_name, &p.description].iter().any(|s| s.to_lowercase().contains(&needle))
+    });
     // Connections of this workspace that need the user again, re-authorized in place.
     let filter = nexus_store::ConnectionFilter {
         workspace_id: Some(session.workspace_id.clone()),
@@ -116,11 +124,7 @@ pub async fn picker(state: &AppState, session: &ConnectSessionRow, query: &str) 
         .into_iter()
         .filter(|c| connect_sessions::allows_provider(session, &c.provider_name))
         .map(|c| AttentionEntry {
-            display_name: providers
-                .iter()
-                .find(|p| p.name == c.provider_name)
-                .map(|p| p.display_name.clone())
-                .unwrap_or_else(|| c.provider_name.clone()),
+            display_name: names.get(&c.provider_name).cloned().unwrap_or_else(|| c.provider_name.clone()),
             reason: "The service no longer accepts the access it gave. Sign in again.".into(),
             connection_id: c.id,
             provider: c.provider_name,
@@ -141,16 +145,14 @@ pub fn schema_fields(
         .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
         .unwrap_or_default();
     let Some(props) = schema.get("properties").and_then(serde_json::Value::as_object) else { return Vec::new() };
+    let first_error = props.keys().find(|k| errors.contains_key(*k)).cloned();
     props
         .iter()
         .map(|(name, prop)| {
             let text = |key: &str| prop.get(key).and_then(serde_json::Value::as_str).map(str::to_owned);
-            let secret = prop.get("format").and_then(serde_json::Value::as_str) == Some("password")
-                || prop.get("writeOnly").and_then(serde_json::Value::as_bool) == Some(true)
-                || ["secret", "password", "token", "private_key", "api_key"]
-                    .iter()
-                    .any(|w| name.to_lowercase().contains(w));
+            let secret = is_secret(name, prop);
             Field {
+                autofocus: first_error.as_deref() == Some(name.as_str()),
                 title: text("title").unwrap_or_else(|| name.replace('_', " ")),
                 description: text("description").unwrap_or_default(),
                 required: required.contains(&name.as_str()),
@@ -161,6 +163,19 @@ pub fn schema_fields(
             }
         })
         .collect()
+}
+
+/// Errors of fields the form does not show go to the form's own error, so
+/// none is lost.
+pub fn fold_unshown(fields: &[Field], errors: &std::collections::BTreeMap<String, String>) -> Option<String> {
+    let unshown: Vec<String> = errors
+        .iter()
+        .filter(|(k, _)| !k.is_empty() && !fields.iter().any(|f| &f.name == *k))
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
+    let mut all: Vec<String> = errors.get("").cloned().into_iter().collect();
+    all.extend(unshown);
+    (!all.is_empty()).then(|| all.join("; "))
 }
 
 /// What `POST /connect/start` leads to.
@@ -215,18 +230,30 @@ pub async fn start(
         .filter_map(|(k, v)| k.strip_prefix("config.").map(|k| (k.to_owned(), v.trim().to_owned())))
         .collect();
     let schema = provider.config.connection_config_schema().filter(|s| s.get("properties").is_some()).cloned();
-    let config_page = |errors: &std::collections::BTreeMap<String, String>| ConfigPage {
-        title: format!("Connect {display}"),
-        provider: display.clone(),
-        provider_name: provider.config.name.to_string(),
-        fields: schema.as_ref().map(|s| schema_fields(s, &values, errors)).unwrap_or_default(),
-        form_error: errors.get("").cloned(),
+    let connection_id = form.get("connection_id").filter(|id| !id.is_empty()).cloned();
+    let config_page = |errors: &std::collections::BTreeMap<String, String>| {
+        let fields = schema.as_ref().map(|s| schema_fields(s, &values, errors)).unwrap_or_default();
+        ConfigPage {
+            title: if errors.is_empty() { format!("Connect {display}") } else { format!("Error: connect {display}") },
+            provider: display.clone(),
+            provider_name: provider.config.name.to_string(),
+            form_error: fold_unshown(&fields, errors),
+            fields,
+            connection_id: connection_id.clone().unwrap_or_default(),
+        }
     };
     let mut body = json!({ "provider_name": provider.config.name.as_str() });
-    if let Some(id) = form.get("connection_id").filter(|id| !id.is_empty()) {
+    // Reconnecting keeps the account details the connection already has.
+    let mut known_config = None;
+    if let Some(id) = &connection_id {
         body["connection_id"] = json!(id);
+        if let Some(row) = state.store.connection_by_id(id).await?.filter(|r| r.workspace_id == session.workspace_id) {
+            known_config = (!row.connection_config.is_empty()).then_some(row.connection_config);
+        }
     }
-    if schema.is_some() && session.connection_config.is_none() {
+    if let (Some(config), true) = (known_config, values.is_empty()) {
+        body["connection_config"] = serde_json::Value::Object(config);
+    } else if schema.is_some() && session.connection_config.is_none() {
         if values.is_empty() {
             return Ok(Next::Config(config_page(&Default::default())));
         }
@@ -301,6 +328,20 @@ pub struct Field {
     /// What the user typed, shown again after an error (never for a secret).
     pub value: String,
     pub error: Option<String>,
+    /// The first field in error takes the focus when the page opens.
+    pub autofocus: bool,
+}
+
+/// Whether a field is a secret: marked so by the schema, or named like one
+/// (`app_key`, `apiKey`, `passphrase`, `client-secret`…). Secrets are masked
+/// and never shown again.
+pub fn is_secret(name: &str, prop: &serde_json::Value) -> bool {
+    let flat: String = name.chars().filter(|c| c.is_alphanumeric()).collect::<String>().to_lowercase();
+    prop.get("format").and_then(serde_json::Value::as_str) == Some("password")
+        || prop.get("writeOnly").and_then(serde_json::Value::as_bool) == Some(true)
+        || ["key", "pass", "secret", "token", "auth", "credential", "pin", "private", "signature", "cert"]
+            .iter()
+            .any(|w| flat.contains(w))
 }
 
 #[derive(Template)]
@@ -340,15 +381,16 @@ pub async fn credentials_page(
     let config = provider.as_ref().map(|p| &p.config);
     let display = config.and_then(|c| c.display_name.clone()).unwrap_or_else(|| schema.provider.clone());
     let fields = schema_fields(&schema.credential_schema, values, errors);
+    let form_error = fold_unshown(&fields, errors);
     CredentialsPage {
-        title: format!("Connect {display}"),
+        title: if errors.is_empty() { format!("Connect {display}") } else { format!("Error: connect {display}") },
         initials: initials(&display),
         description: config.and_then(|c| c.description.clone()).unwrap_or_default(),
         logo_url: config.and_then(|c| c.template.as_deref()).and_then(catalog_logo),
         provider: display,
         state: raw_state.to_owned(),
         fields,
-        form_error: errors.get("").cloned(),
+        form_error,
     }
 }
 

@@ -171,6 +171,29 @@ async fn account_details_and_reconnecting_in_place(backend: Backend) {
     assert!(again.headers["location"].to_str().unwrap().contains("/auth/capture?state="));
     let row = app.store().connection_by_id(&id).await.unwrap().unwrap();
     assert_eq!(row.status.as_str(), "pending", "the same connection, its handshake restarted");
+    // A Zendesk connection that needs the user again: no details asked twice, the same id.
+    let zd = app
+        .post(
+            "/v1/request-connection",
+            &json!({"workspace_id": "acme", "provider_name": "zendesk", "return_url": "https://app.example.test/done",
+                                               "connection_config": {"subdomain": "acme"}}),
+        )
+        .await;
+    assert_eq!(zd.status, 200, "{}", zd.text);
+    let zd_id = zd.json["connection_id"].as_str().unwrap().to_owned();
+    sqlx::query(&format!("UPDATE connections SET status = 'attention_required', connection_config = '{{\"subdomain\":\"acme\"}}' WHERE id = '{zd_id}'"))
+        .execute(app.store().pool())
+        .await
+        .unwrap();
+    let before = app.get("/v1/connections?workspace_id=acme").await.json.as_array().unwrap().len();
+    let reconnect = app.send(post(&[("provider", "zendesk"), ("connection_id", &zd_id)])).await;
+    assert_eq!(reconnect.status, 303, "{}", reconnect.text);
+    assert!(reconnect.headers["location"].to_str().unwrap().starts_with("https://acme.zendesk.com/"));
+    assert_eq!(
+        app.get("/v1/connections?workspace_id=acme").await.json.as_array().unwrap().len(),
+        before,
+        "no new connection"
+    );
     app.stop().await;
 }
 
@@ -201,3 +224,71 @@ both_backends!(
     account_details_and_reconnecting_in_place,
     embedding_origins_are_configured
 );
+
+/// Secrets named like secrets (`app_key`) are masked and never shown again;
+/// a form sent from a sibling site is refused; the form's own error pages
+/// carry the strict headers too.
+async fn secrets_stay_masked_and_forms_come_from_nexus(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.allowed_return_domains = Some("app.example.test".into())).await;
+    let provider = json!({"name": "dd", "display_name": "Datadog-like", "auth_type": "api_key",
+        "params": {"credential_schema": {"type": "object", "required": ["api_key", "app_key", "site"],
+            "properties": {"api_key": {"type": "string"}, "app_key": {"type": "string"}, "site": {"type": "string", "pattern": "^[a-z.]+$"}}}}});
+    assert_eq!(app.post("/v1/providers", &provider).await.status, 201);
+    let req = app
+        .post(
+            "/v1/request-connection",
+            &json!({"workspace_id": "acme", "provider_name": "dd", "return_url": "https://app.example.test/done"}),
+        )
+        .await;
+    let state = req.json["state"].as_str().unwrap();
+    let page = app.send(app.client.get(app.url("/auth/capture")).query(&[("state", state)])).await;
+    assert!(page.text.contains("name=\"app_key\" type=\"password\""), "{}", page.text);
+    let sent = [("state", state), ("api_key", "k-visible-1"), ("app_key", "app-secret-2"), ("site", "BAD SITE")];
+    let again = app.send(app.client.post(app.url("/auth/capture")).form(&sent)).await;
+    assert_eq!(again.status, 400, "{}", again.text);
+    assert!(!again.text.contains("k-visible-1") && !again.text.contains("app-secret-2"), "secrets never echoed");
+    assert!(again.text.contains("value=\"BAD SITE\"") && again.text.contains("autofocus"), "{}", again.text);
+    assert!(again.text.contains("<title>Error: connect Datadog-like</title>"));
+    // The form's error pages have the strict headers as well.
+    let forged = app.send(app.client.get(app.url("/auth/capture?state=forged"))).await;
+    assert_eq!(forged.status, 400);
+    assert!(forged.headers["content-security-policy"].to_str().unwrap().contains("frame-ancestors 'none'"));
+    let odd = app.send(app.client.post(app.url("/auth/capture")).header("content-type", "text/plain").body("x")).await;
+    assert_eq!(odd.status, 400);
+    // A sibling site posting with the cookie is refused.
+    assert_eq!(
+        app.post(
+            "/v1/providers",
+            &json!({"name": "svc", "auth_type": "api_key", "params": {"credential_schema": schema(&["api_key"])}})
+        )
+        .await
+        .status,
+        201
+    );
+    let (cookie, _) = session(&app, &["svc"]).await;
+    let sibling = app
+        .send(
+            app.client
+                .post(app.url("/connect/start"))
+                .header("cookie", &cookie)
+                .header("origin", "null")
+                .header("sec-fetch-site", "same-site")
+                .form(&[("provider", "svc")]),
+        )
+        .await;
+    assert_eq!(sibling.status, 403);
+    let ours = app
+        .send(
+            app.client
+                .post(app.url("/connect/start"))
+                .header("cookie", &cookie)
+                .header("origin", "null")
+                .header("sec-fetch-site", "same-origin")
+                .form(&[("provider", "svc")]),
+        )
+        .await;
+    assert_eq!(ours.status, 303, "{}", ours.text);
+    app.stop().await;
+}
+
+both_backends!(secrets_stay_masked_and_forms_come_from_nexus);
