@@ -6,6 +6,7 @@ mod audit;
 mod bad_input;
 mod capture;
 mod catalog;
+mod connect_browser;
 mod connect_ui;
 mod contract;
 mod grants;
