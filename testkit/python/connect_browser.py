@@ -2,7 +2,7 @@
 for Nexus's browser tests. Reads a JSON plan on stdin, prints a JSON report.
 
 Plan: {"base", "static_url", "oauth_url", "tenant_url", "reauth_url", "forged_url",
-       "return_prefix", "screenshots", "profile"}.
+       "return_prefix", "provider_prefix", "screenshots", "profile"}.
 Report: what the browser saw at each step (addresses, texts, the element
 keyboard focus reached); the Rust test asserts on it.
 """
@@ -15,6 +15,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
 plan = json.load(sys.stdin)
@@ -53,7 +54,9 @@ def tab_to(element_id, limit=30):
 
 def consent_at_provider():
     """Signs in (if asked) and consents on oidc-provider's pages, until back at the app."""
-    for _ in range(4):
+    # On the provider's site first (the page we came from has submit buttons too).
+    wait.until(lambda d: d.current_url.startswith((plan["provider_prefix"], plan["return_prefix"])))
+    for _ in range(6):
         wait.until(lambda d: d.current_url.startswith(plan["return_prefix"])
                    or d.find_elements(By.NAME, "login") or d.find_elements(By.CSS_SELECTOR, "button[type=submit]"))
         if driver.current_url.startswith(plan["return_prefix"]):
@@ -61,10 +64,12 @@ def consent_at_provider():
         if driver.find_elements(By.NAME, "login"):
             driver.find_element(By.NAME, "login").send_keys("alice")
             driver.find_element(By.NAME, "password").send_keys("any")
-        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        button = driver.find_element(By.CSS_SELECTOR, "button[type=submit]")
+        button.click()
+        # The next page, not this one still on screen.
+        wait.until(EC.staleness_of(button))
     wait.until(lambda d: d.current_url.startswith(plan["return_prefix"]))
     return driver.current_url
-
 
 try:
     # A static connection, by keyboard only.
@@ -83,7 +88,9 @@ try:
             break
         el.send_keys(Keys.TAB)
     report["keyboard_reached_provider"] = reached
-    driver.switch_to.active_element.send_keys(Keys.ENTER)
+    chosen = driver.switch_to.active_element
+    chosen.send_keys(Keys.ENTER)
+    wait.until(EC.staleness_of(chosen))
     wait.until(lambda d: "/auth/capture" in d.current_url)
     report["form_labels"] = [l.text for l in driver.find_elements(By.TAG_NAME, "label")]
     report["keyboard_reached_username"] = tab_to("f-username")

@@ -108,6 +108,7 @@ async fn a_user_connects_in_a_browser(backend: Backend) {
         "tenant_url": tenant_url,
         "forged_url": app.url(&format!("/connect?session=nxc_{}", "A".repeat(43))),
         "return_prefix": return_url,
+        "provider_prefix": format!("{}/", idp.issuer().trim_end_matches('/')),
         "screenshots": shots,
         "profile": profile.path(),
     });
