@@ -77,11 +77,22 @@ pub async fn static_connection(app: &TestApp, name: &str, provider: Value, crede
 /// A connection to the registered static provider `name` with
 /// `connection_config`, its `credentials` captured; returns its id.
 pub async fn capture_connection(app: &TestApp, name: &str, connection_config: Value, credentials: Value) -> String {
+    capture_connection_in(app, "w", name, connection_config, credentials).await
+}
+
+/// [`capture_connection`] in workspace `workspace`.
+pub async fn capture_connection_in(
+    app: &TestApp,
+    workspace: &str,
+    name: &str,
+    connection_config: Value,
+    credentials: Value,
+) -> String {
     app.remember_credentials(&credentials);
     let req = app
         .post(
             "/v1/request-connection",
-            &json!({"workspace_id": "w", "provider_name": name, "return_url": "https://app.example.test/",
+            &json!({"workspace_id": workspace, "provider_name": name, "return_url": "https://app.example.test/",
                     "connection_config": connection_config}),
         )
         .await;

@@ -42,6 +42,18 @@ impl Caller {
         self.access.as_ref().and_then(|a| a.session.as_deref())
     }
 
+    /// An audit row of `event` caused by this caller (its address, user
+    /// agent and key), with `data`.
+    pub fn audit(&self, event: nexus_core::AuditEvent, data: serde_json::Value) -> nexus_store::NewAudit {
+        nexus_store::NewAudit {
+            ip: Some(self.ip_string()),
+            user_agent: self.user_agent.clone(),
+            data,
+            api_key: self.api_key.clone(),
+            ..nexus_store::NewAudit::new(event)
+        }
+    }
+
     /// The workspaces this caller is limited to (`None`: every one).
     pub fn workspaces(&self) -> Option<&[String]> {
         self.access.as_ref().and_then(|a| a.workspaces.as_deref())

@@ -10,7 +10,7 @@ use crate::services::capture::{self, CaptureSchema, Captured};
 use crate::services::connect_ui;
 use crate::state::AppState;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Form, Json};
 use serde::Deserialize;
@@ -105,12 +105,12 @@ fn ui_page(status: StatusCode, page: &impl askama::Template) -> Response {
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-            .parse()
-            .expect("static"),
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
     );
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, "nosniff".parse().expect("static"));
-    h.insert(header::REFERRER_POLICY, "no-referrer".parse().expect("static"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     resp.extensions_mut().insert(crate::middleware::error_json::KeepBody);
     resp
 }

@@ -107,8 +107,8 @@ impl std::fmt::Debug for Keys {
 impl Keys {
     /// Allowing `burst` failures at once per address, then one a second.
     pub fn new(burst: u32) -> Keys {
-        let quota = Quota::per_second(NonZeroU32::new(FAILURES_PER_SECOND).expect("non-zero"))
-            .allow_burst(NonZeroU32::new(burst.max(1)).expect("non-zero"));
+        let quota = Quota::per_second(NonZeroU32::new(FAILURES_PER_SECOND).unwrap_or(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
         Keys {
             read: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(TRUST).build(),
             known_good: moka::sync::Cache::builder()
@@ -414,16 +414,6 @@ fn view(row: &ApiKeyRow) -> ApiKeyView {
     }
 }
 
-fn audit(caller: &Caller, event: AuditEvent, data: Value) -> NewAudit {
-    NewAudit {
-        ip: Some(caller.ip_string()),
-        user_agent: caller.user_agent.clone(),
-        data,
-        api_key: caller.api_key.clone(),
-        ..NewAudit::new(event)
-    }
-}
-
 fn clean_text(s: &str) -> bool {
     !s.trim().is_empty() && !s.chars().any(char::is_control)
 }
@@ -483,7 +473,7 @@ pub async fn create(state: &AppState, caller: &Caller, body: Value) -> Result<Ap
         revoked_at: None,
     };
     let data = json!({ "key_id": row.id, "name": row.name, "role": row.role, "workspaces": row.workspaces });
-    state.store.insert_api_key(&row, audit(caller, AuditEvent::ApiKeyCreated, data)).await?;
+    state.store.insert_api_key(&row, caller.audit(AuditEvent::ApiKeyCreated, data)).await?;
     Ok(ApiKeyView { key: Some(key), ..view(&row) })
 }
 
@@ -497,7 +487,7 @@ pub async fn revoke(state: &AppState, caller: &Caller, id: &str) -> Result<ApiKe
         let data = json!({ "key_id": row.id, "name": row.name });
         state
             .store
-            .revoke_api_key(&row.id, state.clock.now_micros(), audit(caller, AuditEvent::ApiKeyRevoked, data))
+            .revoke_api_key(&row.id, state.clock.now_micros(), caller.audit(AuditEvent::ApiKeyRevoked, data))
             .await?;
         state.keys.forget(&row.digest, &row.id);
     }

@@ -129,12 +129,8 @@ pub async fn create(state: &AppState, caller: &Caller, body: Value) -> Result<Co
         expires_at: now + i64::try_from(LIFETIME.as_micros()).unwrap_or(i64::MAX),
     };
     let entry = NewAudit {
-        ip: Some(caller.ip_string()),
-        user_agent: caller.user_agent.clone(),
         workspace_id: Some(row.workspace_id.clone()),
-        data: json!({ "session_id": row.id, "providers": row.providers }),
-        api_key: caller.api_key.clone(),
-        ..NewAudit::new(AuditEvent::ConnectSessionCreated)
+        ..caller.audit(AuditEvent::ConnectSessionCreated, json!({ "session_id": row.id, "providers": row.providers }))
     };
     state.store.insert_connect_session(&row, entry).await?;
     let base = state.config.base_url.as_str().trim_end_matches('/');

@@ -136,6 +136,7 @@ pub async fn picker(state: &AppState, session: &ConnectSessionRow, query: &str) 
 /// The fields of a JSON Schema's properties, in the operator's order.
 pub fn schema_fields(
     schema: &serde_json::Value,
+    input_prefix: &str,
     values: &std::collections::BTreeMap<String, String>,
     errors: &std::collections::BTreeMap<String, String>,
 ) -> Vec<Field> {
@@ -159,6 +160,7 @@ pub fn schema_fields(
                 value: if secret { String::new() } else { values.get(name).cloned().unwrap_or_default() },
                 error: errors.get(name).cloned(),
                 secret,
+                input_name: format!("{input_prefix}{name}"),
                 name: name.clone(),
             }
         })
@@ -232,7 +234,7 @@ pub async fn start(
     let schema = provider.config.connection_config_schema().filter(|s| s.get("properties").is_some()).cloned();
     let connection_id = form.get("connection_id").filter(|id| !id.is_empty()).cloned();
     let config_page = |errors: &std::collections::BTreeMap<String, String>| {
-        let fields = schema.as_ref().map(|s| schema_fields(s, &values, errors)).unwrap_or_default();
+        let fields = schema.as_ref().map(|s| schema_fields(s, "config.", &values, errors)).unwrap_or_default();
         ConfigPage {
             title: if errors.is_empty() { format!("Connect {display}") } else { format!("Error: connect {display}") },
             provider: display.clone(),
@@ -320,6 +322,8 @@ mod tests {
 /// One field of the credential form.
 pub struct Field {
     pub name: String,
+    /// The form's name for it (`config.` + name on the account-details form).
+    pub input_name: String,
     pub title: String,
     pub description: String,
     pub required: bool,
@@ -380,7 +384,7 @@ pub async fn credentials_page(
     let provider = state.store.provider_by_name(&schema.provider).await.ok().flatten();
     let config = provider.as_ref().map(|p| &p.config);
     let display = config.and_then(|c| c.display_name.clone()).unwrap_or_else(|| schema.provider.clone());
-    let fields = schema_fields(&schema.credential_schema, values, errors);
+    let fields = schema_fields(&schema.credential_schema, "", values, errors);
     let form_error = fold_unshown(&fields, errors);
     CredentialsPage {
         title: if errors.is_empty() { format!("Connect {display}") } else { format!("Error: connect {display}") },

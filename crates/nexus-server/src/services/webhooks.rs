@@ -7,7 +7,7 @@ use crate::services::providers::rfc3339;
 use crate::state::AppState;
 use base64::Engine;
 use nexus_core::{AuditEvent, SecretString, ValidationErrors, WebhookEvent};
-use nexus_store::{AttemptRow, DeliveryFilter, DeliveryRow, DeliveryStatus, NewAudit, WebhookRow};
+use nexus_store::{AttemptRow, DeliveryFilter, DeliveryRow, DeliveryStatus, WebhookRow};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
@@ -135,16 +135,6 @@ pub struct DeliveryQuery {
     pub cursor: Option<String>,
 }
 
-fn audit(caller: &Caller, event: AuditEvent, data: Value) -> NewAudit {
-    NewAudit {
-        ip: Some(caller.ip_string()),
-        user_agent: caller.user_agent.clone(),
-        data,
-        api_key: caller.api_key.clone(),
-        ..NewAudit::new(event)
-    }
-}
-
 /// A new `whsec_` secret: 32 random bytes.
 fn generate_secret() -> String {
     let bytes: [u8; 32] = rand::random();
@@ -253,7 +243,7 @@ pub async fn create(state: &AppState, caller: &Caller, body: Value) -> Result<We
         updated_at: now,
     };
     let data = json!({ "webhook_id": id, "url": row.url, "events": view(&row).events });
-    state.store.insert_webhook(&row, audit(caller, AuditEvent::WebhookCreated, data)).await?;
+    state.store.insert_webhook(&row, caller.audit(AuditEvent::WebhookCreated, data)).await?;
     Ok(WebhookView { secret: Some(secret), ..view(&row) })
 }
 
@@ -268,7 +258,7 @@ pub async fn find(state: &AppState, id: &str) -> Result<WebhookRow, ApiError> {
 pub async fn delete(state: &AppState, caller: &Caller, id: &str) -> Result<(), ApiError> {
     let row = find(state, id).await?;
     let data = json!({ "webhook_id": row.id, "url": row.url });
-    if !state.store.delete_webhook(&row.id, audit(caller, AuditEvent::WebhookDeleted, data)).await? {
+    if !state.store.delete_webhook(&row.id, caller.audit(AuditEvent::WebhookDeleted, data)).await? {
         return Err(ApiError::not_found("no webhook with that id"));
     }
     Ok(())
@@ -359,7 +349,7 @@ pub async fn redeliver(
 ) -> Result<DeliveryView, ApiError> {
     let hook = find(state, webhook_id).await?;
     let data = json!({ "webhook_id": hook.id, "delivery_id": id });
-    let entry = audit(caller, AuditEvent::WebhookRedelivered, data);
+    let entry = caller.audit(AuditEvent::WebhookRedelivered, data);
     if !state.store.redeliver(&hook.id, id, state.clock.now_micros(), entry).await? {
         return Err(ApiError::not_found("no such delivery"));
     }

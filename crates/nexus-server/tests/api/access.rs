@@ -34,24 +34,8 @@ async fn key(
 
 /// A captured static connection in `workspace`.
 async fn connection(app: &TestApp, provider: &str, workspace: &str) -> String {
-    let req = app
-        .post(
-            "/v1/request-connection",
-            &json!({"workspace_id": workspace, "provider_name": provider, "return_url": "https://app.example.test/"}),
-        )
-        .await;
-    assert_eq!(req.status, 200, "{}", req.text);
-    let done = app
-        .send(
-            app.client
-                .post(app.url("/v1/capture-credential"))
-                .header("x-api-key", &app.api_key)
-                .header("accept", "application/json")
-                .json(&json!({"state": req.json["state"], "credentials": {"api_key": format!("k-{workspace}")}})),
-        )
-        .await;
-    assert_eq!(done.status, 200, "{}", done.text);
-    done.json["connection_id"].as_str().unwrap().to_owned()
+    let credentials = json!({"api_key": format!("k-{workspace}")});
+    nexus_testkit::upstream::capture_connection_in(app, workspace, provider, json!({}), credentials).await
 }
 
 /// The status of `method path` with `key` (the body is not read: streams stay open otherwise).
