@@ -4,9 +4,14 @@
 
 use crate::cache::CredentialCache;
 use crate::client::{GatewayClient, GatewayError, TokenAnswer};
-use crate::forward::{Forward, Incoming, ProviderClient, ProviderError};
+use crate::forward::Forward;
+use crate::h1::Agent;
 use crate::pipeline::send_with_refresh;
+use crate::relay::{Own, Sender};
 use crate::strategies::{apply, BridgeError};
+use crate::streamed::ProviderBody;
+use crate::upstream::Upstreams;
+use nexus_core::wire::ErrorCode;
 use std::sync::Arc;
 
 /// Why a bridged request failed.
@@ -24,12 +29,22 @@ pub enum SendError {
     StreamingBody,
 }
 
+impl From<Own> for SendError {
+    fn from(own: Own) -> SendError {
+        match own.code {
+            ErrorCode::ProviderTimeout => SendError::ProviderTimeout,
+            ErrorCode::CannotSign => SendError::Sign(BridgeError::Request(own.message)),
+            _ => SendError::Provider(own.message),
+        }
+    }
+}
+
 /// The agent's entry point: a Gateway client plus the credential cache.
 #[derive(Debug, Clone)]
 pub struct Bridge {
     cache: Arc<CredentialCache>,
     http: reqwest::Client,
-    providers: ProviderClient,
+    sender: Sender,
 }
 
 impl Bridge {
@@ -46,10 +61,8 @@ impl Bridge {
             .build()
             .expect("static client configuration");
         let (connect, head) = (std::time::Duration::from_secs(10), std::time::Duration::from_secs(60));
-        let tls = crate::upstream::tls_config(crate::upstream::mozilla_roots())
-            .expect("ring supports rustls' default protocol versions");
-        let providers = ProviderClient::with_tls(connect, head, tls);
-        Bridge { cache: Arc::new(cache), http, providers }
+        let upstreams = Upstreams::new(connect).expect("ring supports rustls' default protocol versions");
+        Bridge { cache: Arc::new(cache), http, sender: Sender::new(upstreams, head) }
     }
 
     pub fn cache(&self) -> &CredentialCache {
@@ -94,27 +107,25 @@ impl Bridge {
     }
 
     /// Signs `fwd` with `answer` (from [`Bridge::credentials`]) and sends it,
-    /// with the 401 rule of [`Bridge::send`]. See [`Forward`].
+    /// with the 401 rule of [`Bridge::send`], on provider connections kept
+    /// per connection id as `nexus proxy` keeps them; the answer's body
+    /// streams. See [`Forward`].
     pub async fn forward(
         &self,
         connection_id: &str,
         fwd: &Forward,
         answer: Arc<TokenAnswer>,
-    ) -> Result<http::Response<Incoming>, SendError> {
-        let to_send = |e: ProviderError| match e {
-            ProviderError::Timeout => SendError::ProviderTimeout,
-            ProviderError::Unreachable => SendError::Provider("connection failed".into()),
-        };
-        send_with_refresh(
-            answer,
-            |answer| {
-                let signed = fwd.signed(&answer);
-                async move { self.providers.send(connection_id, signed?).await.map_err(to_send) }
-            },
-            |resp| resp.status().as_u16(),
-            |stale| async move { Ok(self.cache.refresh(connection_id, &stale).await?) },
-        )
-        .await
+    ) -> Result<http::Response<ProviderBody>, SendError> {
+        let framing = Agent { head_request: fwd.method() == http::Method::HEAD, http10: false, keep_alive: true };
+        let mut link = None;
+        let refresh = |stale: Arc<TokenAnswer>| async move { Ok(self.cache.refresh(connection_id, &stale).await?) };
+        let sent =
+            self.sender.forward::<SendError, _, _>(&mut link, connection_id, fwd, answer, framing, refresh).await;
+        if let Some(up) = link {
+            self.sender.upstreams().check_in(up);
+        }
+        let (up, head, _) = sent?;
+        Ok(self.sender.respond(up, head))
     }
 
     /// Sends a `reqwest::Request` (its body must be in memory) for `connection_id`.

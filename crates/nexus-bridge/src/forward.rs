@@ -1,21 +1,13 @@
 //! The forwarding core of both proxies (the Gateway's `/v1/proxy/…` and
 //! `nexus proxy`): the target under the provider's `api_base_url`, the
-//! headers passed on in each direction, signing, and [`ProviderClient`],
-//! which sends to the provider.
+//! headers passed on in each direction, and signing. Sending is the
+//! relay's provider side (`crate::relay::Sender`).
 
 use crate::client::TokenAnswer;
-use crate::resolve::Resolver;
 use crate::strategies::{apply, BridgeError};
 use crate::target::{forwardable_header, Base};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Method};
-use http_body_util::Full;
-use hyper::body::Bytes;
-/// The body of a provider's answer, as it streams.
-pub use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use std::time::Duration;
 
 /// Why a request did not reach the provider.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,104 +16,6 @@ pub enum ProviderError {
     Timeout,
     #[error("the provider could not be reached")]
     Unreachable,
-}
-
-type Pool = Client<hyper_rustls::HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>;
-
-/// Connection ids whose provider connections are kept at once; a pool
-/// unused for [`POOL_IDLE`] is dropped with its connections.
-const POOLS: u64 = 10_000;
-const POOL_IDLE: Duration = Duration::from_secs(90);
-/// Idle provider connections kept per connection id (each closed after 60 s
-/// unused). As many as an agent's usual parallel requests: with fewer, most
-/// requests of a busy agent opened a connection and closed it again
-/// (`bench/proxy.sh`, 32 at once: a quarter of nginx's throughput).
-const MAX_IDLE_PER_POOL: usize = 32;
-
-/// An HTTP/1.1 client for providers, plain or over TLS (rustls with ring and
-/// Mozilla's roots), with pooled connections. It never follows redirects, so
-/// a proxied request cannot be sent on to another host.
-///
-/// Provider connections are pooled per connection id (one hyper pool each):
-/// a connection that carried requests signed with one connection's
-/// credentials never carries another's. A provider that ignores a
-/// `Content-Length` or answers twice leaves bytes queued that no check
-/// before reuse can see; shared, they would let one agent read another
-/// connection's signed request or answer (see `crate::upstream`).
-#[derive(Clone)]
-pub struct ProviderClient {
-    connector: hyper_rustls::HttpsConnector<HttpConnector<Resolver>>,
-    pools: moka::sync::Cache<String, Pool>,
-    timeout: Duration,
-}
-
-impl std::fmt::Debug for ProviderClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProviderClient")
-            .field("pools", &self.pools.entry_count())
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ProviderClient {
-    /// `connect_timeout` bounds making a connection; `timeout` bounds the
-    /// whole wait for the response head (the body then streams).
-    /// Providers' certificates are checked against Mozilla's roots.
-    pub fn new(connect_timeout: Duration, timeout: Duration) -> Result<ProviderClient, rustls::Error> {
-        ProviderClient::with_roots(connect_timeout, timeout, crate::upstream::mozilla_roots())
-    }
-
-    /// [`ProviderClient::new`] trusting `roots` instead (a private CA, or a test's).
-    pub fn with_roots(
-        connect_timeout: Duration,
-        timeout: Duration,
-        roots: rustls::RootCertStore,
-    ) -> Result<ProviderClient, rustls::Error> {
-        Ok(ProviderClient::with_tls(connect_timeout, timeout, crate::upstream::tls_config(roots)?))
-    }
-
-    /// [`ProviderClient::new`] with a TLS configuration made by `upstream::tls_config`.
-    pub(crate) fn with_tls(
-        connect_timeout: Duration,
-        timeout: Duration,
-        mut tls: rustls::ClientConfig,
-    ) -> ProviderClient {
-        let mut http = HttpConnector::new_with_resolver(Resolver);
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(connect_timeout));
-        http.set_nodelay(true);
-        tls.alpn_protocols.clear(); // `enable_http1` below sets it (and insists on doing so)
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let pools = moka::sync::Cache::builder().max_capacity(POOLS).time_to_idle(POOL_IDLE).build();
-        ProviderClient { connector, pools, timeout }
-    }
-
-    /// Sends `req`, signed for `connection_id`, and waits for the head of
-    /// the answer. It goes on a provider connection that only requests of
-    /// `connection_id` have used, or a new one.
-    pub async fn send(
-        &self,
-        connection_id: &str,
-        req: http::Request<Bytes>,
-    ) -> Result<http::Response<Incoming>, ProviderError> {
-        let pool = self.pools.get_with_by_ref(connection_id, || {
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(60))
-                .pool_max_idle_per_host(MAX_IDLE_PER_POOL)
-                .build(self.connector.clone())
-        });
-        let req = req.map(Full::new);
-        match tokio::time::timeout(self.timeout, pool.request(req)).await {
-            Err(_) => Err(ProviderError::Timeout),
-            Ok(Err(_)) => Err(ProviderError::Unreachable),
-            Ok(Ok(resp)) => Ok(resp),
-        }
-    }
 }
 
 /// An agent's request on its way to the provider, before signing.
@@ -176,6 +70,11 @@ impl Forward {
         &self.uri
     }
 
+    /// Its method.
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
     /// The request signed with `answer`'s strategy and credentials.
     pub fn signed(&self, answer: &TokenAnswer) -> Result<http::Request<Bytes>, BridgeError> {
         let mut req = http::Request::new(self.body.clone());
@@ -198,7 +97,7 @@ impl Forward {
 /// A provider's answer as a proxy relays it: its status and headers minus
 /// hop-by-hop ones (`Content-Length` is kept) and `Set-Cookie` (cookies of the provider must not reach
 /// agents through a shared origin), and its body as it streams.
-pub fn relay(resp: http::Response<Incoming>) -> http::Response<Incoming> {
+pub fn relay<B>(resp: http::Response<B>) -> http::Response<B> {
     let (mut parts, body) = resp.into_parts();
     // `Content-Length` stays: the body keeps its length, and the answer to a
     // `HEAD` has no body to measure.

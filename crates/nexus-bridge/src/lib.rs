@@ -36,6 +36,7 @@ pub mod pipeline;
 pub mod relay;
 pub mod resolve;
 pub mod strategies;
+pub mod streamed;
 pub mod target;
 pub mod upstream;
 

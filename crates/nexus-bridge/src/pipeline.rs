@@ -5,10 +5,11 @@
 //! never refreshed: their `401` is the provider's answer, relayed as it is.
 //! Every caller holds the body in memory, so the second send replays it.
 //!
-//! [`send_with_refresh`] is the whole pipeline for the Gateway proxy,
-//! [`crate::Bridge::send`] and [`crate::Bridge::forward`]; `nexus proxy`
-//! keeps its provider connection between the two sends and asks
-//! [`refreshes_after`] directly.
+//! [`crate::relay::Sender::forward`] applies it for every proxy (the
+//! Gateway's lane and router route, `nexus proxy`) and
+//! [`crate::Bridge::forward`], keeping the provider connection between the
+//! two sends; [`send_with_refresh`] is the same rule for
+//! [`crate::Bridge::send`], which sends with reqwest.
 
 use crate::client::TokenAnswer;
 use nexus_core::strategy::Strategy;

@@ -6,13 +6,9 @@
 //! could take that plain-text request off the machine. Other names go to the
 //! system resolver, as before.
 
-use hyper_util::client::legacy::connect::dns::Name;
 use nexus_core::url_policy::is_localhost_name;
-use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 /// The addresses of `host` at `port`.
 pub async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
@@ -23,7 +19,7 @@ pub async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     Ok(tokio::net::lookup_host((bare, port)).await?.collect())
 }
 
-/// [`resolve`] as a resolver for reqwest and hyper-util's connector.
+/// [`resolve`] as a resolver for reqwest.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Resolver;
 
@@ -34,21 +30,6 @@ impl reqwest::dns::Resolve for Resolver {
             let addrs = resolve(&host, 0).await?;
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
-    }
-}
-
-impl tower_service::Service<Name> for Resolver {
-    type Response = std::vec::IntoIter<SocketAddr>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, name: Name) -> Self::Future {
-        let host = name.as_str().to_owned();
-        Box::pin(async move { resolve(&host, 0).await.map(Vec::into_iter) })
     }
 }
 

@@ -1,9 +1,9 @@
 //! Where a proxied request goes: the provider's `api_base_url` joined with the
 //! agent's path, never anywhere else.
 
+use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Uri};
-use hyper::body::Bytes;
 
 /// A provider's `api_base_url`, parsed once: where every proxied request of
 /// its connections goes.

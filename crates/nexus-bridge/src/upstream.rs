@@ -153,6 +153,20 @@ impl Upstream {
         }
     }
 
+    /// [`Upstream::read_more`] for a poll-based reader (a body that a
+    /// server or client frames itself: `crate::streamed`).
+    pub fn poll_read_more(&mut self, cx: &mut Context<'_>) -> std::task::Poll<std::io::Result<usize>> {
+        let mut chunk = [0u8; 8 * 1024];
+        let mut read = ReadBuf::new(&mut chunk);
+        let polled = match &mut self.io {
+            Io::Tcp(s) => Pin::new(s).poll_read(cx, &mut read),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, &mut read),
+        };
+        std::task::ready!(polled)?;
+        self.buf.extend_from_slice(read.filled());
+        std::task::Poll::Ready(Ok(read.filled().len()))
+    }
+
     /// Writes `parts` in order, as few writes as it can.
     pub async fn write(&mut self, parts: &[&[u8]]) -> std::io::Result<()> {
         match &mut self.io {
@@ -256,6 +270,11 @@ impl std::fmt::Debug for Upstreams {
 }
 
 impl Upstreams {
+    /// Provider certificates are checked against Mozilla's roots.
+    pub fn new(connect_timeout: Duration) -> Result<Upstreams, rustls::Error> {
+        Upstreams::with_roots(connect_timeout, mozilla_roots())
+    }
+
     /// Provider certificates are checked against `roots`.
     pub fn with_roots(connect_timeout: Duration, roots: rustls::RootCertStore) -> Result<Upstreams, rustls::Error> {
         let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_config(roots)?));

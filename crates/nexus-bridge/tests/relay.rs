@@ -576,32 +576,110 @@ async fn https_providers_are_verified_and_their_connections_kept() {
     .await;
 }
 
-/// The Gateway proxy's client (`ProviderClient`, hyper's pool) speaks the same TLS.
+/// A provider's answer as the Gateway's router route and `Bridge::forward`
+/// read it: through the relay's provider side, as a stream
+/// (`Sender::respond`), on `sender`'s connections, for `path` under `base`.
+async fn streamed(
+    sender: &nexus_bridge::relay::Sender,
+    base: &str,
+    path: &str,
+) -> Result<(u16, http::HeaderMap, Result<String, String>), nexus_bridge::relay::Own> {
+    use http_body_util::BodyExt;
+    use nexus_core::strategy::{Strategy, StrategyType};
+    let strategy = Strategy::from_parts(StrategyType::Oauth2, serde_json::Map::new()).unwrap();
+    let credentials = json!({"access_token": "t"}).as_object().unwrap().clone();
+    let answer =
+        Arc::new(nexus_bridge::TokenAnswer::new("c1", "p", nexus_core::AuthType::Oauth2, strategy, credentials));
+    let method = if path.starts_with("HEAD ") { http::Method::HEAD } else { http::Method::GET };
+    let path = path.trim_start_matches("HEAD ");
+    let fwd = nexus_bridge::Forward::new(base, path, None, method.clone(), http::HeaderMap::new(), Default::default())
+        .unwrap();
+    let framing =
+        nexus_bridge::h1::Agent { head_request: method == http::Method::HEAD, http10: false, keep_alive: true };
+    let mut link = None;
+    let (up, head, _) = sender.forward(&mut link, "c1", &fwd, answer, framing, |a| async { Ok(a) }).await?;
+    let resp = sender.respond(up, head);
+    let (parts, body) = resp.into_parts();
+    let body = match body.collect().await {
+        Ok(collected) => Ok(String::from_utf8_lossy(&collected.to_bytes()).into_owned()),
+        Err(e) => Err(e.to_string()),
+    };
+    Ok((parts.status.as_u16(), parts.headers, body))
+}
+
+/// The streamed answer keeps the relay's rules: the data of each framing
+/// (chunks decoded, extensions and trailers left behind), hop headers and
+/// cookies dropped, bodies cut short or badly framed an error, and only
+/// connections whose answer ended exactly used again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_gateways_provider_client_verifies_https_the_same_way() {
+async fn a_streamed_answer_keeps_the_relays_rules() {
     nexus_testkit::run_bounded(async {
-        use http_body_util::BodyExt;
-        use nexus_bridge::forward::{ProviderClient, ProviderError};
+        let provider = Provider::start_with(None).await;
+        let base = format!("http://127.0.0.1:{}/api", provider.addr.port());
+        let upstreams = nexus_bridge::upstream::Upstreams::new(Duration::from_secs(5)).unwrap();
+        let sender = nexus_bridge::relay::Sender::new(upstreams, Duration::from_secs(5));
+        let ok = |body: &str| Ok(body.to_owned());
+        let cases: [(&str, u16, Result<String, String>, usize); 12] = [
+            ("len", 200, ok("hello"), 1),
+            ("len-slowly", 200, ok("hello"), 1),
+            ("chunked", 200, ok("Wikipedia"), 1),
+            ("chunked-slowly", 200, ok("Wikipedia"), 1),
+            ("until-close", 200, ok("streamed to the end"), 0),
+            ("interim", 201, ok("ok"), 1),
+            ("no-content", 204, ok(""), 1),
+            ("HEAD len", 200, ok(""), 1),
+            ("both", 200, ok("ok"), 0),
+            ("extra", 200, ok("ok"), 0),
+            ("cut", 200, Err("the provider's answer ended early".into()), 0),
+            ("cookie", 403, ok("nope"), 1),
+        ];
+        for (path, status, body, idle) in cases {
+            let (got, headers, got_body) = streamed(&sender, &base, path).await.unwrap();
+            assert_eq!((got, &got_body), (status, &body), "{path}");
+            assert_eq!(sender.upstreams().idle_count(), idle, "{path}: kept only if it ended exactly");
+            for hop in ["transfer-encoding", "connection", "set-cookie", "x-hop", "keep-alive", "trailer"] {
+                assert!(!headers.contains_key(hop), "{path}: {hop} passed on");
+            }
+            if path.ends_with("len") {
+                assert_eq!(headers["content-length"], "5", "{path}");
+            }
+            // Each case on a fresh connection.
+            while let Some(up) = sender.upstreams().check_out(&nexus_bridge::upstream::PoolKey::new(
+                "c1",
+                nexus_bridge::upstream::Origin::of(&base.parse().unwrap()).unwrap(),
+            )) {
+                drop(up);
+            }
+        }
+        let (_, _, bad) = streamed(&sender, &base, "bad-chunk").await.unwrap();
+        assert!(bad.unwrap_err().contains("badly framed"));
+        let refused = streamed(&sender, &base, "garbage").await.unwrap_err();
+        assert_eq!(refused.code, nexus_core::wire::ErrorCode::ProviderUnreachable);
+    })
+    .await;
+}
+
+/// The streamed answer over TLS: verified against the same roots as the
+/// relay's, and the connection used again once each body is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_answer_verifies_https_the_same_way() {
+    nexus_testkit::run_bounded(async {
         let (roots, acceptor) = test_pki();
         let provider = Provider::start_with(Some(acceptor)).await;
         let port = provider.addr.port();
-        let client = ProviderClient::with_roots(Duration::from_secs(5), Duration::from_secs(5), roots).unwrap();
-        let get = |url: String| {
-            let uri: http::Uri = url.parse().unwrap();
-            let host = nexus_bridge::host_header(&uri).unwrap();
-            http::Request::get(uri).header(http::header::HOST, host).body(hyper::body::Bytes::new()).unwrap()
-        };
+        let upstreams = nexus_bridge::upstream::Upstreams::with_roots(Duration::from_secs(5), roots).unwrap();
+        let sender = nexus_bridge::relay::Sender::new(upstreams, Duration::from_secs(5));
         for _ in 0..3 {
-            let resp = client.send("c1", get(format!("https://localhost:{port}/api/len"))).await.unwrap();
-            assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "hello");
-            // hyper hands a connection back to its pool from the connection's
-            // own task once the answer is read: give it that moment (on a
-            // loaded machine the next request could otherwise open another).
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let (status, _, body) = streamed(&sender, &format!("https://localhost:{port}/api"), "len").await.unwrap();
+            assert_eq!((status, body.unwrap().as_str()), (200, "hello"));
         }
-        assert_eq!(provider.accepted(), 1, "the pool kept the TLS connection");
-        let err = client.send("c1", get(format!("https://127.0.0.1:{port}/api/len"))).await.unwrap_err();
-        assert_eq!(err, ProviderError::Unreachable, "the certificate names localhost only");
+        assert_eq!(provider.accepted(), 1, "the TLS connection was kept");
+        let refused = streamed(&sender, &format!("https://127.0.0.1:{port}/api"), "len").await.unwrap_err();
+        assert_eq!(
+            refused.code,
+            nexus_core::wire::ErrorCode::ProviderUnreachable,
+            "the certificate names localhost only"
+        );
     })
     .await;
 }

@@ -197,6 +197,25 @@ async fn sigterm_finishes_in_flight_requests() {
     ];
     let server = start(dir.path(), &env, &[]).await;
     let issuer = slow_issuer(Duration::from_millis(1500)).await;
+    // A connection whose provider answers as slowly, for a proxied request
+    // in flight too (the Gateway proxy's lane has its own connection loop).
+    let post = |path: &str, body: serde_json::Value| {
+        client()
+            .post(server.url(path))
+            .header("x-api-key", &api)
+            .header("accept", "application/json")
+            .json(&body)
+            .send()
+    };
+    let schema = json!({"type": "object", "required": ["api_key"], "properties": {"api_key": {"type": "string"}}});
+    let provider = json!({"name": "slow-api", "auth_type": "api_key", "api_base_url": issuer, "params": {"credential_schema": schema}});
+    assert_eq!(post("/v1/providers", provider).await.unwrap().status(), 201);
+    let requested = json!({"workspace_id": "w", "provider_name": "slow-api", "return_url": "https://example.com/done"});
+    let requested: serde_json::Value = post("/v1/request-connection", requested).await.unwrap().json().await.unwrap();
+    let captured = json!({"state": requested["state"], "credentials": {"api_key": "k"}});
+    let captured: serde_json::Value = post("/v1/capture-credential", captured).await.unwrap().json().await.unwrap();
+    let proxied = server.url(&format!("/v1/proxy/{}/slow", captured["connection_id"].as_str().unwrap()));
+    let proxied = tokio::spawn(client().get(proxied).header("x-api-key", api.clone()).send());
     let url = server.url("/v1/providers");
     let in_flight =
         tokio::spawn({
@@ -215,6 +234,9 @@ async fn sigterm_finishes_in_flight_requests() {
     let (code, logs) = server.terminate().await;
     let resp = in_flight.await.unwrap().expect("the in-flight request got an answer");
     assert_eq!(resp.status(), 201, "in-flight request completed: {logs}");
+    let resp = proxied.await.unwrap().expect("the in-flight proxied request got an answer");
+    assert_eq!(resp.status(), 200, "in-flight proxied request completed: {logs}");
+    assert!(resp.text().await.unwrap().contains("authorization_endpoint"), "the provider's answer, whole");
     assert_eq!(code, 0, "{logs}");
     assert!(logs.contains("shutting down"));
 }

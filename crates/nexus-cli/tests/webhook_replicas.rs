@@ -89,7 +89,9 @@ async fn a_replica_killed_mid_delivery_loses_no_event() {
         // included, is in the middle of IN_FLIGHT deliveries.
         receiver.wait_for("r", Duration::from_secs(20), |l| l.len() >= 3 * IN_FLIGHT).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(receiver.log("r").await.len(), 3 * IN_FLIGHT, "no process goes past its limit");
+        let held = receiver.log("r").await;
+        let dump: Vec<String> = held.iter().map(|r| format!("{} {:?} {} {:?} {:?}", r.webhook_id, r.answered, r.abandoned, r.error, r.user_agent)).collect();
+        assert_eq!(held.len(), 3 * IN_FLIGHT, "no process goes past its limit: {dump:#?}");
         servers.remove(0).kill().await;
         let abandoned = receiver
             .wait_for("r", Duration::from_secs(10), |l| l.iter().filter(|r| r.abandoned).count() == IN_FLIGHT)

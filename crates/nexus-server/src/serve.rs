@@ -1,14 +1,18 @@
-//! The accept loop of `nexus serve`: hyper's HTTP/1.1 server under the
-//! router (and, for `/v1/proxy/*`, the [`ProxyLane`] beside it), with the
-//! limits a public listener needs and a graceful stop.
+//! The accept loop of `nexus serve`: each connection goes to the
+//! [`ProxyLane`], which serves `/v1/proxy/*` on the relay's HTTP/1.1 and
+//! hands the connection to hyper's HTTP/1.1 server under the router at its
+//! first other request (every connection goes straight to hyper when CORS
+//! is configured); with the limits a public listener needs and a graceful
+//! stop.
 //!
 //! It replaces `axum::serve`, which sets no timer: a client that sent half a
 //! request head kept its connection (and a task) for as long as it liked.
 //! Here a head must arrive whole within `HEAD_TIMEOUT` (30 s by default; an
 //! idle keep-alive connection is closed after the same time), and it may be at
 //! most [`nexus_bridge::h1::MAX_HEAD`] bytes of at most
-//! [`nexus_bridge::h1::MAX_HEADERS`] fields, the limits `nexus proxy`
-//! applies too (`431` beyond them), so both proxies refuse the same heads.
+//! [`nexus_bridge::h1::MAX_HEADERS`] fields, the limits the lane and `nexus
+//! proxy` apply too (`431` beyond them), so every way in refuses the same
+//! heads.
 
 use crate::proxy_lane::ProxyLane;
 use axum::extract::ConnectInfo;
@@ -16,11 +20,13 @@ use axum::Router;
 use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 /// How long a stop waits for requests in flight.
@@ -60,35 +66,66 @@ pub async fn serve(
         .header_read_timeout(head_timeout)
         .max_header_size(nexus_bridge::h1::MAX_HEAD)
         .max_headers(nexus_bridge::h1::MAX_HEADERS);
-    let graceful = GracefulShutdown::new();
+    let (stop, stopping) = watch::channel(false);
+    let connections = TaskTracker::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = accept(&listener) => accepted,
             () = &mut shutdown => break,
         };
-        let (app, lane) = (app.clone(), lane.clone());
-        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            let (app, lane) = (app.clone(), lane.clone());
-            async move {
-                if let Some((lane, route)) = lane.and_then(|lane| lane.route(&req).map(|route| (lane, route))) {
-                    return Ok::<_, Infallible>(lane.serve(route, peer.ip(), req).await);
-                }
-                // What `into_make_service_with_connect_info` would add: the
-                // peer, which `middleware::caller` reads.
-                req.extensions_mut().insert(ConnectInfo(peer));
-                app.oneshot(req).await
+        let hyper = Hyper { http: http.clone(), app: app.clone(), peer, stop: stopping.clone() };
+        match lane.clone() {
+            Some(lane) => {
+                let stop = stopping.clone();
+                connections.spawn(async move { lane.serve(stream, peer, stop, |io| hyper.serve(io)).await });
             }
-        });
-        let connection = http.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            // A client that goes away mid-request is no error of ours.
-            let _ = connection.await;
-        });
+            None => {
+                connections.spawn(hyper.serve(stream));
+            }
+        }
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+    let _ = stop.send(true);
+    connections.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait()).await.is_err() {
         tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway");
+    }
+}
+
+/// A connection's requests served by hyper's server and the router.
+struct Hyper {
+    http: hyper::server::conn::http1::Builder,
+    app: Router,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+}
+
+impl Hyper {
+    /// Serves `io` until it closes; when the server stops, the request in
+    /// flight is finished and the connection closed.
+    async fn serve<I>(self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Hyper { http, app, peer, mut stop } = self;
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            // What `into_make_service_with_connect_info` would add: the
+            // peer, which `middleware::caller` reads.
+            req.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(req)
+        });
+        let connection = http.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        // `false`: the sender is gone, no one will ask to stop.
+        let stopping = async move { stop.wait_for(|s| *s).await.is_ok() };
+        // A client that goes away mid-request is no error of ours.
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            // (A `false` disables this branch: the connection runs to its end.)
+            true = stopping => {}
+        }
+        connection.as_mut().graceful_shutdown();
+        let _ = connection.await;
     }
 }

@@ -20,9 +20,10 @@ pub struct Inner {
     /// For calls to providers. Redirects are not followed so an https endpoint
     /// cannot bounce us to a plain-http one.
     pub http: reqwest::Client,
-    /// For the Gateway proxy: hyper with pooled connections, no redirects,
-    /// bodies streamed both ways.
-    pub providers: nexus_bridge::forward::ProviderClient,
+    /// For the Gateway proxy: the relay's provider side (no redirects,
+    /// provider connections kept per connection id; in the lane, each
+    /// paired with an agent's connection, see `crate::proxy_lane`).
+    pub proxy_sender: nexus_bridge::relay::Sender,
     /// Answers of `GET /v1/token`, invalidated on every change.
     pub token_cache: TokenCache,
     /// Per-connection locks for single-flight refresh.
@@ -89,8 +90,11 @@ impl AppState {
             .user_agent(concat!("nexus/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("the HTTP client configuration is static and valid");
-        let providers = nexus_bridge::forward::ProviderClient::new(PROXY_CONNECT_TIMEOUT, PROXY_RESPONSE_TIMEOUT)
-            .expect("ring supports rustls' default protocol versions");
+        let proxy_sender = nexus_bridge::relay::Sender::new(
+            nexus_bridge::upstream::Upstreams::new(PROXY_CONNECT_TIMEOUT)
+                .expect("ring supports rustls' default protocol versions"),
+            PROXY_RESPONSE_TIMEOUT,
+        );
         let (audit_tx, audit_rx) = mpsc::channel(16 * 1024);
         let audit_give_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let metrics = Arc::new(crate::metrics::Metrics::new());
@@ -102,7 +106,7 @@ impl AppState {
             config,
             store,
             http,
-            providers,
+            proxy_sender,
             token_cache: TokenCache::new(Duration::from_secs(30)),
             refresh_locks: Default::default(),
             issuers: Default::default(),
@@ -171,9 +175,17 @@ impl AppState {
     /// request fails with `503` instead of going on unaudited. Events that
     /// change state are written in their own transaction instead.
     pub async fn audit_batched(&self, entry: NewAudit) -> Result<(), ApiError> {
-        match self.audit_tx.send_timeout(AuditMsg::Entry(Box::new(entry)), AUDIT_QUEUE_WAIT).await {
+        // Room in the queue, the usual case: no timer to set up (every token
+        // answer comes here).
+        let sent = match self.audit_tx.try_send(AuditMsg::Entry(Box::new(entry))) {
+            Err(mpsc::error::TrySendError::Full(entry)) => {
+                self.audit_tx.send_timeout(entry, AUDIT_QUEUE_WAIT).await.map_err(drop)
+            }
+            sent => sent.map_err(drop),
+        };
+        match sent {
             Ok(()) => Ok(()),
-            Err(_) => Err(ApiError::new(
+            Err(()) => Err(ApiError::new(
                 crate::error::ErrorCode::StorageUnavailable,
                 "the audit log cannot be written right now; retry shortly",
             )),

@@ -24,12 +24,16 @@ pub fn request_id(headers: &HeaderMap) -> String {
 
 /// Logs the request's line and echoes its id in `response`.
 pub fn finish(id: &str, method: &Method, route: &str, started: Instant, response: &mut Response) {
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let status = response.status().as_u16();
-    tracing::info!(request_id = %id, method = %method, route = %route, status, latency_ms, "request");
+    line(id, method, route, started, response.status().as_u16());
     if let Ok(v) = HeaderValue::from_str(id) {
         response.headers_mut().insert("x-request-id", v);
     }
+}
+
+/// Logs the request's line.
+pub fn line(id: &str, method: &Method, route: &str, started: Instant, status: u16) {
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    tracing::info!(request_id = %id, method = %method, route = %route, status, latency_ms, "request");
 }
 
 pub async fn log_request(

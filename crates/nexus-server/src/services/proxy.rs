@@ -11,8 +11,7 @@ use crate::state::AppState;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method};
 use axum::response::Response;
-use nexus_bridge::forward::ProviderError;
-use nexus_bridge::pipeline::send_with_refresh;
+use nexus_bridge::h1::Agent;
 use nexus_bridge::{Forward, TokenAnswer};
 use nexus_core::wire::ErrorCode;
 use std::sync::Arc;
@@ -27,12 +26,15 @@ pub struct Incoming<'a> {
     pub body: Bytes,
 }
 
-pub async fn forward(
+/// The connection's token answer for `caller` and the agent's request
+/// aimed under its `api_base_url`, ready to be signed: what both ways of
+/// sending (the lane's relay and [`forward`]) start from.
+pub async fn prepare(
     state: &AppState,
     caller: &Caller,
     id: &str,
     incoming: Incoming<'_>,
-) -> Result<Response, ApiError> {
+) -> Result<(Arc<TokenAnswer>, Forward), ApiError> {
     let cached = tokens::answer(state, caller, id).await?;
     let answer = cached.answer().ok_or_else(ApiError::internal)?;
     let misconfigured = |m: &str| ApiError::new(ErrorCode::ProviderMisconfigured, format!("api_base_url: {m}"));
@@ -45,31 +47,43 @@ pub async fn forward(
     cached.base_allowed().map_err(misconfigured)?;
     let Incoming { path, method, query, headers, body } = incoming;
     let fwd = Forward::to(base, path, query, method, headers, body).map_err(ApiError::bad_request)?;
-    // Provider connections are pooled per connection id (see `ProviderClient`).
-    let pool = answer.connection_id().to_owned();
-    // The provider's share of the time (its answers' heads), for the
-    // latency the proxy adds (`nexus_proxy_added_seconds`).
-    let provider_micros = std::sync::atomic::AtomicU64::new(0);
-    let resp = send_with_refresh(
-        answer,
-        |answer| {
-            let signed = fwd.signed(&answer).map_err(|e| ApiError::new(ErrorCode::CannotSign, e.to_string()));
-            let (pool, spent) = (&pool, &provider_micros);
-            async move {
-                let started = std::time::Instant::now();
-                let answer = send(state, pool, signed?).await;
-                spent.fetch_add(started.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
-                answer
-            }
-        },
-        |resp| resp.status().as_u16(),
-        |stale| async move { parse(&Box::pin(tokens::refresh_rejected(state, caller, id, stale.expires_at())).await?) },
-    )
-    .await?;
-    let mut out = nexus_bridge::forward::relay(resp).map(Body::new);
+    Ok((answer, fwd))
+}
+
+/// The connection's answer renewed after the provider refused `stale`
+/// with a `401` (the 401 rule of `nexus_bridge::pipeline`).
+pub async fn renewed(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    stale: Arc<TokenAnswer>,
+) -> Result<Arc<TokenAnswer>, ApiError> {
+    parse(&Box::pin(tokens::refresh_rejected(state, caller, id, stale.expires_at())).await?)
+}
+
+/// Forwards the agent's request and streams the provider's answer back
+/// through the router (its way in when CORS is configured), on the lane's
+/// provider side (`AppState::proxy_sender`).
+pub async fn forward(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    incoming: Incoming<'_>,
+) -> Result<Response, ApiError> {
+    let framing = Agent { head_request: incoming.method == Method::HEAD, http10: false, keep_alive: true };
+    let (answer, fwd) = prepare(state, caller, id, incoming).await?;
+    let sender = &state.proxy_sender;
+    let mut link = None;
+    let refresh = |stale| renewed(state, caller, id, stale);
+    let sent = sender.forward::<ApiError, _, _>(&mut link, id, &fwd, answer, framing, refresh).await;
+    if let Some(up) = link {
+        sender.upstreams().check_in(up);
+    }
+    let (up, head, provider) = sent?;
+    let mut out = sender.respond(up, head).map(Body::new);
     // The upstream's own error bodies reach the caller as they are.
     out.extensions_mut().insert(crate::middleware::error_json::KeepBody);
-    out.extensions_mut().insert(ProviderTime(std::time::Duration::from_micros(provider_micros.into_inner())));
+    out.extensions_mut().insert(ProviderTime(provider));
     Ok(out)
 }
 
@@ -79,17 +93,4 @@ pub struct ProviderTime(pub std::time::Duration);
 
 fn parse(bytes: &Bytes) -> Result<Arc<TokenAnswer>, ApiError> {
     serde_json::from_slice(bytes).map(Arc::new).map_err(|_| ApiError::internal())
-}
-
-async fn send(
-    state: &AppState,
-    connection_id: &str,
-    req: http::Request<Bytes>,
-) -> Result<http::Response<nexus_bridge::forward::Incoming>, ApiError> {
-    state.providers.send(connection_id, req).await.map_err(|e| match e {
-        ProviderError::Timeout => ApiError::new(ErrorCode::ProviderTimeout, "the provider did not answer in time"),
-        ProviderError::Unreachable => {
-            ApiError::new(ErrorCode::ProviderUnreachable, "the provider could not be reached")
-        }
-    })
 }

@@ -91,8 +91,11 @@ pub async fn run(state: AppState) {
         if free > 0 {
             let skip: Vec<String> =
                 in_flight.iter().filter(|(_, n)| **n >= PER_WEBHOOK).map(|(k, _)| k.clone()).collect();
-            // At most PER_WEBHOOK per claim, so one claim cannot put a webhook far past its limit.
-            let batch = free.min(PER_WEBHOOK);
+            // A claim may return every delivery of one webhook: no more than
+            // the room the fullest webhook not skipped has left, so none goes
+            // past PER_WEBHOOK.
+            let room = in_flight.values().filter(|n| **n < PER_WEBHOOK).map(|n| PER_WEBHOOK - n).min();
+            let batch = free.min(room.unwrap_or(PER_WEBHOOK));
             let now = state.clock.now_micros();
             match state.store.claim_deliveries(now, now.saturating_add(lease_micros), batch as i64, &skip).await {
                 Ok(claimed) => {

@@ -112,11 +112,20 @@ both_backends!(
     gateway_proxy_reaches_userinfo_and_heals_after_revocation
 );
 
+/// Through the lane, and through the router (its way in when CORS is
+/// configured): both send on the relay's provider side and must answer alike.
 async fn gateway_proxy_relays_answers_as_they_are_and_explains_an_unreachable_provider(backend: Backend) {
     let app = TestApp::spawn(backend).await;
+    relays_answers_as_they_are(&app).await;
+    app.stop().await;
+    let cors = TestApp::spawn_with(backend, |c| c.cors_allowed_origins = Some("https://app.example.com".into())).await;
+    relays_answers_as_they_are(&cors).await;
+}
+
+async fn relays_answers_as_they_are(app: &TestApp) {
     let addr = odd_upstream().await;
     let provider = |base: String| json!({"auth_type": "api_key", "api_base_url": base, "params": {"credential_schema": schema(&["api_key"])}});
-    let id = static_connection(&app, "odd", provider(format!("http://{addr}/api")), json!({"api_key": "k"})).await;
+    let id = static_connection(app, "odd", provider(format!("http://{addr}/api")), json!({"api_key": "k"})).await;
     let get = |path: String| app.client.get(app.url(&path)).header("x-api-key", &app.api_key).send();
 
     // The provider's error, status, type and body unchanged; its cookie dropped.
@@ -142,7 +151,7 @@ async fn gateway_proxy_relays_answers_as_they_are_and_explains_an_unreachable_pr
 
     // A provider nobody listens for: a JSON 502 that says so.
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
-    let gone = static_connection(&app, "gone", provider(format!("http://{closed}")), json!({"api_key": "k"})).await;
+    let gone = static_connection(app, "gone", provider(format!("http://{closed}")), json!({"api_key": "k"})).await;
     let resp =
         app.send(app.client.get(app.url(&format!("/v1/proxy/{gone}/x"))).header("x-api-key", &app.api_key)).await;
     assert_eq!((resp.status, resp.code()), (502, "provider_unreachable"), "{}", resp.text);
@@ -150,7 +159,7 @@ async fn gateway_proxy_relays_answers_as_they_are_and_explains_an_unreachable_pr
     // A base URL the policy accepts but no HTTP request can name (a host
     // not in ASCII): the provider's configuration is at fault, not the path.
     let idn =
-        static_connection(&app, "idn", provider("https://bücher.example/api".into()), json!({"api_key": "k"})).await;
+        static_connection(app, "idn", provider("https://bücher.example/api".into()), json!({"api_key": "k"})).await;
     let resp = app.send(app.client.get(app.url(&format!("/v1/proxy/{idn}/x"))).header("x-api-key", &app.api_key)).await;
     assert_eq!((resp.status, resp.code()), (409, "provider_misconfigured"), "{}", resp.text);
 }
