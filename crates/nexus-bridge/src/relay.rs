@@ -288,16 +288,11 @@ impl Relay {
 
     /// Serves an agent's connection until it closes, or until `stop` turns
     /// `true` (a request in flight is finished first).
-    pub async fn serve(&self, mut agent: TcpStream, mut stop: watch::Receiver<bool>) {
+    pub async fn serve(&self, mut agent: TcpStream, stop: watch::Receiver<bool>) {
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let mut link: Option<Upstream> = None;
         let stopped = stop.clone();
-        // A dropped sender is no request to stop.
-        let stopping = async move {
-            if stop.wait_for(|s| *s).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        };
+        let stopping = stop_requested(stop);
         tokio::pin!(stopping);
         loop {
             let head = tokio::select! {
@@ -525,6 +520,14 @@ impl Sender {
             Ok(Err(e)) => Err(e.answer()),
             Err(_) => Err(Failed::Timeout.answer()),
         }
+    }
+}
+
+/// Resolves once `stop` turns `true`; never when its sender is gone (a
+/// dropped sender is no request to stop).
+pub async fn stop_requested(mut stop: watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -122,10 +122,13 @@ impl Body for ProviderBody {
             let Some(up) = this.up.as_mut() else { return Poll::Ready(None) };
             if !up.buf.is_empty() {
                 let mut data = BytesMut::new();
-                let used = this
-                    .reader
-                    .advance(&up.buf, |r| data.extend_from_slice(&up.buf[r]))
-                    .map_err(|bad| BodyError::Framing(bad.0))?;
+                let used = match this.reader.advance(&up.buf, |r| data.extend_from_slice(&up.buf[r])) {
+                    Ok(used) => used,
+                    Err(bad) => {
+                        this.up = None;
+                        return Poll::Ready(Some(Err(BodyError::Framing(bad.0))));
+                    }
+                };
                 up.buf.advance(used);
                 this.end_if_done();
                 if !data.is_empty() {

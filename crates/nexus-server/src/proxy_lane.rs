@@ -89,7 +89,7 @@ impl ProxyLane {
     /// `stop` turns `true` (a request in flight is finished first). At the
     /// first request that is not the lane's, the connection (with what was
     /// read of it) is handed to `other`.
-    pub async fn serve<F, Fut>(&self, mut agent: TcpStream, peer: SocketAddr, mut stop: watch::Receiver<bool>, other: F)
+    pub async fn serve<F, Fut>(&self, mut agent: TcpStream, peer: SocketAddr, stop: watch::Receiver<bool>, other: F)
     where
         F: FnOnce(Prefixed) -> Fut,
         Fut: Future<Output = ()>,
@@ -98,12 +98,7 @@ impl ProxyLane {
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let mut link: Option<Upstream> = None;
         let stopped = stop.clone();
-        let stopping = async move {
-            // A dropped sender is no request to stop.
-            if stop.wait_for(|s| *s).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        };
+        let stopping = relay::stop_requested(stop);
         tokio::pin!(stopping);
         let handed = loop {
             let head = tokio::select! {
@@ -162,9 +157,15 @@ impl ProxyLane {
         let method = head.method.clone();
         let framing =
             Agent { head_request: method == http::Method::HEAD, http10: head.http10, keep_alive: head.keep_alive };
-        let (status, next) = match self.forward(agent, buf, link, peer, head, framing).await {
+        // Counted and logged when the answer's head is ready, as the router
+        // does (a long body streams after).
+        let finished = |status: u16| {
+            state.metrics.http(route, method.as_str(), status, started.elapsed());
+            request_log::line(&id, &method, route, started, status);
+        };
+        match self.forward(agent, buf, link, peer, head, framing).await {
             Ok((mut up, mut resp)) => {
-                let status = resp.status;
+                finished(resp.status);
                 set_request_id(&mut resp.out, &id);
                 let close = resp.close_agent;
                 match relay::relay_body(agent, &mut up, resp, self.sender().timeout()).await {
@@ -173,30 +174,31 @@ impl ProxyLane {
                             up.answered();
                             *link = Some(up);
                         }
-                        (status, if close { Next::Close } else { Next::KeepAlive })
+                        if close {
+                            Next::Close
+                        } else {
+                            Next::KeepAlive
+                        }
                     }
                     // Cut short: the agent's connection cannot go on.
-                    Err(()) => (status, Next::Close),
+                    Err(()) => Next::Close,
                 }
             }
             Err(Some(Refused { response, next })) => {
-                let status = response.status().as_u16();
+                finished(response.status().as_u16());
                 let next = match next {
                     Next::KeepAlive if !framing.keep_alive => Next::Close,
                     next => next,
                 };
-                let next = match self.answer(agent, Some((framing, &id)), response, next).await {
-                    Ok(next) => next,
-                    Err(()) => Next::Close,
-                };
-                (status, next)
+                self.answer(agent, Some((framing, &id)), response, next).await.unwrap_or(Next::Close)
             }
-            // The agent went away.
-            Err(None) => return Next::Close,
-        };
-        state.metrics.http(route, method.as_str(), status, started.elapsed());
-        request_log::line(&id, &method, route, started, status);
-        next
+            // The agent's connection ended inside its body: no one to answer,
+            // counted as the `400` the router gives an unreadable body.
+            Err(None) => {
+                finished(400);
+                Next::Close
+            }
+        }
     }
 
     /// Steps 2–5 of the module's list, to the head of the provider's answer.
@@ -213,12 +215,19 @@ impl ProxyLane {
         if let Some(refused) = body_limit::declared_excess(&head.headers, PROXY_BODY_LIMIT) {
             return Err(Some(Refused { response: refused, next: Next::Linger }));
         }
-        // Refused before its body is read: a body still to come closes the connection.
-        let unread = if head.body == RequestBody::Length(0) { Next::KeepAlive } else { Next::Linger };
         let answer = async move {
             let mut caller = caller::caller_of(state, peer.ip(), &head.headers);
             if let Err(e) = api_key::admit(state, &mut caller, &head.method, head.target.path(), &head.headers).await {
-                return Err(Some(Refused { response: e.into_response(), next: unread }));
+                // Refused before its body is read: a body already here whole
+                // is passed over, one still to come closes the connection.
+                let next = match head.body {
+                    RequestBody::Length(n) if buf.len() as u64 >= n => {
+                        buf.advance(n as usize);
+                        Next::KeepAlive
+                    }
+                    _ => Next::Linger,
+                };
+                return Err(Some(Refused { response: e.into_response(), next }));
             }
             let body = match relay::read_body(agent, buf, &head, PROXY_BODY_LIMIT, state.config.head_timeout).await {
                 Ok(Ok(body)) => body,
@@ -276,6 +285,8 @@ impl ProxyLane {
         let mut out = Vec::with_capacity(body.len() + 256);
         let reason = parts.status.canonical_reason().unwrap_or("");
         let _ = write!(out, "HTTP/1.1 {} {reason}\r\n", parts.status.as_u16());
+        // As hyper dates the router's answers.
+        let _ = write!(out, "date: {}\r\n", httpdate::fmt_http_date(std::time::SystemTime::now()));
         for (name, value) in &parts.headers {
             if [header::CONTENT_LENGTH, header::TRANSFER_ENCODING, header::CONNECTION].contains(name) {
                 continue;
@@ -299,7 +310,11 @@ impl ProxyLane {
         if !to.is_some_and(|(a, _)| a.head_request) {
             out.extend_from_slice(&body);
         }
-        agent.write_all(&out).await.map_err(|_| ())?;
+        // An agent that does not read its answers is let go, as `relay_body` lets it go.
+        match tokio::time::timeout(self.sender().timeout(), agent.write_all(&out)).await {
+            Ok(Ok(())) => {}
+            _ => return Err(()),
+        }
         Ok(match next {
             Next::KeepAlive if close => Next::Close,
             next => next,

@@ -108,7 +108,7 @@ impl Hyper {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Hyper { http, app, peer, mut stop } = self;
+        let Hyper { http, app, peer, stop } = self;
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             // What `into_make_service_with_connect_info` would add: the
             // peer, which `middleware::caller` reads.
@@ -117,13 +117,13 @@ impl Hyper {
         });
         let connection = http.serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
-        // `false`: the sender is gone, no one will ask to stop.
-        let stopping = async move { stop.wait_for(|s| *s).await.is_ok() };
         // A client that goes away mid-request is no error of ours.
         tokio::select! {
+            // The connection first: a head the lane handed over is read
+            // (and answered) before a stop can close the connection.
+            biased;
             _ = connection.as_mut() => return,
-            // (A `false` disables this branch: the connection runs to its end.)
-            true = stopping => {}
+            () = nexus_bridge::relay::stop_requested(stop) => {}
         }
         connection.as_mut().graceful_shutdown();
         let _ = connection.await;

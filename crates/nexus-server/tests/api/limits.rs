@@ -188,6 +188,22 @@ async fn one_connection_moves_from_the_lane_to_the_router() {
         let uris: Vec<String> = seen.lock().unwrap().iter().map(|s| s.uri.clone()).collect();
         assert_eq!(uris, ["/api/n1", "/api/n2", "/api/n4"]);
 
+        // A refusal of the lane's own is dated, as hyper dates the router's;
+        // a refused request whose small body is already here keeps its
+        // connection for the next one.
+        let mut kept = TcpStream::connect(app.addr).await.unwrap();
+        let wrong_key = format!(
+            "POST /v1/proxy/{id}/n5 HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: nxk_wrong\r\ncontent-length: 2\r\n\r\n55"
+        );
+        kept.write_all([wrong_key, proxied(6)].concat().as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let refused = read_answer(&mut kept, &mut buf).await;
+        assert!(refused.starts_with("HTTP/1.1 401 ") && refused.contains("\"code\":\"unauthorized\""), "{refused}");
+        assert!(refused.contains("\r\ndate: ") && !refused.contains("connection: close"), "{refused}");
+        let served = read_answer(&mut kept, &mut buf).await;
+        assert!(served.starts_with("HTTP/1.1 200 ") && served.contains("x-request-id: r6"), "{served}");
+        assert_eq!(seen.lock().unwrap().len(), 4, "the refused request was not forwarded");
+
         // Both framings at once, to the proxy: refused, nothing sent, closed.
         let mut smuggler = TcpStream::connect(app.addr).await.unwrap();
         let both = format!(
@@ -196,7 +212,7 @@ async fn one_connection_moves_from_the_lane_to_the_router() {
         smuggler.write_all(both.as_bytes()).await.unwrap();
         let answer = read_until_closed(&mut smuggler, Duration::from_secs(10)).await.expect("answered and closed");
         assert!(answer.starts_with("HTTP/1.1 400 ") && answer.contains("\"code\":\"invalid_input\""), "{answer}");
-        assert_eq!(seen.lock().unwrap().len(), 3, "nothing was forwarded");
+        assert_eq!(seen.lock().unwrap().len(), 4, "nothing was forwarded");
 
         // A head the relay's parser refuses, for another route: hyper's answer, as before.
         let mut other = TcpStream::connect(app.addr).await.unwrap();
