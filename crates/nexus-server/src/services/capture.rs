@@ -55,12 +55,9 @@ async fn pending(
 ) -> Result<(ConnectionRow, ProviderRow, String), ApiError> {
     let claims =
         state_token::verify(&state.config.state_signer, raw_state, state.clock.now_secs()).map_err(invalid_state)?;
-    let row = state
-        .store
-        .connection_by_id(&claims.connection_id)
+    // Another workspace's capture is no business of a session or a limited key.
+    let row = crate::services::connections::visible(state, caller, &claims.connection_id)
         .await?
-        // Another workspace's capture is no business of a session or a limited key.
-        .filter(|row| caller.may_see(&row.workspace_id))
         .ok_or_else(|| invalid_state(StateProblem::Invalid))?;
     let row = expire_if_stale(state, row).await?;
     if row.state_nonce.as_deref() != Some(claims.nonce.as_str()) {

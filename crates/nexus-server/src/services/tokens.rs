@@ -108,11 +108,8 @@ pub async fn answer(state: &AppState, caller: &Caller, id: &str) -> Result<Arc<C
 /// refresh window, and answers from the row as it then stands; returns the
 /// view with its provider and workspace ids.
 async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<((TokenView, String, String), bool), ApiError> {
-    let row = state
-        .store
-        .connection_by_id(id)
+    let row = crate::services::connections::visible(state, caller, id)
         .await?
-        .filter(|row| caller.may_see(&row.workspace_id))
         .ok_or_else(|| ApiError::not_found("no such connection"))?;
     let window = state.config.refresh_window_secs;
     let now = state.clock.now_secs();

@@ -14,12 +14,7 @@ use serde_json::json;
 
 /// `GET /v1/check-connection/{id}`: expires stale pending connections on the way.
 pub async fn check(state: &AppState, caller: &Caller, id: &str) -> Result<ConnectionView, ApiError> {
-    let row = state
-        .store
-        .connection_by_id(id)
-        .await?
-        .filter(|row| caller.may_see(&row.workspace_id))
-        .ok_or_else(|| ApiError::not_found("no such connection"))?;
+    let row = super::visible(state, caller, id).await?.ok_or_else(|| ApiError::not_found("no such connection"))?;
     let row = expire_if_stale(state, row).await?;
     Ok(view(row))
 }

@@ -27,6 +27,16 @@ use nexus_core::AuditEvent;
 use nexus_store::{ConnectionRow, NewAudit};
 use serde_json::Value;
 
+/// The connection `id`, if `caller` may see it: one of a workspace its key
+/// is not limited to is answered as if it did not exist.
+pub async fn visible(
+    state: &crate::state::AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<Option<ConnectionRow>, crate::error::ApiError> {
+    Ok(state.store.connection_by_id(id).await?.filter(|row| caller.may_see(&row.workspace_id)))
+}
+
 pub fn view(row: ConnectionRow) -> ConnectionView {
     ConnectionView {
         connection_id: row.id,

@@ -83,11 +83,8 @@ pub async fn request(state: &AppState, caller: &Caller, mut body: Value) -> Resu
     let existing = match &input.connection_id {
         None => None,
         Some(id) => {
-            let row = state
-                .store
-                .connection_by_id(id)
+            let row = super::visible(state, caller, id)
                 .await?
-                .filter(|row| caller.may_see(&row.workspace_id))
                 .ok_or_else(|| ApiError::not_found("connection_id: no such connection"))?;
             if row.provider_id != provider.id {
                 return Err(ApiError::conflict("connection_id: that connection belongs to another provider"));
