@@ -343,20 +343,13 @@ fn for_the_lane(buf: &[u8]) -> bool {
 /// `x-request-id: id`, in place of any the provider sent: the id is the
 /// request's at Nexus, as on every other route.
 fn set_request_id(out: &mut Vec<u8>, id: &str) {
+    // The relay writes one field a line and ends the head with an empty one.
+    let Some(fields) = out.strip_suffix(b"\r\n") else { return };
     let mut head = Vec::with_capacity(out.len() + id.len() + 16);
-    let mut lines = out.split(|b| *b == b'\n').peekable();
-    while let Some(line) = lines.next() {
-        let is_last = lines.peek().is_none();
-        if is_last {
-            break;
-        }
+    for line in fields.split_inclusive(|b| *b == b'\n') {
         let name = line.split(|b| *b == b':').next().unwrap_or_default();
-        if line == b"\r" {
-            break;
-        }
         if !name.eq_ignore_ascii_case(b"x-request-id") {
             head.extend_from_slice(line);
-            head.push(b'\n');
         }
     }
     let _ = write!(head, "x-request-id: {id}\r\n\r\n");

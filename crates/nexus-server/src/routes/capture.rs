@@ -10,7 +10,7 @@ use crate::services::capture::{self, CaptureSchema, Captured};
 use crate::services::connect_ui;
 use crate::state::AppState;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Form, Json};
 use serde::Deserialize;
@@ -99,20 +99,7 @@ fn ui_page(status: StatusCode, page: &impl askama::Template) -> Response {
     let Ok(body) = page.render() else {
         return plain_page(StatusCode::INTERNAL_SERVER_ERROR, "Credential capture", "The page could not be shown.");
     };
-    let mut resp =
-        (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], body)
-            .into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    resp.extensions_mut().insert(crate::middleware::error_json::KeepBody);
-    resp
+    super::html::page(status, body, super::html::FORM)
 }
 
 /// `POST /auth/capture` (form-encoded, from the page above).

@@ -40,24 +40,7 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
          <title>{title}</title><link rel=\"stylesheet\" href=\"/connect/assets/connect.css\"></head>\
          <body><main class=\"card\"><h1>{title}</h1>{body}</main></body></html>"
     );
-    with_headers((status, html).into_response())
-}
-
-/// The strict headers of every Connect page.
-fn with_headers(mut resp: Response) -> Response {
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'self'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp.extensions_mut().insert(crate::middleware::error_json::KeepBody);
-    resp
+    super::html::page(status, html, super::html::CONNECT)
 }
 
 fn escape(s: &str) -> String {
@@ -146,7 +129,7 @@ pub async fn connect_page(
 /// A rendered template with the Connect pages' headers.
 fn render(status: StatusCode, template: &impl Template) -> Response {
     match template.render() {
-        Ok(html) => with_headers((status, html).into_response()),
+        Ok(html) => super::html::page(status, html, super::html::CONNECT),
         Err(e) => {
             tracing::error!(error = %e, "a Connect page could not be rendered");
             page(StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong", "<p>Try again in a moment.</p>")

@@ -97,18 +97,5 @@ pub fn plain_page(status: StatusCode, title: &str, message: &str) -> Response {
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
          <body><h1>{title}</h1><p>{message}</p></body></html>"
     );
-    let mut resp =
-        (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], body)
-            .into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        axum::http::HeaderValue::from_static(
-            "default-src 'none'; style-src 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, axum::http::HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, axum::http::HeaderValue::from_static("no-referrer"));
-    resp.extensions_mut().insert(crate::middleware::error_json::KeepBody);
-    resp
+    super::html::page(status, body, super::html::PLAIN)
 }

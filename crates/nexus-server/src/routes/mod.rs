@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod connect;
 pub mod connections;
 pub mod health;
+pub mod html;
 pub mod invalidations;
 pub mod providers;
 pub mod proxy;

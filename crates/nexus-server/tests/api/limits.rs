@@ -153,72 +153,71 @@ async fn read_answer(stream: &mut TcpStream, buf: &mut Vec<u8>) -> String {
 /// request framed two ways at once (`Content-Length` and
 /// `Transfer-Encoding`) is refused before anything is sent, as `nexus
 /// proxy` refuses it; other routes keep hyper's answers.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_connection_moves_from_the_lane_to_the_router() {
-    nexus_testkit::run_bounded(async {
-        let app = TestApp::spawn(Backend::Sqlite).await;
-        let (addr, seen) = nexus_testkit::upstream::recording_upstream().await;
-        let provider = serde_json::json!({"auth_type": "api_key", "api_base_url": format!("http://{addr}/api"), "params": {"credential_schema": nexus_testkit::upstream::schema(&["api_key"])}});
-        let id = nexus_testkit::upstream::static_connection(&app, "up", provider, serde_json::json!({"api_key": "k"})).await;
-        let key = &app.api_key;
+async fn one_connection_moves_from_the_lane_to_the_router(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (addr, seen) = nexus_testkit::upstream::recording_upstream().await;
+    let provider = serde_json::json!({"auth_type": "api_key", "api_base_url": format!("http://{addr}/api"), "params": {"credential_schema": nexus_testkit::upstream::schema(&["api_key"])}});
+    let id =
+        nexus_testkit::upstream::static_connection(&app, "up", provider, serde_json::json!({"api_key": "k"})).await;
+    let key = &app.api_key;
 
-        let mut stream = TcpStream::connect(app.addr).await.unwrap();
-        let proxied = |n: usize| {
-            format!("POST /v1/proxy/{id}/n{n} HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: {key}\r\nx-request-id: r{n}\r\ncontent-length: 2\r\n\r\n{n}{n}")
-        };
-        // Two proxied requests, a plain route, a proxied one again (now the
-        // router's), sent at once: answered in order on one connection.
-        let pipelined = [
-            proxied(1),
-            proxied(2),
-            format!("GET /v1/providers HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: {key}\r\nx-request-id: r3\r\n\r\n"),
-            proxied(4),
-        ]
-        .concat();
-        stream.write_all(pipelined.as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        for n in [1, 2, 3, 4] {
-            let answer = read_answer(&mut stream, &mut buf).await;
-            assert!(answer.starts_with("HTTP/1.1 200 "), "request {n}: {answer}");
-            assert!(answer.to_ascii_lowercase().contains(&format!("x-request-id: r{n}\r\n")), "request {n}: {answer}");
-            if n == 3 {
-                assert!(answer.contains("\"name\":\"up\""), "the router answered: {answer}");
-            }
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let proxied = |n: usize| {
+        format!("POST /v1/proxy/{id}/n{n} HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: {key}\r\nx-request-id: r{n}\r\ncontent-length: 2\r\n\r\n{n}{n}")
+    };
+    // Two proxied requests, a plain route, a proxied one again (now the
+    // router's), sent at once: answered in order on one connection.
+    let pipelined = [
+        proxied(1),
+        proxied(2),
+        format!("GET /v1/providers HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: {key}\r\nx-request-id: r3\r\n\r\n"),
+        proxied(4),
+    ]
+    .concat();
+    stream.write_all(pipelined.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    for n in [1, 2, 3, 4] {
+        let answer = read_answer(&mut stream, &mut buf).await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "request {n}: {answer}");
+        assert!(answer.to_ascii_lowercase().contains(&format!("x-request-id: r{n}\r\n")), "request {n}: {answer}");
+        if n == 3 {
+            assert!(answer.contains("\"name\":\"up\""), "the router answered: {answer}");
         }
-        let uris: Vec<String> = seen.lock().unwrap().iter().map(|s| s.uri.clone()).collect();
-        assert_eq!(uris, ["/api/n1", "/api/n2", "/api/n4"]);
+    }
+    let uris: Vec<String> = seen.lock().unwrap().iter().map(|s| s.uri.clone()).collect();
+    assert_eq!(uris, ["/api/n1", "/api/n2", "/api/n4"]);
 
-        // A refusal of the lane's own is dated, as hyper dates the router's;
-        // a refused request whose small body is already here keeps its
-        // connection for the next one.
-        let mut kept = TcpStream::connect(app.addr).await.unwrap();
-        let wrong_key = format!(
-            "POST /v1/proxy/{id}/n5 HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: nxk_wrong\r\ncontent-length: 2\r\n\r\n55"
-        );
-        kept.write_all([wrong_key, proxied(6)].concat().as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        let refused = read_answer(&mut kept, &mut buf).await;
-        assert!(refused.starts_with("HTTP/1.1 401 ") && refused.contains("\"code\":\"unauthorized\""), "{refused}");
-        assert!(refused.contains("\r\ndate: ") && !refused.contains("connection: close"), "{refused}");
-        let served = read_answer(&mut kept, &mut buf).await;
-        assert!(served.starts_with("HTTP/1.1 200 ") && served.contains("x-request-id: r6"), "{served}");
-        assert_eq!(seen.lock().unwrap().len(), 4, "the refused request was not forwarded");
+    // A refusal of the lane's own is dated, as hyper dates the router's;
+    // a refused request whose small body is already here keeps its
+    // connection for the next one.
+    let mut kept = TcpStream::connect(app.addr).await.unwrap();
+    let wrong_key = format!(
+        "POST /v1/proxy/{id}/n5 HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: nxk_wrong\r\ncontent-length: 2\r\n\r\n55"
+    );
+    kept.write_all([wrong_key, proxied(6)].concat().as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let refused = read_answer(&mut kept, &mut buf).await;
+    assert!(refused.starts_with("HTTP/1.1 401 ") && refused.contains("\"code\":\"unauthorized\""), "{refused}");
+    assert!(refused.contains("\r\ndate: ") && !refused.contains("connection: close"), "{refused}");
+    let served = read_answer(&mut kept, &mut buf).await;
+    assert!(served.starts_with("HTTP/1.1 200 ") && served.contains("x-request-id: r6"), "{served}");
+    assert_eq!(seen.lock().unwrap().len(), 4, "the refused request was not forwarded");
 
-        // Both framings at once, to the proxy: refused, nothing sent, closed.
-        let mut smuggler = TcpStream::connect(app.addr).await.unwrap();
-        let both = format!(
-            "POST /v1/proxy/{id}/smuggled HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: {key}\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"
-        );
-        smuggler.write_all(both.as_bytes()).await.unwrap();
-        let answer = read_until_closed(&mut smuggler, Duration::from_secs(10)).await.expect("answered and closed");
-        assert!(answer.starts_with("HTTP/1.1 400 ") && answer.contains("\"code\":\"invalid_input\""), "{answer}");
-        assert_eq!(seen.lock().unwrap().len(), 4, "nothing was forwarded");
+    // Both framings at once, to the proxy: refused, nothing sent, closed.
+    let mut smuggler = TcpStream::connect(app.addr).await.unwrap();
+    let both = format!(
+        "POST /v1/proxy/{id}/smuggled HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: {key}\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"
+    );
+    smuggler.write_all(both.as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut smuggler, Duration::from_secs(10)).await.expect("answered and closed");
+    assert!(answer.starts_with("HTTP/1.1 400 ") && answer.contains("\"code\":\"invalid_input\""), "{answer}");
+    assert_eq!(seen.lock().unwrap().len(), 4, "nothing was forwarded");
 
-        // A head the relay's parser refuses, for another route: hyper's answer, as before.
-        let mut other = TcpStream::connect(app.addr).await.unwrap();
-        other.write_all(b"GET /v1/providers HTTP/1.1\r\nhost: 127.0.0.1\r\nbad header\r\n\r\n").await.unwrap();
-        let answer = read_until_closed(&mut other, Duration::from_secs(10)).await.expect("answered and closed");
-        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
-    })
-    .await;
+    // A head the relay's parser refuses, for another route: hyper's answer, as before.
+    let mut other = TcpStream::connect(app.addr).await.unwrap();
+    other.write_all(b"GET /v1/providers HTTP/1.1\r\nhost: 127.0.0.1\r\nbad header\r\n\r\n").await.unwrap();
+    let answer = read_until_closed(&mut other, Duration::from_secs(10)).await.expect("answered and closed");
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
 }
+
+nexus_testkit::both_backends!(one_connection_moves_from_the_lane_to_the_router);
